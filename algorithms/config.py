@@ -1,0 +1,84 @@
+"""PPO hyperparameters as one frozen dataclass, plus named presets."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class PPOConfig:
+    """PPO hyperparameters. Defaults are the research report's (section 4.2)."""
+
+    learning_rate: float = 3e-4
+    """Adam step size."""
+    gamma: float = 0.99
+    """Discount factor."""
+    gae_lambda: float = 0.95
+    """GAE lambda: bias/variance trade-off of the advantage estimate."""
+    clip_range: float = 0.2
+    """PPO surrogate clipping epsilon."""
+    steps_per_iteration: int = 2048
+    """Env steps collected per iteration, summed over all envs."""
+    epochs: int = 10
+    """Passes over each batch."""
+    minibatch_size: int = 64
+    """Transitions per gradient step."""
+    hidden_size: int = 256
+    """Width of the two shared hidden layers."""
+    value_coef: float = 0.5
+    """Weight of the value loss."""
+    entropy_coef: float = 0.0
+    """Weight of the entropy bonus."""
+    max_grad_norm: float = 0.5
+    """Global gradient-norm clip."""
+    normalize_advantages: bool = True
+    """Standardise advantages per minibatch."""
+    init_log_std: float = 0.0
+    """Initial log standard deviation of the Gaussian policy."""
+    reward_scale: float = 1.0
+    """Rewards are multiplied by this before GAE (returns are reported unscaled)."""
+    anneal_lr: bool = False
+    """Decay the learning rate linearly to zero over the step budget (needs one)."""
+
+    def __post_init__(self) -> None:
+        checks = {
+            "learning_rate": self.learning_rate > 0,
+            "gamma": 0 < self.gamma <= 1,
+            "gae_lambda": 0 <= self.gae_lambda <= 1,
+            "clip_range": self.clip_range > 0,
+            "steps_per_iteration": self.steps_per_iteration > 0,
+            "epochs": self.epochs > 0,
+            "minibatch_size": 0 < self.minibatch_size,
+            "hidden_size": self.hidden_size > 0,
+            "max_grad_norm": self.max_grad_norm > 0,
+            "reward_scale": self.reward_scale > 0,
+        }
+        bad = [name for name, ok in checks.items() if not ok]
+        if bad:
+            raise ValueError(f"PPO setting out of range: {', '.join(f'{n}={getattr(self, n)!r}' for n in bad)}")
+
+    def replace(self, **changes: object) -> PPOConfig:
+        """A copy with some fields changed (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+
+# `tuned`: chosen for Pendulum-v1 by a seed sweep; see README "Presets" for how.
+PRESETS: dict[str, PPOConfig] = {
+    "report": PPOConfig(),
+    "tuned": PPOConfig(
+        learning_rate=1e-3,
+        gamma=0.9,
+        gae_lambda=0.95,
+        steps_per_iteration=4096,
+        epochs=10,
+        minibatch_size=64,
+        reward_scale=0.1,
+        init_log_std=-0.5,
+    ),
+}
+
+
+def field_names() -> tuple[str, ...]:
+    """Valid keys of a `[ppo]` table, besides `preset`."""
+    return tuple(f.name for f in dataclasses.fields(PPOConfig))

@@ -1,0 +1,151 @@
+"""The one sampling loop every backend runs, wherever its envs live.
+
+`EnvBlock` steps k envs in one process; `FragmentSampler` drives any stepper
+(an `EnvBlock`, or central inference's group of remote blocks) with a policy
+and returns a `Rollout`. Because env i is seeded `seed + i` and draws its
+exploration noise from its own generator seeded by `(seed, i)`, the same env
+produces the same transitions whether it lives alone in a Ray actor or beside
+fifteen others in a vector env.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+from typing import Protocol
+
+import numpy as np
+from gymnasium.vector import AutoresetMode, SyncVectorEnv
+
+from algorithms.model import InferencePolicy
+from algorithms.rollout import Rollout
+from backends.envs import EnvSpec, make_env
+
+# Recorded in results: the sampling semantics every backend shares.
+AUTORESET_MODE = AutoresetMode.SAME_STEP
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """One step of k envs. Where an episode ended, `obs` is already the next
+    episode's first observation and `final_obs` holds the ended one's last."""
+
+    obs: np.ndarray  # (k, obs_dim) float32
+    rewards: np.ndarray  # (k,) float32
+    terminations: np.ndarray  # (k,) bool
+    truncations: np.ndarray  # (k,) bool
+    final_obs: np.ndarray  # (k, obs_dim) float32, meaningful where an episode ended
+
+
+class Stepper(Protocol):
+    """Something that steps a fixed set of envs in lockstep."""
+
+    env_ids: np.ndarray
+
+    def reset(self) -> np.ndarray: ...
+
+    def step(self, actions: np.ndarray) -> StepResult: ...
+
+
+class EnvBlock:
+    """Envs `env_ids` in one process, a gymnasium `SyncVectorEnv` with same-step autoreset."""
+
+    def __init__(self, spec: EnvSpec, env_ids: np.ndarray, seed: int) -> None:
+        self.env_ids = np.asarray(env_ids, dtype=np.int64)
+        self.seed = seed
+        self.vec = SyncVectorEnv([partial(make_env, spec)] * len(self.env_ids), autoreset_mode=AUTORESET_MODE)
+        space = self.vec.single_action_space
+        self.action_low, self.action_high = space.low, space.high
+
+    def reset(self) -> np.ndarray:
+        obs, _ = self.vec.reset(seed=[self.seed + int(i) for i in self.env_ids])
+        return obs.astype(np.float32, copy=False)
+
+    def step(self, actions: np.ndarray) -> StepResult:
+        # The env gets the clipped action; PPO keeps the unclipped sample and its log-prob.
+        obs, rewards, terminations, truncations, info = self.vec.step(np.clip(actions, self.action_low, self.action_high))
+        obs = obs.astype(np.float32, copy=False)
+        final_obs = obs.copy()
+        if "_final_obs" in info:
+            for j in np.flatnonzero(info["_final_obs"]):
+                final_obs[j] = info["final_obs"][j]
+        return StepResult(obs, rewards.astype(np.float32), terminations.astype(bool), truncations.astype(bool), final_obs)
+
+    def close(self) -> None:
+        self.vec.close()
+
+
+class NoiseSource:
+    """Per-env standard-normal exploration noise, seeded by `(seed, env_id)`."""
+
+    def __init__(self, env_ids: np.ndarray, seed: int, act_dim: int) -> None:
+        self.generators = [np.random.default_rng([seed, int(i)]) for i in env_ids]
+        self.act_dim = act_dim
+
+    def draw(self) -> np.ndarray:
+        return np.stack([g.standard_normal(self.act_dim, dtype=np.float32) for g in self.generators])
+
+
+class FragmentSampler:
+    """Samples T-step fragments from a stepper; episodes carry over between calls."""
+
+    def __init__(self, stepper: Stepper, policy: InferencePolicy, noise: NoiseSource, batched: bool = True) -> None:
+        self.stepper = stepper
+        self.policy = policy
+        self.noise = noise
+        # Unbatched: one policy call per env step, the report's single-process PPO.
+        self.batched = batched
+        self.obs = stepper.reset()
+        num_envs = len(stepper.env_ids)
+        self.running_return = np.zeros(num_envs)
+        self.running_length = np.zeros(num_envs, dtype=np.int64)
+
+    def _act(self, obs: np.ndarray, noise: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        if self.batched:
+            return self.policy.act(obs, noise)
+        parts = [self.policy.act(obs[j : j + 1], noise[j : j + 1]) for j in range(len(obs))]
+        return tuple(np.concatenate(p) for p in zip(*parts, strict=True))  # type: ignore[return-value]
+
+    def sample(self, num_steps_per_env: int) -> Rollout:
+        """Step every env `num_steps_per_env` times with the policy's current weights."""
+        T, k, obs_dim = num_steps_per_env, len(self.obs), self.obs.shape[1]
+        act_dim = self.noise.act_dim
+        obs_buf = np.empty((T, k, obs_dim), np.float32)
+        act_buf = np.empty((T, k, act_dim), np.float32)
+        logp_buf, value_buf, reward_buf, final_value_buf = (np.zeros((T, k), np.float32) for _ in range(4))
+        term_buf, trunc_buf = np.zeros((T, k), bool), np.zeros((T, k), bool)
+        episodes: list[tuple[float, int, int]] = []
+        for t in range(T):
+            actions, log_probs, values = self._act(self.obs, self.noise.draw())
+            obs_buf[t], act_buf[t], logp_buf[t], value_buf[t] = self.obs, actions, log_probs, values
+            step = self.stepper.step(actions)
+            reward_buf[t], term_buf[t], trunc_buf[t] = step.rewards, step.terminations, step.truncations
+            self.running_return += step.rewards
+            self.running_length += 1
+            ended = np.flatnonzero(step.terminations | step.truncations)
+            if len(ended):
+                truncated_only = ended[~step.terminations[ended]]
+                if len(truncated_only):
+                    final_value_buf[t, truncated_only] = self.policy.value(step.final_obs[truncated_only])
+                for j in ended:
+                    episodes.append((self.running_return[j], int(self.running_length[j]), int(self.stepper.env_ids[j])))
+                self.running_return[ended] = 0.0
+                self.running_length[ended] = 0
+            self.obs = step.obs
+        returns, lengths, env_ids = zip(*episodes, strict=True) if episodes else ((), (), ())
+        return Rollout(
+            obs=obs_buf,
+            actions=act_buf,
+            log_probs=logp_buf,
+            values=value_buf,
+            rewards=reward_buf,
+            terminations=term_buf,
+            truncations=trunc_buf,
+            final_values=final_value_buf,
+            last_values=self.policy.value(self.obs).astype(np.float32),
+            env_ids=self.stepper.env_ids.copy(),
+            episode_returns=np.asarray(returns, np.float64),
+            episode_lengths=np.asarray(lengths, np.int64),
+            episode_env_ids=np.asarray(env_ids, np.int64),
+            policy_version=self.policy.version,
+        )

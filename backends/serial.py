@@ -1,0 +1,11 @@
+"""`serial`: one process, one policy call per env step (the report's single-process PPO)."""
+
+from __future__ import annotations
+
+from backends.vecenv import VecEnvBackend
+
+
+class SerialBackend(VecEnvBackend):
+    """Like `vecenv`, but inference is not batched across envs: the baseline."""
+
+    batched_inference = False

@@ -1,0 +1,39 @@
+"""`vecenv`: N envs stepped by one process with batched policy inference (the report's VecEnv)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from algorithms.model import InferencePolicy
+from backends.base import Backend, Collected, PolicySpec, SyncReport
+from backends.envs import EnvSpec
+from backends.sampling import EnvBlock, FragmentSampler, NoiseSource
+
+
+class VecEnvBackend(Backend):
+    """All envs and the policy copy live in the learner's process."""
+
+    batched_inference = True
+
+    def start(self, env: EnvSpec, policy: PolicySpec, seed: int) -> None:
+        env_ids = np.arange(self.spec.num_envs)
+        self.block = EnvBlock(env, env_ids, seed)
+        self.policy = InferencePolicy(policy.obs_dim, policy.act_dim, policy.hidden_size)
+        noise = NoiseSource(env_ids, seed, policy.act_dim)
+        self.sampler = FragmentSampler(self.block, self.policy, noise, batched=self.batched_inference)
+
+    def set_weights(self, weights: np.ndarray, version: int) -> SyncReport:
+        self.policy.load_flat(weights, version)
+        return SyncReport(bytes_sent=None)
+
+    def collect(self, num_steps: int) -> Collected:
+        return Collected(self.sampler.sample(self.steps_per_env(num_steps)))
+
+    def close(self) -> None:
+        block = getattr(self, "block", None)
+        if block is not None:
+            block.close()
+            self.block = None
+
+    def describe(self) -> dict:
+        return super().describe() | {"batched_inference": self.batched_inference, "transport": "in-process"}

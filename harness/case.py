@@ -1,0 +1,181 @@
+"""One repeat of one case, run in a fresh process: `python -m harness.case SPEC.json RESULT.json`.
+
+The harness, not the backend, times each phase of each iteration with
+`time.perf_counter()`: weight sync, collect, GAE, update. The result file is
+rewritten after every iteration, so a crash keeps what finished.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import signal
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psutil
+import torch
+
+from algorithms.config import PPOConfig
+from algorithms.evaluate import evaluate, evaluation_seeds
+from algorithms.model import InferencePolicy
+from algorithms.ppo import PPOLearner
+from backends import create_backend
+from backends.base import BackendSpec, PolicySpec
+from backends.envs import EnvSpec, env_dims, make_env
+from harness.errors import HarnessError
+from harness.monitor import ResourceMonitor
+from harness.suite import CaseConfig, MeasureConfig
+
+PROGRESS_PREFIX = "@@progress"
+
+
+def case_from_dict(data: dict[str, Any]) -> CaseConfig:
+    """Rebuild a `CaseConfig` from `dataclasses.asdict` output (as stored in run.json)."""
+    return CaseConfig(
+        id=data["id"],
+        part=data["part"],
+        label=data["label"],
+        backend=BackendSpec(**data["backend"]),
+        env=EnvSpec(**data["env"]),
+        ppo=PPOConfig(**data["ppo"]),
+        preset=data["preset"],
+    )
+
+
+def measure_from_dict(data: dict[str, Any]) -> MeasureConfig:
+    return MeasureConfig(**{**data, "seeds": tuple(data["seeds"])})
+
+
+class CaseRun:
+    """Trains (or just iterates) one case with one seed and records every phase."""
+
+    def __init__(self, case: CaseConfig, measure: MeasureConfig, seed: int, result_path: Path | None = None) -> None:
+        self.case, self.measure, self.seed = case, measure, seed
+        self.result_path = result_path
+        self.result: dict[str, Any] = {"seed": seed, "status": "running", "iterations": [], "evaluations": []}
+
+    def iterations_planned(self) -> int:
+        per_iteration = self.case.ppo.steps_per_iteration
+        if self.measure.mode == "convergence":
+            return math.ceil(self.measure.total_steps / per_iteration)
+        return self.measure.warmup_iterations + self.measure.iterations
+
+    def run(self) -> dict[str, Any]:
+        threads = self.measure.torch_threads or psutil.cpu_count(logical=False) or 1
+        torch.set_num_threads(threads)
+        self.result["torch_threads"] = threads
+        obs_dim, act_dim = env_dims(self.case.env)
+        planned = self.iterations_planned()
+        learner = PPOLearner(self.case.ppo, obs_dim, act_dim, self.seed, planned * self.case.ppo.steps_per_iteration)
+        eval_policy = InferencePolicy(obs_dim, act_dim, self.case.ppo.hidden_size)
+        backend = create_backend(self.case.backend)
+        monitor = ResourceMonitor()
+        try:
+            with monitor:
+                started = time.perf_counter()
+                backend.start(self.case.env, PolicySpec(obs_dim, act_dim, self.case.ppo.hidden_size), self.seed)
+                self.result["startup_s"] = time.perf_counter() - started
+                self.result["backend"] = backend.describe()
+                next_eval = self.measure.eval_every
+                for index in range(planned):
+                    self.result["iterations"].append(self._iteration(index, learner, backend))
+                    self._progress(index + 1, planned)
+                    if self.measure.mode == "convergence" and (learner.steps_trained >= next_eval or index == planned - 1):
+                        next_eval += self.measure.eval_every
+                        episodes = self.measure.eval_episodes
+                        self.result["evaluations"].append(self._evaluate(learner, eval_policy, episodes))
+                    self._save()
+                if self.measure.mode == "convergence":
+                    self.result["final_evaluation"] = self._evaluate(learner, eval_policy, self.measure.final_eval_episodes)
+        finally:
+            closing = time.perf_counter()
+            backend.close()
+            self.result["shutdown_s"] = time.perf_counter() - closing
+            self.result["resources"] = monitor.summary()
+        self.result["status"] = "ok"
+        self._save()
+        return self.result
+
+    def _iteration(self, index: int, learner: PPOLearner, backend: Any) -> dict[str, Any]:
+        steps = self.case.ppo.steps_per_iteration
+        t0 = time.perf_counter()
+        sync = backend.set_weights(learner.weights(), learner.version)
+        t1 = time.perf_counter()
+        collected = backend.collect(steps)
+        t2 = time.perf_counter()
+        rollout = collected.rollout
+        if rollout.num_steps != steps:
+            raise RuntimeError(f"backend returned {rollout.num_steps} steps, {steps} were asked for")
+        advantages, returns = learner.advantages(rollout)
+        t3 = time.perf_counter()
+        stats = learner.update(rollout, advantages, returns)  # raises on a stale policy version
+        t4 = time.perf_counter()
+        return {
+            "index": index,
+            "warmup": self.measure.mode == "throughput" and index < self.measure.warmup_iterations,
+            "steps": steps,
+            "sync_s": t1 - t0,
+            "collect_s": t2 - t1,
+            "gae_s": t3 - t2,
+            "update_s": t4 - t3,
+            "total_s": t4 - t0,
+            "sync_bytes": sync.bytes_sent,
+            "worker_compute_s": collected.worker_compute_s,
+            "transfer_s": collected.transfer_s,
+            "transfer_bytes": collected.transfer_bytes,
+            "policy_version": rollout.policy_version,
+            "episodes": len(rollout.episode_returns),
+            "episode_return_mean": float(rollout.episode_returns.mean()) if len(rollout.episode_returns) else None,
+            "steps_trained": learner.steps_trained,
+        } | dataclasses.asdict(stats)
+
+    def _evaluate(self, learner: PPOLearner, policy: InferencePolicy, episodes: int) -> dict[str, Any]:
+        policy.load_flat(learner.weights(), learner.version)
+        started = time.perf_counter()
+        returns = evaluate(policy, lambda: make_env(dataclasses.replace(self.case.env, step_cost_ms=0.0)), evaluation_seeds(self.seed, episodes))
+        return {
+            "steps": learner.steps_trained,
+            "mean_return": float(np.mean(returns)),
+            "returns": returns.tolist(),
+            "seconds": time.perf_counter() - started,
+        }
+
+    def _progress(self, done: int, total: int) -> None:
+        print(f"{PROGRESS_PREFIX} {done} {total}", flush=True)
+
+    def _save(self) -> None:
+        if self.result_path is not None:
+            tmp = self.result_path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(self.result, default=float))
+            tmp.replace(self.result_path)
+
+
+def _terminate(signum: int, frame: object) -> None:
+    # Turn SIGTERM into an exception so `finally` closes the backend (Ray, worker processes).
+    raise SystemExit(f"stopped by signal {signum}")
+
+
+def main(argv: list[str]) -> int:
+    spec_path, result_path = Path(argv[0]), Path(argv[1])
+    signal.signal(signal.SIGTERM, _terminate)
+    spec = json.loads(spec_path.read_text())
+    run = CaseRun(case_from_dict(spec["case"]), measure_from_dict(spec["measure"]), spec["seed"], result_path)
+    try:
+        run.run()
+        return 0
+    except BaseException as exc:  # recorded for the parent, whatever it was
+        message = str(exc) if isinstance(exc, HarnessError) else f"{type(exc).__name__}: {exc}"
+        run.result |= {"status": "error", "error": message.splitlines()[0] if message else type(exc).__name__, "traceback": traceback.format_exc()}
+        run._save()
+        print(traceback.format_exc(), file=sys.stderr, flush=True)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,181 @@
+"""Command line: `python -m harness run|list|report|compare|cluster`.
+
+User mistakes end as one line `error: ...` and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from rich.console import Console
+
+from harness.errors import HarnessError
+
+SUITES_DIR = Path(__file__).resolve().parent.parent / "suites"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m harness", description="Benchmark harness for parallel PPO.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="run a suite and write results/<suite>-<time>/")
+    run.add_argument("suite", help="a suite file, e.g. suites/scaling.toml (or just 'scaling')")
+    run.add_argument("--out", type=Path, default=Path("results"), help="parent folder of the run folder (default: results)")
+    run.add_argument("--quick", action="store_true", help="shrink budgets for a fast look (not for publishing)")
+    run.add_argument("--address", help="Ray cluster address for ray_cluster cases (after the suite's and RAY_ADDRESS)")
+    run.add_argument("--case-timeout", type=float, default=3600.0, help="seconds before one case run is stopped (default 3600)")
+    run.add_argument("--lang", choices=("en", "zh"), default="en", help="language of the report's table headers")
+
+    commands.add_parser("list", help="list backends, suites and PPO presets")
+
+    report = commands.add_parser("report", help="re-render report.md and plots from a run's run.json")
+    report.add_argument("run_dir", type=Path)
+    report.add_argument("--lang", choices=("en", "zh"), default="en")
+
+    compare = commands.add_parser("compare", help="compare two runs case by case")
+    compare.add_argument("run_a", type=Path)
+    compare.add_argument("run_b", type=Path)
+
+    cluster = commands.add_parser("cluster", help="start or stop a local multi-node Ray cluster (ray start)")
+    cluster.add_argument("action", choices=("up", "down", "status"))
+    cluster.add_argument("--nodes", type=int, default=2, help="nodes including the head (up)")
+    cluster.add_argument("--cpus-per-node", type=float, default=None, help="CPUs each node advertises (up)")
+    cluster.add_argument("--state-file", type=Path, default=None, help="where the cluster is recorded")
+    return parser
+
+
+def resolve_suite(name: str) -> Path:
+    """A path, or a bare suite name looked up in suites/."""
+    path = Path(name)
+    if path.exists() or path.suffix == ".toml":
+        return path
+    candidate = SUITES_DIR / f"{name}.toml"
+    return candidate if candidate.exists() else path
+
+
+def cmd_run(args: argparse.Namespace, console: Console) -> int:
+    from harness.report import write_report
+    from harness.runner import run_suite
+    from harness.suite import load_suite
+
+    suite = load_suite(resolve_suite(args.suite))
+    suite = _with_cluster_address(suite, args.address)
+    run_dir, run = run_suite(suite, args.out, args.quick, sys.argv, args.case_timeout, console)
+    report = write_report(run_dir, args.lang)
+    console.print(f"results: {run_dir / 'run.json'}\nreport:  {report}")
+    failed = sum(1 for c in run["cases"] for r in c["runs"] if r.get("status") != "ok")
+    if run["status"] == "interrupted":
+        return 130
+    if failed:
+        console.print(f"[red]{failed} run(s) failed[/]: their errors are in run.json and the report's notes")
+        return 1
+    return 0
+
+
+def _with_cluster_address(suite, cli_address: str | None):  # noqa: ANN001, ANN202 - Suite in, Suite out
+    """Fill `address` for ray_cluster cases: the suite's own, else RAY_ADDRESS, else --address."""
+    import dataclasses
+
+    fallback = os.environ.get("RAY_ADDRESS") or cli_address
+    parts = []
+    for part in suite.parts:
+        cases = []
+        for case in part.cases:
+            if case.backend.name == "ray_cluster" and "address" not in case.backend.options:
+                if not fallback:
+                    raise HarnessError(
+                        f"case {case.id} needs a Ray cluster address: set `address` in the suite, RAY_ADDRESS, or --address "
+                        "(`python -m harness cluster up --nodes 2` starts a local one)"
+                    )
+                backend = dataclasses.replace(case.backend, options={**case.backend.options, "address": fallback})
+                case = dataclasses.replace(case, backend=backend)
+            cases.append(case)
+        parts.append(dataclasses.replace(part, cases=tuple(cases)))
+    return dataclasses.replace(suite, parts=tuple(parts))
+
+
+def cmd_list(console: Console) -> int:
+    from algorithms.config import PRESETS
+    from backends import DEFAULT_BACKEND, REGISTRY, available
+
+    console.print("[bold]Backends[/]")
+    for name, entry in REGISTRY.items():
+        flags = [f"inference: {'/'.join(entry.inference_modes)}"]
+        if entry.options:
+            flags.append(f"options: {', '.join(entry.options)}")
+        if name == DEFAULT_BACKEND:
+            flags.append("default")
+        if not available(name):
+            flags.append("NOT AVAILABLE here")
+        console.print(f"  {name:16} {entry.summary} ({'; '.join(flags)})")
+    console.print("[bold]Suites[/]")
+    for path in sorted(SUITES_DIR.glob("*.toml")):
+        from harness.suite import load_suite
+
+        try:
+            suite = load_suite(path)
+            console.print(f"  {path.stem:16} {len(suite.cases):3d} cases  {suite.description}")
+        except HarnessError as exc:
+            console.print(f"  {path.stem:16} [red]invalid[/]: {exc}")
+    console.print("[bold]PPO presets[/]")
+    for name, cfg in PRESETS.items():
+        console.print(
+            f"  {name:16} lr {cfg.learning_rate:g}, gamma {cfg.gamma}, {cfg.steps_per_iteration} steps/iter, "
+            f"{cfg.epochs} epochs x minibatch {cfg.minibatch_size}"
+        )
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace, console: Console) -> int:
+    from tabulate import tabulate
+
+    from harness.analysis import run_stats
+    from harness.results import load_run
+    from harness.stats import significant_change
+
+    run_a, run_b = load_run(args.run_a), load_run(args.run_b)
+    stats_a = {c.id: c for cases in run_stats(run_a).values() for c in cases}
+    stats_b = {c.id: c for cases in run_stats(run_b).values() for c in cases}
+    rows = []
+    for case_id, a in stats_a.items():
+        b = stats_b.get(case_id)
+        if b is None or a.fps is None or b.fps is None:
+            continue
+        significant = significant_change(a.fps_samples, b.fps_samples)
+        verdict = {True: "changed", False: "not significant", None: "too few repeats"}[significant]
+        rows.append([case_id, f"{a.fps.median:,.0f}", f"{b.fps.median:,.0f}", f"{b.fps.median / a.fps.median:.3f}", verdict])
+    if not rows:
+        raise HarnessError(f"{args.run_a} and {args.run_b} have no measured case in common; compare runs of the same suite")
+    if run_a["machine"].get("cpu_model") != run_b["machine"].get("cpu_model"):
+        console.print("[yellow]warning[/]: the runs come from different machines; ratios mix hardware and code")
+    console.print(tabulate(rows, ["case", "FPS A", "FPS B", "B / A", "Welch t-test (5%)"], tablefmt="github"))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    console = Console(stderr=False)
+    try:
+        if args.command == "run":
+            return cmd_run(args, console)
+        if args.command == "list":
+            return cmd_list(console)
+        if args.command == "report":
+            from harness.report import write_report
+
+            console.print(f"report: {write_report(args.run_dir, args.lang)}")
+            return 0
+        if args.command == "compare":
+            return cmd_compare(args, console)
+        from harness.cluster import run_cluster_command
+
+        return run_cluster_command(args.action, args.nodes, args.cpus_per_node, args.state_file)
+    except HarnessError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

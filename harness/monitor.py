@@ -1,0 +1,119 @@
+"""Background sampling of CPU and memory (psutil) and GPU (nvidia-ml-py, when present)."""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Any
+
+import psutil
+
+
+class ResourceMonitor:
+    """Samples the whole process tree (learner, workers, Ray daemons) every `interval_s`.
+
+    Use as a context manager around the measured region; `summary()` afterwards.
+    """
+
+    def __init__(self, interval_s: float = 0.5) -> None:
+        self.interval_s = interval_s
+        self.root = psutil.Process(os.getpid())
+        self.samples: list[dict[str, float]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="resource-monitor", daemon=True)
+        self._known: dict[int, psutil.Process] = {}
+        self._gpu = _Gpu()
+
+    def __enter__(self) -> ResourceMonitor:
+        psutil.cpu_percent(None)  # prime the system-wide counter
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._gpu.close()
+
+    def _tree(self) -> list[psutil.Process]:
+        try:
+            procs = [self.root, *self.root.children(recursive=True)]
+        except psutil.Error:
+            return []
+        # Keep Process objects between samples: cpu_percent() measures since the previous call.
+        current = {}
+        for proc in procs:
+            current[proc.pid] = self._known.get(proc.pid, proc)
+        self._known = current
+        return list(current.values())
+
+    def _sample(self) -> dict[str, float]:
+        cpu = rss = 0.0
+        procs = self._tree()
+        for proc in procs:
+            try:
+                cpu += proc.cpu_percent(None)
+                rss += proc.memory_info().rss
+            except psutil.Error:
+                continue
+        sample = {
+            "tree_cpu_percent": cpu,
+            "tree_rss_mib": rss / 2**20,
+            "tree_processes": float(len(procs)),
+            "system_cpu_percent": psutil.cpu_percent(None),
+            "load_1min": os.getloadavg()[0],
+        }
+        return sample | self._gpu.sample()
+
+    def _run(self) -> None:
+        self._tree()
+        for proc in self._known.values():
+            try:
+                proc.cpu_percent(None)
+            except psutil.Error:
+                pass
+        while not self._stop.wait(self.interval_s):
+            self.samples.append(self._sample())
+
+    def summary(self) -> dict[str, Any]:
+        """Mean and max of every sampled quantity; GPU recorded as absent when there is none."""
+        out: dict[str, Any] = {"interval_s": self.interval_s, "samples": len(self.samples), "gpu_present": self._gpu.present}
+        keys = sorted({k for s in self.samples for k in s})
+        for key in keys:
+            values = [s[key] for s in self.samples if key in s]
+            out[key] = {"mean": sum(values) / len(values), "max": max(values)}
+        return out
+
+
+class _Gpu:
+    """NVML when a driver and GPU exist; silently absent otherwise (recorded as such)."""
+
+    def __init__(self) -> None:
+        self.handles: list[Any] = []
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            self.nvml = pynvml
+            self.handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(pynvml.nvmlDeviceGetCount())]
+        except Exception:  # no library, no driver, or no device: all mean "no GPU here"
+            self.nvml = None
+
+    @property
+    def present(self) -> bool:
+        return bool(self.handles)
+
+    def sample(self) -> dict[str, float]:
+        if not self.handles:
+            return {}
+        util = mem = 0.0
+        for handle in self.handles:
+            util += self.nvml.nvmlDeviceGetUtilizationRates(handle).gpu
+            mem += self.nvml.nvmlDeviceGetMemoryInfo(handle).used / 2**20
+        return {"gpu_util_percent": util / len(self.handles), "gpu_mem_used_mib": mem}
+
+    def close(self) -> None:
+        if self.nvml is not None:
+            try:
+                self.nvml.nvmlShutdown()
+            except Exception:
+                pass

@@ -1,0 +1,282 @@
+"""Render `report.md` from `run.json` alone: the report's tables, with statistics and analysis.
+
+Every sentence under a table is computed from the numbers above it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from tabulate import tabulate
+
+from harness.analysis import CaseStats, baseline_case, run_stats, speedup
+from harness.results import load_run
+from harness.stats import Summary, summarize
+
+REPORT_FILE = "report.md"
+
+# The research report's own column headers (section 4), for `--lang zh`.
+HEADERS = {
+    "en": {
+        "config": "Config",
+        "workers": "Workers",
+        "fps": "Mean FPS (steps/s)",
+        "speedup": "Speedup",
+        "steps_to": "Steps to {threshold:g}",
+        "final": "Final mean return",
+        "comm_type": "Type",
+        "mean_ms": "Mean time (ms)",
+        "share": "Share of total time (%)",
+        "weight_sync": "Weight sync",
+        "transfer": "Trajectory transfer",
+    },
+    "zh": {
+        "config": "配置",
+        "workers": "工作器数量",
+        "fps": "平均FPS（步/秒）",
+        "speedup": "相对加速比",
+        "steps_to": "达到{threshold:g}分阈值的步数",
+        "final": "最终性能（平均奖励）",
+        "comm_type": "通信类型",
+        "mean_ms": "平均时间（毫秒）",
+        "share": "占总时间比例",
+        "weight_sync": "权重同步",
+        "transfer": "轨迹传输",
+    },
+}
+TITLES = {
+    "speed": "Training speed",
+    "phases": "Where the time goes",
+    "convergence": "Convergence",
+    "scaling": "Scaling",
+    "communication": "Communication overhead",
+}
+EFFICIENCY_FLOOR = 0.5
+
+
+def _num(value: float | None, digits: int = 0) -> str:
+    return "n/a" if value is None else f"{value:,.{digits}f}"
+
+
+def _ci(summary: Summary | None, digits: int = 0) -> str:
+    if summary is None:
+        return "n/a"
+    if summary.n < 2:
+        return "n=1"
+    return f"{summary.ci_low:,.{digits}f} – {summary.ci_high:,.{digits}f}"
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}"
+
+
+def _config(case: CaseStats) -> str:
+    marks = " ⚠" if case.oversubscribed else ""
+    return f"{case.label}{marks}"
+
+
+def _notes(case: CaseStats) -> str:
+    notes = []
+    if case.oversubscribed:
+        notes.append("oversubscribed")
+    if case.errors:
+        notes.append(f"{len(case.errors)} run(s) failed: {case.errors[0]}")
+    return "; ".join(notes)
+
+
+# --- tables ---------------------------------------------------------------------------------------
+
+
+def speed_table(cases: list[CaseStats], baseline_label: str | None, h: dict[str, str]) -> tuple[str, list[str]]:
+    base = baseline_case(cases, baseline_label)
+    rows = []
+    for c in cases:
+        s = speedup(c, base)
+        rows.append([
+            _config(c), c.workers, _num(c.fps.median if c.fps else None), _num(s, 2), _ci(c.fps), c.envs,
+            _num(c.sampling_fps.median if c.sampling_fps else None), _num(s / c.workers if s else None, 2),
+            _num(c.startup_s.median if c.startup_s else None, 1), _notes(c),
+        ])  # fmt: skip
+    headers = [h["config"], h["workers"], h["fps"], h["speedup"], "FPS 95% CI", "Envs", "Sampling FPS", "Efficiency", "Start-up (s)", "Notes"]
+    lines = []
+    measured = [c for c in cases if c.fps]
+    if measured and base:
+        fastest = max(measured, key=lambda c: c.fps.median)
+        lines.append(
+            f"Fastest: **{fastest.label}** with {fastest.workers} worker(s), {fastest.fps.median:,.0f} steps/s, "
+            f"{speedup(fastest, base):.2f}x the baseline **{base.label}** ({base.fps.median:,.0f} steps/s)."
+        )
+        overlapping = [c.label for c in measured if c is not fastest and c.fps.n > 1 and fastest.fps.n > 1 and c.fps.ci_high >= fastest.fps.ci_low]
+        if overlapping:
+            lines.append(f"Not distinguishable from the fastest at 95% confidence: {', '.join(overlapping)}.")
+    return tabulate(rows, headers, tablefmt="github", disable_numparse=True), lines
+
+
+def phases_table(cases: list[CaseStats], h: dict[str, str]) -> tuple[str, list[str]]:
+    rows = []
+    for c in cases:
+        iteration_ms = 1000 * c.total_seconds / c.measured_iterations if c.measured_iterations else None
+        rows.append([
+            _config(c), c.workers, _pct(c.share("sync")), _pct(c.share("collect")), _pct(c.share("worker_compute")),
+            _pct(c.share("transfer")), _pct(c.share("gae")), _pct(c.share("update")), _num(iteration_ms, 1),
+        ])  # fmt: skip
+    headers = [h["config"], h["workers"], "Sync %", "Collect %", "…worker compute %", "…transfer %", "GAE %", "Update %", "Iteration (ms)"]
+    lines = []
+    dominant = [(c.label, c.workers, max(("collect", "update", "sync", "gae"), key=lambda p: c.share(p) or 0)) for c in cases if c.total_seconds]
+    for phase in ("update", "collect", "sync"):
+        names = [f"{label} ({w})" for label, w, p in dominant if p == phase]
+        if names:
+            lines.append(f"{phase.capitalize()} dominates the iteration for: {', '.join(names)}.")
+    return tabulate(rows, headers, tablefmt="github", disable_numparse=True), lines
+
+
+def scaling_table(cases: list[CaseStats], baseline_label: str | None, h: dict[str, str]) -> tuple[str, list[str]]:
+    base = baseline_case(cases, baseline_label)
+    counts = sorted({c.workers for c in cases})
+    groups: dict[str, dict[int, CaseStats]] = {}
+    for c in cases:
+        groups.setdefault(c.label, {})[c.workers] = c
+    rows, lines = [], []
+    for label, by_workers in groups.items():
+        fps_row, speed_row, eff_row = [f"{label}: FPS"], [f"{label}: {h['speedup']}"], [f"{label}: efficiency"]
+        for n in counts:
+            c = by_workers.get(n)
+            s = speedup(c, base) if c else None
+            fps_row.append(_num(c.fps.median if c and c.fps else None) + (" ⚠" if c and c.oversubscribed else ""))
+            speed_row.append(_num(s, 2))
+            eff_row.append(_num(s / n if s else None, 2))
+        rows += [fps_row, speed_row, eff_row]
+        measured = sorted((c for c in by_workers.values() if c.fps), key=lambda c: c.workers)
+        if len(measured) > 1 and base:
+            top = measured[-1]
+            lines.append(f"{label}: {top.workers} workers give {speedup(top, base):.2f}x the baseline ({base.label}).")
+            low = [c.workers for c in measured if (speedup(c, base) or 0) / c.workers < EFFICIENCY_FLOOR]
+            if low:
+                lines.append(f"{label}: parallel efficiency is below {EFFICIENCY_FLOOR:.0%} from {min(low)} workers on.")
+    headers = ["", *[f"{n} {h['workers']}" for n in counts]]
+    return tabulate(rows, headers, tablefmt="github", disable_numparse=True), lines
+
+
+def communication_table(cases: list[CaseStats], h: dict[str, str]) -> tuple[str, list[str]]:
+    rows, lines = [], []
+    for c in cases:
+        if not c.remote:
+            continue
+        for kind, summary, share_key, nbytes in (
+            (h["weight_sync"], c.sync_ms, "sync", c.sync_bytes),
+            (h["transfer"], c.transfer_ms, "transfer", c.transfer_bytes),
+        ):
+            share = c.share(share_key) if summary else None
+            rows.append([kind, _num(summary.mean if summary else None, 2), _pct(share), _config(c), c.workers,
+                         _num(summary.median if summary else None, 2), _num(nbytes)])  # fmt: skip
+        if c.sync_ms and c.transfer_ms:
+            together = (c.share("sync") or 0) + (c.share("transfer") or 0)
+            lines.append(f"{c.label} at {c.workers} workers: communication is {100 * together:.1f}% of iteration time.")
+    headers = [h["comm_type"], h["mean_ms"], h["share"], h["config"], h["workers"], "Median (ms)", "Bytes / iteration"]
+    if not rows:
+        return "No process backend in this part: weight sync and transfer do not apply in-process.", []
+    return tabulate(rows, headers, tablefmt="github", disable_numparse=True), lines
+
+
+def convergence_table(cases: list[CaseStats], h: dict[str, str]) -> tuple[str, list[str]]:
+    rows, lines = [], []
+    threshold = next((c.convergence.threshold for c in cases if c.convergence), -200.0)
+    for c in cases:
+        conv = c.convergence
+        if conv is None:
+            continue
+        reached = conv.reached
+        seeds = len(conv.steps_to_threshold)
+        if reached:
+            steps = summarize(reached)
+            steps_cell = f"{steps.mean:,.0f} ± {steps.half_width:,.0f}" if steps.n > 1 else f"{steps.mean:,.0f}"
+            if len(reached) < seeds:
+                steps_cell += f" (of seeds that reached it; {seeds - len(reached)} not within {conv.budget:,})"
+        else:
+            steps_cell = f"not reached within {conv.budget:,} steps"
+        final = summarize(conv.final_returns)
+        final_cell = "n/a" if final is None else (f"{final.mean:.1f} ± {final.half_width:.1f}" if final.n > 1 else f"{final.mean:.1f}")
+        rows.append([_config(c), c.workers, steps_cell, final_cell, f"{len(reached)}/{seeds}", _notes(c)])
+        lines.append(
+            f"{c.label}: {len(reached)} of {seeds} seeds reached {threshold:g}"
+            + (f", median {sorted(reached)[len(reached) // 2]:,} steps." if reached else f" within {conv.budget:,} steps.")
+        )
+    headers = [h["config"], h["workers"], h["steps_to"].format(threshold=threshold), h["final"], "Seeds reached", "Notes"]
+    return tabulate(rows, headers, tablefmt="github", disable_numparse=True), lines
+
+
+# --- the document -------------------------------------------------------------------------------
+
+
+def machine_header(run: dict[str, Any]) -> list[str]:
+    m, commit, pk = run["machine"], run["commit"], run["packages"]
+    gpus = ", ".join(g["name"] for g in m.get("gpus", [])) or "none"
+    commit_text = commit.get("id") or f"unknown ({commit.get('error')})"
+    if commit.get("dirty"):
+        commit_text += " (uncommitted changes)"
+    nodes = sorted({n for case in run["cases"] for r in case["runs"] for n in (r.get("backend") or {}).get("nodes", [])})
+    return [
+        f"- Machine: {m['cpu_model']}, {m['physical_cores']} physical / {m['logical_cores']} logical cores, "
+        f"{m['memory_gib']} GiB, load {', '.join(f'{x:.2f}' for x in m['load_average'])} at start; GPUs: {gpus}",
+        f"- Versions: Python {m['python']}, torch {pk.get('torch')}, ray {pk.get('ray')}, gymnasium {pk.get('gymnasium')}, "
+        f"numpy {pk.get('numpy')}; learner torch threads {m['torch_threads']}",
+        f"- Commit: {commit_text}; suite {run['suite']['path']} (sha256 {run['suite']['sha256'][:12]})"
+        + (f"; Ray nodes: {len(nodes)}" if nodes else ""),
+        f"- Run: {run['created']} to {run.get('finished') or '(unfinished)'}, status {run['status']}"
+        + (", **--quick** (budgets shrunk: a look, not a measurement)" if run.get("quick") else ""),
+    ]
+
+
+def render_markdown(run: dict[str, Any], lang: str = "en", plots: dict[str, list[str]] | None = None) -> str:
+    """The whole report as markdown."""
+    h = HEADERS[lang]
+    stats = run_stats(run)
+    cores = run["machine"].get("logical_cores")
+    out = [f"# {run['suite']['name']}", "", run["suite"].get("description", ""), "", *machine_header(run), ""]
+    if any(c.oversubscribed for cases in stats.values() for c in cases):
+        out += [f"⚠ marks oversubscribed cells: more busy worker processes than the machine's {cores} logical cores.", ""]
+    for part in run["parts"]:
+        cases = stats[part["name"]]
+        m = part["measure"]
+        out += [f"## {part['name']}", "", part.get("description", ""), ""]
+        if m["mode"] == "throughput":
+            out.append(
+                f"Throughput: {m['warmup_iterations']} warm-up + {m['iterations']} measured iterations per repeat, "
+                f"{m['repeats']} fresh-process repeat(s); FPS cells are the median over repeats of env steps/s end to end."
+            )
+        else:
+            out.append(
+                f"Convergence: {m['total_steps']:,} env steps per seed, seeds {list(m['seeds'])}, deterministic evaluation of "
+                f"{m['eval_episodes']} episodes every {m['eval_every']:,} steps and {m['final_eval_episodes']} at the end; ± is a 95% t-interval."
+            )
+        out.append("")
+        for table in part["tables"]:
+            if table == "speed":
+                body, lines = speed_table(cases, part.get("baseline"), h)
+            elif table == "phases":
+                body, lines = phases_table(cases, h)
+            elif table == "scaling":
+                body, lines = scaling_table(cases, part.get("baseline"), h)
+            elif table == "communication":
+                body, lines = communication_table(cases, h)
+            else:
+                body, lines = convergence_table(cases, h)
+            out += [f"### {TITLES[table]}", "", body, ""]
+            out += [f"- {line}" for line in lines]
+            out += [""] if lines else []
+        for image in (plots or {}).get(part["name"], []):
+            out += [f"![{Path(image).stem}]({image})", ""]
+    return "\n".join(out).rstrip() + "\n"
+
+
+def write_report(run_dir: Path, lang: str = "en") -> Path:
+    """Re-render `report.md` (and plots) from `run.json` alone."""
+    from harness.plots import render_plots
+
+    run = load_run(run_dir)
+    plots = render_plots(run, run_dir)
+    name = REPORT_FILE if lang == "en" else f"report.{lang}.md"
+    path = Path(run_dir) / name
+    path.write_text(render_markdown(run, lang, plots))
+    return path

@@ -1,0 +1,89 @@
+"""Run folders and `run.json`: self-describing, written as each case finishes, never overwritten."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from harness.errors import HarnessError
+from harness.machine import commit_info, machine_info, package_versions
+from harness.suite import Suite
+
+SCHEMA_VERSION = 1
+RUN_FILE = "run.json"
+REQUIRED_KEYS = ("schema_version", "suite", "machine", "packages", "commit", "parts", "cases")
+
+
+def new_run_dir(out: Path, suite_name: str) -> Path:
+    """A fresh folder `OUT/<suite>-<UTC time>`; a suffix is added rather than reuse one."""
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M%S")
+    base = f"{re.sub(r'[^A-Za-z0-9_.-]', '_', suite_name)}-{stamp}"
+    for attempt in range(1000):
+        path = out / (base if attempt == 0 else f"{base}-{attempt}")
+        try:
+            path.mkdir(parents=True, exist_ok=False)
+            return path
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            raise HarnessError(f"cannot create a results folder under {out}: {exc.strerror}; pass --out DIR") from None
+    raise HarnessError(f"too many runs named {base} in {out}")
+
+
+def new_run(suite: Suite, quick: bool, command: list[str]) -> dict[str, Any]:
+    """The run record before any case has run."""
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "status": "running",
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "finished": None,
+        "command": command,
+        "quick": quick,
+        "suite": {"name": suite.name, "description": suite.description, "path": suite.path, "sha256": suite.sha256, "text": suite.text},
+        "machine": machine_info(),
+        "packages": package_versions(),
+        "commit": commit_info(),
+        "parts": [
+            {
+                "name": p.name,
+                "description": p.description,
+                "measure": dataclasses.asdict(p.measure),
+                "tables": list(p.tables),
+                "baseline": p.baseline,
+            }
+            for p in suite.parts
+        ],
+        "cases": [dataclasses.asdict(c) | {"runs": []} for c in suite.cases],
+    }
+
+
+def save_run(run_dir: Path, run: dict[str, Any]) -> None:
+    """Atomic rewrite: a reader (or a crash) never sees half a file."""
+    tmp = run_dir / (RUN_FILE + ".tmp")
+    tmp.write_text(json.dumps(run, indent=1, default=float))
+    os.replace(tmp, run_dir / RUN_FILE)
+
+
+def load_run(run_dir: Path) -> dict[str, Any]:
+    """Read and check a run.json (folder or file path)."""
+    path = Path(run_dir)
+    if path.is_dir():
+        path = path / RUN_FILE
+    try:
+        run = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise HarnessError(f"no {RUN_FILE} at {path}; pass a folder written by `python -m harness run`") from None
+    except json.JSONDecodeError as exc:
+        raise HarnessError(f"{path} is not valid JSON ({exc}); was the run interrupted while writing?") from None
+    if not isinstance(run, dict) or run.get("schema_version") != SCHEMA_VERSION:
+        found = run.get("schema_version") if isinstance(run, dict) else None
+        raise HarnessError(f"{path} has results schema version {found!r}; this harness reads version {SCHEMA_VERSION}")
+    missing = [k for k in REQUIRED_KEYS if k not in run]
+    if missing:
+        raise HarnessError(f"{path} lacks {', '.join(missing)}; it was not written by this harness")
+    return run
