@@ -49,7 +49,7 @@ class PPOConfig:
             "clip_range": self.clip_range > 0,
             "steps_per_iteration": self.steps_per_iteration > 0,
             "epochs": self.epochs > 0,
-            "minibatch_size": 0 < self.minibatch_size,
+            "minibatch_size": self.minibatch_size > 0,
             "hidden_size": self.hidden_size > 0,
             "max_grad_norm": self.max_grad_norm > 0,
             "reward_scale": self.reward_scale > 0,

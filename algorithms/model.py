@@ -17,9 +17,7 @@ class ActorCritic(nn.Module):
 
     def __init__(self, obs_dim: int, act_dim: int, hidden_size: int = 256, init_log_std: float = 0.0) -> None:
         super().__init__()
-        self.trunk = nn.Sequential(
-            nn.Linear(obs_dim, hidden_size), nn.Tanh(), nn.Linear(hidden_size, hidden_size), nn.Tanh()
-        )
+        self.trunk = nn.Sequential(nn.Linear(obs_dim, hidden_size), nn.Tanh(), nn.Linear(hidden_size, hidden_size), nn.Tanh())
         self.mean_head = nn.Linear(hidden_size, act_dim)
         self.value_head = nn.Linear(hidden_size, 1)
         self.log_std = nn.Parameter(torch.full((act_dim,), float(init_log_std)))

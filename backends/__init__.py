@@ -29,9 +29,7 @@ class BackendEntry:
 
 
 REGISTRY: dict[str, BackendEntry] = {
-    "serial": BackendEntry(
-        "backends.serial:SerialBackend", "one process, one policy call per env step", multi_worker=False
-    ),
+    "serial": BackendEntry("backends.serial:SerialBackend", "one process, one policy call per env step", multi_worker=False),
     "vecenv": BackendEntry(
         "backends.vecenv:VecEnvBackend", "N envs in one process, batched policy inference", multi_worker=False
     ),
@@ -64,7 +62,9 @@ def available(name: str) -> bool:
     """Whether the backend's module and its dependency can be imported here."""
     entry = REGISTRY[name]
     module = entry.target.split(":")[0]
-    return importlib.util.find_spec(module) is not None and (entry.needs is None or importlib.util.find_spec(entry.needs) is not None)
+    return importlib.util.find_spec(module) is not None and (
+        entry.needs is None or importlib.util.find_spec(entry.needs) is not None
+    )
 
 
 def create_backend(spec: BackendSpec) -> Backend:

@@ -124,7 +124,9 @@ def case_stats(case: dict[str, Any], part: dict[str, Any], logical_cores: int) -
         phase_seconds=phase_seconds,
         total_seconds=total,
         measured_iterations=len(iterations),
-        sync_ms=_ms_summary([it["sync_s"] for it in iterations]) if remote and iterations and iterations[0].get("sync_bytes") is not None else None,
+        sync_ms=_ms_summary([it["sync_s"] for it in iterations])
+        if remote and iterations and iterations[0].get("sync_bytes") is not None
+        else None,
         transfer_ms=_ms_summary([it.get("transfer_s") for it in iterations]) if remote else None,
         sync_bytes=_mean([it.get("sync_bytes") for it in iterations]),
         transfer_bytes=_mean([it.get("transfer_bytes") for it in iterations]),

@@ -138,7 +138,9 @@ class CaseRun:
     def _evaluate(self, learner: PPOLearner, policy: InferencePolicy, episodes: int) -> dict[str, Any]:
         policy.load_flat(learner.weights(), learner.version)
         started = time.perf_counter()
-        returns = evaluate(policy, lambda: make_env(dataclasses.replace(self.case.env, step_cost_ms=0.0)), evaluation_seeds(self.seed, episodes))
+        returns = evaluate(
+            policy, lambda: make_env(dataclasses.replace(self.case.env, step_cost_ms=0.0)), evaluation_seeds(self.seed, episodes)
+        )
         return {
             "steps": learner.steps_trained,
             "mean_return": float(np.mean(returns)),
@@ -171,7 +173,11 @@ def main(argv: list[str]) -> int:
         return 0
     except BaseException as exc:  # recorded for the parent, whatever it was
         message = str(exc) if isinstance(exc, HarnessError) else f"{type(exc).__name__}: {exc}"
-        run.result |= {"status": "error", "error": message.splitlines()[0] if message else type(exc).__name__, "traceback": traceback.format_exc()}
+        run.result |= {
+            "status": "error",
+            "error": message.splitlines()[0] if message else type(exc).__name__,
+            "traceback": traceback.format_exc(),
+        }
         run._save()
         print(traceback.format_exc(), file=sys.stderr, flush=True)
         return 1

@@ -40,10 +40,12 @@ def gpus() -> list[dict[str, Any]]:
             for i in range(pynvml.nvmlDeviceGetCount()):
                 handle = pynvml.nvmlDeviceGetHandleByIndex(i)
                 name = pynvml.nvmlDeviceGetName(handle)
-                found.append({
-                    "name": name.decode() if isinstance(name, bytes) else name,
-                    "memory_mib": pynvml.nvmlDeviceGetMemoryInfo(handle).total // 2**20,
-                })
+                found.append(
+                    {
+                        "name": name.decode() if isinstance(name, bytes) else name,
+                        "memory_mib": pynvml.nvmlDeviceGetMemoryInfo(handle).total // 2**20,
+                    }
+                )
             return found
         finally:
             pynvml.nvmlShutdown()
@@ -89,6 +91,10 @@ def commit_info(repo: Path | None = None) -> dict[str, Any]:
         return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, timeout=10, check=True).stdout.strip()
 
     try:
-        return {"id": git("rev-parse", "HEAD"), "branch": git("rev-parse", "--abbrev-ref", "HEAD"), "dirty": bool(git("status", "--porcelain"))}
+        return {
+            "id": git("rev-parse", "HEAD"),
+            "branch": git("rev-parse", "--abbrev-ref", "HEAD"),
+            "dirty": bool(git("status", "--porcelain")),
+        }
     except (OSError, subprocess.SubprocessError) as exc:
         return {"id": None, "dirty": None, "error": f"{type(exc).__name__}: {exc}".splitlines()[0]}

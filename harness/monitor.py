@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from typing import Any
@@ -67,10 +68,8 @@ class ResourceMonitor:
     def _run(self) -> None:
         self._tree()
         for proc in self._known.values():
-            try:
+            with contextlib.suppress(psutil.Error):
                 proc.cpu_percent(None)
-            except psutil.Error:
-                pass
         while not self._stop.wait(self.interval_s):
             self.samples.append(self._sample())
 
@@ -113,7 +112,5 @@ class _Gpu:
 
     def close(self) -> None:
         if self.nvml is not None:
-            try:
+            with contextlib.suppress(Exception):
                 self.nvml.nvmlShutdown()
-            except Exception:
-                pass

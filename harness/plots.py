@@ -14,7 +14,13 @@ import numpy as np  # noqa: E402
 from harness.analysis import CaseStats, baseline_case, run_stats, speedup  # noqa: E402
 from harness.stats import summarize  # noqa: E402
 
-BREAKDOWN = (("sync", "weight sync"), ("worker_compute", "collect (sampling)"), ("transfer", "transfer"), ("gae", "GAE"), ("update", "update"))
+BREAKDOWN = (
+    ("sync", "weight sync"),
+    ("worker_compute", "collect (sampling)"),
+    ("transfer", "transfer"),
+    ("gae", "GAE"),
+    ("update", "update"),
+)
 
 
 def render_plots(run: dict[str, Any], run_dir: Path) -> dict[str, list[str]]:
@@ -56,7 +62,11 @@ def _learning_curves(cases: list[CaseStats], path: Path) -> Path:
         ax.fill_between(steps, lows, highs, alpha=0.2)
         threshold = conv.threshold
     ax.axhline(threshold, color="grey", linestyle="--", linewidth=1, label=f"threshold {threshold:g}")
-    ax.set(xlabel="env steps (summed over envs)", ylabel="deterministic evaluation return", title="Learning curves (mean, 95% CI over seeds)")
+    ax.set(
+        xlabel="env steps (summed over envs)",
+        ylabel="deterministic evaluation return",
+        title="Learning curves (mean, 95% CI over seeds)",
+    )
     ax.legend(fontsize=8)
     return _save(fig, path)
 
@@ -73,7 +83,9 @@ def _scaling(cases: list[CaseStats], baseline_label: str | None, path: Path) -> 
         if len(members) > 1:
             ax.plot([c.workers for c in members], [speedup(c, base) for c in members], marker="o", label=label)
     ax.plot([1, max_workers], [1, max_workers], color="grey", linestyle="--", label="ideal (linear)")
-    ax.set(xscale="log", yscale="log", xlabel="workers", ylabel=f"speedup vs {base.label if base else 'baseline'}", title="Scaling")
+    ax.set(
+        xscale="log", yscale="log", xlabel="workers", ylabel=f"speedup vs {base.label if base else 'baseline'}", title="Scaling"
+    )
     ax.legend(fontsize=8)
     return _save(fig, path)
 

@@ -98,7 +98,18 @@ def speed_table(cases: list[CaseStats], baseline_label: str | None, h: dict[str,
             _num(c.sampling_fps.median if c.sampling_fps else None), _num(s / c.workers if s else None, 2),
             _num(c.startup_s.median if c.startup_s else None, 1), _notes(c),
         ])  # fmt: skip
-    headers = [h["config"], h["workers"], h["fps"], h["speedup"], "FPS 95% CI", "Envs", "Sampling FPS", "Efficiency", "Start-up (s)", "Notes"]
+    headers = [
+        h["config"],
+        h["workers"],
+        h["fps"],
+        h["speedup"],
+        "FPS 95% CI",
+        "Envs",
+        "Sampling FPS",
+        "Efficiency",
+        "Start-up (s)",
+        "Notes",
+    ]
     lines = []
     measured = [c for c in cases if c.fps]
     if measured and base:
@@ -107,7 +118,11 @@ def speed_table(cases: list[CaseStats], baseline_label: str | None, h: dict[str,
             f"Fastest: **{fastest.label}** with {fastest.workers} worker(s), {fastest.fps.median:,.0f} steps/s, "
             f"{speedup(fastest, base):.2f}x the baseline **{base.label}** ({base.fps.median:,.0f} steps/s)."
         )
-        overlapping = [c.label for c in measured if c is not fastest and c.fps.n > 1 and fastest.fps.n > 1 and c.fps.ci_high >= fastest.fps.ci_low]
+        overlapping = [
+            c.label
+            for c in measured
+            if c is not fastest and c.fps.n > 1 and fastest.fps.n > 1 and c.fps.ci_high >= fastest.fps.ci_low
+        ]
         if overlapping:
             lines.append(f"Not distinguishable from the fastest at 95% confidence: {', '.join(overlapping)}.")
     return tabulate(rows, headers, tablefmt="github", disable_numparse=True), lines
@@ -121,9 +136,23 @@ def phases_table(cases: list[CaseStats], h: dict[str, str]) -> tuple[str, list[s
             _config(c), c.workers, _pct(c.share("sync")), _pct(c.share("collect")), _pct(c.share("worker_compute")),
             _pct(c.share("transfer")), _pct(c.share("gae")), _pct(c.share("update")), _num(iteration_ms, 1),
         ])  # fmt: skip
-    headers = [h["config"], h["workers"], "Sync %", "Collect %", "…worker compute %", "…transfer %", "GAE %", "Update %", "Iteration (ms)"]
+    headers = [
+        h["config"],
+        h["workers"],
+        "Sync %",
+        "Collect %",
+        "…worker compute %",
+        "…transfer %",
+        "GAE %",
+        "Update %",
+        "Iteration (ms)",
+    ]
     lines = []
-    dominant = [(c.label, c.workers, max(("collect", "update", "sync", "gae"), key=lambda p: c.share(p) or 0)) for c in cases if c.total_seconds]
+    dominant = [
+        (c.label, c.workers, max(("collect", "update", "sync", "gae"), key=lambda p: c.share(p) or 0))
+        for c in cases
+        if c.total_seconds
+    ]
     for phase in ("update", "collect", "sync"):
         names = [f"{label} ({w})" for label, w, p in dominant if p == phase]
         if names:
@@ -196,7 +225,9 @@ def convergence_table(cases: list[CaseStats], h: dict[str, str]) -> tuple[str, l
         else:
             steps_cell = f"not reached within {conv.budget:,} steps"
         final = summarize(conv.final_returns)
-        final_cell = "n/a" if final is None else (f"{final.mean:.1f} ± {final.half_width:.1f}" if final.n > 1 else f"{final.mean:.1f}")
+        final_cell = (
+            "n/a" if final is None else (f"{final.mean:.1f} ± {final.half_width:.1f}" if final.n > 1 else f"{final.mean:.1f}")
+        )
         rows.append([_config(c), c.workers, steps_cell, final_cell, f"{len(reached)}/{seeds}", _notes(c)])
         lines.append(
             f"{c.label}: {len(reached)} of {seeds} seeds reached {threshold:g}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import json
@@ -41,7 +42,11 @@ def plan_jobs(suite: Suite) -> list[Job]:
     for part in suite.parts:
         for case in part.cases:
             m = part.measure
-            runs = [(s, r) for r, s in enumerate(m.seeds)] if m.mode == "convergence" else [(m.seeds[0], r) for r in range(m.repeats)]
+            runs = (
+                [(s, r) for r, s in enumerate(m.seeds)]
+                if m.mode == "convergence"
+                else [(m.seeds[0], r) for r in range(m.repeats)]
+            )
             for round_no, (seed, repeat) in enumerate(runs):
                 while len(rounds) <= round_no:
                     rounds.append([])
@@ -50,7 +55,9 @@ def plan_jobs(suite: Suite) -> list[Job]:
     return [job for round_jobs in rounds for job in round_jobs]
 
 
-def run_suite(suite: Suite, out: Path, quick: bool, command: list[str], case_timeout_s: float, console: Console) -> tuple[Path, dict[str, Any]]:
+def run_suite(
+    suite: Suite, out: Path, quick: bool, command: list[str], case_timeout_s: float, console: Console
+) -> tuple[Path, dict[str, Any]]:
     """Run every job; returns the run folder and the final record. Never loses a finished case."""
     if quick:
         suite = suite.quick()
@@ -68,7 +75,13 @@ def run_suite(suite: Suite, out: Path, quick: bool, command: list[str], case_tim
             for number, job in enumerate(jobs, start=1):
                 name = f"{job.case.id} seed {job.seed} rep {job.repeat}"
                 task = progress.add_task(name, total=None)
-                result = _run_job(job, run_dir, logs / f"{number:03d}.log", case_timeout_s, lambda d, t, task=task: progress.update(task, completed=d, total=t))
+                result = _run_job(
+                    job,
+                    run_dir,
+                    logs / f"{number:03d}.log",
+                    case_timeout_s,
+                    lambda d, t, task=task: progress.update(task, completed=d, total=t),
+                )
                 run["cases"][job.case_index]["runs"].append(result)
                 save_run(run_dir, run)
                 progress.remove_task(task)
@@ -96,7 +109,12 @@ def _run_job(job: Job, run_dir: Path, log_path: Path, timeout_s: float, on_progr
         # Own session: on a time-out the whole tree (workers, embedded Ray) goes with it.
         proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log, text=True, env=env, start_new_session=True)
         timed_out = _follow(proc, timeout_s, on_progress, log)
-    result: dict[str, Any] = {"seed": job.seed, "repeat": job.repeat, "status": "error", "log": str(log_path.relative_to(run_dir))}
+    result: dict[str, Any] = {
+        "seed": job.seed,
+        "repeat": job.repeat,
+        "status": "error",
+        "log": str(log_path.relative_to(run_dir)),
+    }
     if result_path.exists():
         result |= json.loads(result_path.read_text()) | {"repeat": job.repeat}
         result_path.unlink()
@@ -145,7 +163,5 @@ def _kill_tree(proc: subprocess.Popen) -> None:
     except ProcessLookupError:
         return
     except subprocess.TimeoutExpired:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass

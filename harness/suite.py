@@ -211,7 +211,9 @@ def load_suite(path: str | Path) -> Suite:
     if "cases" in data:
         parts.append(_load_part(check, data, name, description))
     else:
-        check.known_keys({k: v for k, v in data.items() if k != "suite"}, (), "top level (a suite without [[cases]] only includes)")
+        check.known_keys(
+            {k: v for k, v in data.items() if k != "suite"}, (), "top level (a suite without [[cases]] only includes)"
+        )
     for included in check.value(meta.get("include", []), tuple[str, ...], "[suite]", "include"):
         child_path = path.parent / included
         if not child_path.is_file():

@@ -1,0 +1,265 @@
+"""`multiprocessing`: real worker processes; weights and per-step data through shared memory.
+
+Worker inference: the learner writes the flat weights once into a shared-memory
+buffer (plus a version counter) and tells each worker over its pipe to load
+them; fragments come back pickled through the pipes. Central inference:
+actions go out and observations come back through per-worker shared-memory
+arrays; the pipes carry only tiny control messages.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing as mp
+import time
+import traceback
+from multiprocessing.connection import Connection, wait
+from multiprocessing.shared_memory import SharedMemory
+from typing import Any
+
+import numpy as np
+
+from algorithms.rollout import Rollout
+from backends.base import PolicySpec
+from backends.envs import EnvSpec
+from backends.remote import RemoteBackend
+from backends.sampling import StepResult
+from backends.workers import CentralStepper, RolloutWorker, WorkerError
+
+START_METHODS = ("forkserver", "spawn", "fork")
+# forkserver: children fork from a clean server that imported torch once, so they start
+# fast without inheriting the learner's threads (fork after OpenMP use can deadlock).
+DEFAULT_START_METHOD = "forkserver"
+
+
+class SharedArrays:
+    """Named numpy arrays laid out in one shared-memory block."""
+
+    def __init__(self, layout: dict[str, tuple[tuple[int, ...], str]], name: str | None = None) -> None:
+        offsets, size = {}, 0
+        for key, (shape, dtype) in layout.items():
+            size = -(-size // 8) * 8  # 8-byte alignment
+            offsets[key] = size
+            size += int(np.prod(shape)) * np.dtype(dtype).itemsize
+        self.layout = layout
+        self.shm = SharedMemory(name=name, create=name is None, size=max(size, 8))
+        self.arrays = {
+            k: np.ndarray(shape, dtype, buffer=self.shm.buf, offset=offsets[k]) for k, (shape, dtype) in layout.items()
+        }
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        return self.arrays[key]
+
+    def close(self, unlink: bool = False) -> None:
+        self.arrays = {}
+        self.shm.close()
+        if unlink:
+            self.shm.unlink()
+
+
+def step_layout(num_envs: int, obs_dim: int, act_dim: int) -> dict[str, tuple[tuple[int, ...], str]]:
+    return {
+        "actions": ((num_envs, act_dim), "float32"),
+        "obs": ((num_envs, obs_dim), "float32"),
+        "rewards": ((num_envs,), "float32"),
+        "terminations": ((num_envs,), "bool"),
+        "truncations": ((num_envs,), "bool"),
+        "final_obs": ((num_envs, obs_dim), "float32"),
+        "step_s": ((1,), "float64"),
+    }
+
+
+def worker_main(conn: Connection, index: int, env: EnvSpec, env_ids: np.ndarray, seed: int, policy: PolicySpec,
+                inference: str, shm_name: str, shm_layout: dict) -> None:  # fmt: skip
+    """A worker process: serve load / sample / reset / step requests until told to close."""
+    shared = worker = None
+    try:
+        worker = RolloutWorker(index, env, env_ids, seed, policy, inference)
+        shared = SharedArrays(shm_layout, name=shm_name)
+        conn.send(("ready", worker.info()))
+        while True:
+            try:
+                request = conn.recv()
+            except EOFError:  # the learner is gone
+                break
+            kind = request[0]
+            if kind == "close":
+                break
+            if kind == "load":
+                if int(shared["version"][0]) != request[1]:
+                    raise RuntimeError(f"shared weights are at version {int(shared['version'][0])}, asked to load {request[1]}")
+                conn.send(("loaded", worker.load(shared["weights"], request[1])))
+            elif kind == "sample":
+                conn.send(("fragment", worker.sample(request[1])))
+            elif kind == "reset":
+                shared["obs"][:] = worker.reset()
+                conn.send(("ok",))
+            elif kind == "step":
+                result, seconds = worker.step(shared["actions"].copy())
+                for field in StepResult.__dataclass_fields__:
+                    shared[field][:] = getattr(result, field)
+                shared["step_s"][0] = seconds
+                conn.send(("ok",))
+            else:
+                raise ValueError(f"unknown request {kind!r}")
+    except BaseException:  # everything goes back to the learner, with the traceback
+        with contextlib.suppress(OSError, ValueError):
+            conn.send(("error", traceback.format_exc()))
+    finally:
+        if worker is not None:
+            worker.close()
+        if shared is not None:
+            shared.close()
+
+
+class MultiprocessingBackend(RemoteBackend):
+    """N worker processes with k envs each."""
+
+    def _launch(self, env: EnvSpec, policy: PolicySpec, seed: int) -> None:
+        method = self.spec.options.get("start_method", DEFAULT_START_METHOD)
+        if method not in START_METHODS:
+            raise ValueError(f"start_method must be one of {', '.join(START_METHODS)}, got {method!r}")
+        self.start_method = method
+        ctx = mp.get_context(method)
+        if method == "forkserver":
+            ctx.set_forkserver_preload(["backends.workers"])
+        self.procs: list[Any] = []
+        self.conns: list[Connection] = []
+        self.shared: list[SharedArrays] = []
+        num_params = _count_params(policy)
+        k = self.spec.envs_per_worker
+        if self.spec.inference == "worker":
+            # One buffer for all workers: the learner writes once, each worker copies.
+            self.weights = SharedArrays({"weights": ((num_params,), "float32"), "version": ((1,), "int64")})
+            self.shared.append(self.weights)
+        for index in range(self.spec.workers):
+            shared = (
+                self.weights if self.spec.inference == "worker" else SharedArrays(step_layout(k, policy.obs_dim, policy.act_dim))
+            )
+            if self.spec.inference == "central":
+                self.shared.append(shared)
+            parent, child = ctx.Pipe()
+            args = (
+                child,
+                index,
+                env,
+                self.spec.worker_env_ids(index),
+                seed,
+                policy,
+                self.spec.inference,
+                shared.shm.name,
+                shared.layout,
+            )
+            proc = ctx.Process(target=worker_main, args=args, name=f"ppo-worker-{index}", daemon=True)
+            proc.start()
+            child.close()
+            self.procs.append(proc)
+            self.conns.append(parent)
+        self.placement = [msg[1] for msg in self._receive_all("ready")]
+
+    def _receive_all(self, expected: str) -> list[tuple]:
+        """One reply from every worker, in worker order; a dead or failed worker raises at once."""
+        replies: dict[int, tuple] = {}
+        deadline = time.monotonic() + self.timeout_s
+        while len(replies) < len(self.conns):
+            pending = [i for i in range(len(self.conns)) if i not in replies]
+            handles = {self.conns[i]: i for i in pending} | {self.procs[i].sentinel: i for i in pending}
+            ready = wait(list(handles), timeout=max(0.0, deadline - time.monotonic()))
+            if not ready:
+                raise WorkerError(
+                    f"workers {pending} sent no '{expected}' within {self.timeout_s:.0f} s; raise options.timeout_s if envs are slow"
+                )
+            for handle in ready:
+                i = handles[handle]
+                if i in replies:
+                    continue
+                reply = self._try_recv(i)
+                if reply is not None:
+                    if reply[0] == "error":
+                        raise WorkerError(
+                            f"worker {i} (pid {self.procs[i].pid}) failed: {reply[1].strip().splitlines()[-1]}\n{reply[1]}"
+                        )
+                    replies[i] = reply
+                elif not self.procs[i].is_alive():
+                    raise WorkerError(f"worker {i} (pid {self.procs[i].pid}) died with exit code {self.procs[i].exitcode}")
+        return [replies[i] for i in range(len(self.conns))]
+
+    def _try_recv(self, i: int) -> tuple | None:
+        """A waiting reply from worker i, or None (nothing yet, or its pipe closed)."""
+        try:
+            return self.conns[i].recv() if self.conns[i].poll() else None
+        except (EOFError, OSError):  # closed because the process died: reported by its sentinel
+            self.procs[i].join(timeout=1)
+            return None
+
+    def _send_all(self, request: tuple) -> None:
+        for i, conn in enumerate(self.conns):
+            try:
+                conn.send(request)
+            except (BrokenPipeError, ConnectionResetError):
+                raise WorkerError(f"worker {i} (pid {self.procs[i].pid}) is gone (exit code {self.procs[i].exitcode})") from None
+
+    def _broadcast(self, weights: np.ndarray, version: int) -> None:
+        self.weights["weights"][:] = weights
+        self.weights["version"][0] = version
+        self._send_all(("load", version))
+        self._receive_all("loaded")
+
+    def _gather(self, steps_per_env: int) -> list[tuple[Rollout, float, float]]:
+        self._send_all(("sample", steps_per_env))
+        return [reply[1] for reply in self._receive_all("fragment")]
+
+    def _central_stepper(self, obs_dim: int) -> CentralStepper:
+        return _SharedMemoryStepper(self, obs_dim)
+
+    def close(self) -> None:
+        procs = getattr(self, "procs", [])
+        for conn in getattr(self, "conns", []):
+            with contextlib.suppress(OSError, ValueError):
+                conn.send(("close",))
+        deadline = time.monotonic() + 5
+        for proc in procs:
+            proc.join(timeout=max(0.0, deadline - time.monotonic()))
+        for proc in procs:
+            if proc.is_alive():
+                proc.kill()
+                proc.join(timeout=5)
+        for conn in getattr(self, "conns", []):
+            conn.close()
+        for shared in getattr(self, "shared", []):
+            shared.close(unlink=True)
+        self.procs, self.conns, self.shared = [], [], []
+
+    def describe(self) -> dict[str, Any]:
+        transport = (
+            "weights: one shared-memory float32 buffer + version; fragments: pickled through pipes"
+            if self.spec.inference == "worker"
+            else "actions and step results: per-worker shared-memory arrays; pipes carry control messages only"
+        )
+        return super().describe() | {"start_method": getattr(self, "start_method", None), "transport": transport,
+                                     "placement": getattr(self, "placement", [])}  # fmt: skip
+
+
+class _SharedMemoryStepper(CentralStepper):
+    def __init__(self, backend: MultiprocessingBackend, obs_dim: int) -> None:
+        super().__init__(backend.spec, obs_dim)
+        self.backend = backend
+
+    def _reset_all(self) -> list[np.ndarray]:
+        self.backend._send_all(("reset",))
+        self.backend._receive_all("ok")
+        return [shared["obs"].copy() for shared in self.backend.shared]
+
+    def _step_all(self, actions: list[np.ndarray]) -> list[tuple[StepResult, float]]:
+        for shared, part in zip(self.backend.shared, actions, strict=True):
+            shared["actions"][:] = part
+        self.backend._send_all(("step",))
+        self.backend._receive_all("ok")
+        fields = StepResult.__dataclass_fields__
+        return [(StepResult(*(shared[f].copy() for f in fields)), float(shared["step_s"][0])) for shared in self.backend.shared]
+
+
+def _count_params(policy: PolicySpec) -> int:
+    from algorithms.model import ActorCritic
+
+    return sum(p.numel() for p in ActorCritic(policy.obs_dim, policy.act_dim, policy.hidden_size).parameters())

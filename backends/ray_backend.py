@@ -1,0 +1,235 @@
+"""`ray_local` and `ray_cluster`: workers are Ray actors.
+
+Worker inference: weights are `ray.put` once per iteration and every actor
+fetches that one object; fragments come back as numpy arrays (no `ray.get`
+per env step). Central inference: one actor call per step, the report's
+`RayVecEnv`, kept because a user deciding how to parallelise needs its cost.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psutil
+import ray
+from ray.exceptions import GetTimeoutError, RayActorError, RayError, RayTaskError
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+import algorithms
+import backends
+from algorithms.rollout import Rollout
+from backends.base import PolicySpec
+from backends.envs import EnvSpec
+from backends.remote import RemoteBackend
+from backends.sampling import StepResult
+from backends.workers import CentralStepper, RolloutWorker, WorkerError
+
+RemoteWorker = ray.remote(max_restarts=0)(RolloutWorker)
+
+
+def apply_ray_environment(env: dict[str, str]) -> dict[str, str | None]:
+    """Set Ray's auth variables for this process and its children; returns the old values.
+
+    Ray caches RAY_AUTH_MODE and the token when it is imported, so a change needs
+    the same refresh Ray does itself in `_enable_token_auth` (ray 2.60, pinned).
+    """
+    from ray._raylet import AuthenticationTokenLoader, Config
+
+    previous = {key: os.environ.get(key) for key in env}
+    os.environ.update(env)
+    Config.initialize("")
+    AuthenticationTokenLoader.instance().reset_cache()
+    return previous
+
+
+def restore_environment(previous: dict[str, str | None]) -> None:
+    for key, value in previous.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+def stop_processes_using(path: str, grace_s: float = 3.0) -> int:
+    """SIGTERM, then SIGKILL, every process whose command line names `path` (our own temp dir)."""
+    own = [p for p in psutil.process_iter(["cmdline"]) if any(path in part for part in (p.info["cmdline"] or []))]
+    for proc in own:
+        with contextlib.suppress(psutil.Error):
+            proc.terminate()
+    _, alive = psutil.wait_procs(own, timeout=grace_s)
+    for proc in alive:
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
+    return len(own)
+
+
+class RayBackend(RemoteBackend):
+    """Shared by both Ray backends; subclasses decide how to connect and where actors go."""
+
+    def _connect(self) -> None:
+        raise NotImplementedError
+
+    def _placement(self, index: int) -> dict[str, Any]:
+        """Actor options for worker `index` (CPU share, node)."""
+        return {}
+
+    def _launch(self, env: EnvSpec, policy: PolicySpec, seed: int) -> None:
+        self.actors: list[Any] = []
+        if ray.is_initialized():
+            raise WorkerError("Ray is already initialised in this process; one Ray backend at a time")
+        self._connect()
+        for index in range(self.spec.workers):
+            actor = RemoteWorker.options(name=None, **self._placement(index)).remote(
+                index, env, self.spec.worker_env_ids(index), seed, policy, self.spec.inference
+            )
+            self.actors.append(actor)
+        self.placement = self._get([a.info.remote() for a in self.actors], "start")
+        self.nodes = sorted({p.get("node", "") for p in self.placement})
+
+    def _get(self, refs: list[Any], what: str) -> list[Any]:
+        """`ray.get` with the backend's timeout; failures name the worker."""
+        try:
+            return ray.get(refs, timeout=self.timeout_s)
+        except GetTimeoutError:
+            ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
+            late = [i for i, r in enumerate(refs) if r not in ready]
+            hint = " (actors pending: not enough CPUs in the cluster?)" if what == "start" else ""
+            raise WorkerError(
+                f"workers {late} did not finish '{what}' within {self.timeout_s:.0f} s{hint}; raise options.timeout_s"
+            ) from None
+        except RayError as exc:
+            raise self._worker_error(refs, exc, what) from None
+
+    def _worker_error(self, refs: list[Any], exc: RayError, what: str) -> WorkerError:
+        for index, ref in enumerate(refs):
+            try:
+                ray.get(ref, timeout=0)
+            except RayTaskError as task_exc:
+                cause = str(task_exc.cause) if task_exc.cause is not None else str(task_exc).splitlines()[-1]
+                return WorkerError(f"worker {index} failed during '{what}': {type(task_exc.cause).__name__}: {cause}\n{task_exc}")
+            except RayActorError as died:
+                return WorkerError(f"worker {index} died during '{what}': {str(died).splitlines()[0]}")
+            except (RayError, GetTimeoutError):
+                continue
+        return WorkerError(f"a worker failed during '{what}': {str(exc).splitlines()[0]}")
+
+    def _broadcast(self, weights: np.ndarray, version: int) -> None:
+        ref = ray.put(weights)  # once; every actor fetches the same object
+        self._get([a.load.remote(ref, version) for a in self.actors], "load weights")
+
+    def _gather(self, steps_per_env: int) -> list[tuple[Rollout, float, float]]:
+        return self._get([a.sample.remote(steps_per_env) for a in self.actors], "sample")
+
+    def _central_stepper(self, obs_dim: int) -> CentralStepper:
+        return _RayStepper(self, obs_dim)
+
+    def close(self) -> None:
+        for actor in getattr(self, "actors", []):
+            with contextlib.suppress(RayError):
+                ray.kill(actor)
+        self.actors = []
+        if ray.is_initialized():
+            ray.shutdown()
+        restore_environment(getattr(self, "previous_env", {}))
+        self.previous_env = {}
+        self._cleanup()
+
+    def _cleanup(self) -> None:
+        pass
+
+    def describe(self) -> dict[str, Any]:
+        return super().describe() | {
+            "transport": "weights: ray.put once, fetched by every actor; fragments: actor return values"
+            if self.spec.inference == "worker"
+            else "one actor call per env step (RayVecEnv style)",
+            "placement": getattr(self, "placement", []),
+            "nodes": getattr(self, "nodes", []),
+        }
+
+
+class RayLocalBackend(RayBackend):
+    """Ray embedded in the learner's process (`ray.init`), on this machine's cores."""
+
+    def _connect(self) -> None:
+        cpus = self.spec.options.get("num_cpus") or os.cpu_count() or 1
+        self.num_cpus = float(cpus)
+        # A short private temp dir (unix socket paths max 107 bytes), removed on close;
+        # token auth with a per-run token so nothing else on the machine can join.
+        self.temp_dir = tempfile.mkdtemp(prefix="rl", dir="/tmp")
+        token_path = Path(self.temp_dir) / "token"
+        token_path.write_text(secrets.token_hex(32))
+        token_path.chmod(0o600)
+        auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token_path), "RAY_USAGE_STATS_ENABLED": "0"}
+        self.previous_env = apply_ray_environment(auth | {"RAY_AUTH_TOKEN": ""})
+        os.environ.pop("RAY_AUTH_TOKEN")  # it would override the token path
+        # address="local": never join some other cluster already running on this machine.
+        ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=False,
+                 logging_level="warning", _temp_dir=self.temp_dir)  # fmt: skip
+
+    def _placement(self, index: int) -> dict[str, Any]:
+        # More workers than CPUs must still start: ask for a fraction of a CPU each.
+        return {"num_cpus": min(1.0, self.num_cpus / self.spec.workers)}
+
+    def _cleanup(self) -> None:
+        temp_dir = getattr(self, "temp_dir", None)
+        if temp_dir:
+            # ray.shutdown() stops what it started; this catches a failed start's leftovers.
+            stop_processes_using(temp_dir)
+            shutil.rmtree(temp_dir, ignore_errors=True)
+            self.temp_dir = None
+
+
+class RayClusterBackend(RayBackend):
+    """Ray actors on an existing multi-node cluster, one node after another."""
+
+    def _connect(self) -> None:
+        from harness.cluster import cluster_env_for, probe_address
+
+        address = self.spec.options.get("address") or os.environ.get("RAY_ADDRESS")
+        if not address:
+            raise WorkerError("ray_cluster needs an address: set it in the suite, RAY_ADDRESS, or --address")
+        probe_address(address, timeout_s=10)
+        self.previous_env = apply_ray_environment(cluster_env_for(address) | {"RAY_USAGE_STATS_ENABLED": "0"})
+        # The code travels to the nodes through the runtime env, not a shared file system.
+        runtime_env = {"py_modules": [os.path.dirname(algorithms.__file__), os.path.dirname(backends.__file__)]}
+        ray.init(address=address, runtime_env=runtime_env, log_to_driver=False, logging_level="warning")
+        self.address = address
+        alive = [n for n in ray.nodes() if n.get("Alive")]
+        self.node_ids = [n["NodeID"] for n in alive]
+        total = sum(n.get("Resources", {}).get("CPU", 0) for n in alive)
+        self.cpus_per_worker = min(1.0, total / self.spec.workers) if total else 1.0
+
+    def _placement(self, index: int) -> dict[str, Any]:
+        # Ray's SPREAD put every actor on one node here (RAY_NOTES.md): pin round-robin instead.
+        node = self.node_ids[index % len(self.node_ids)]
+        per_node_workers = -(-self.spec.workers // len(self.node_ids))
+        node_cpus = next(n["Resources"].get("CPU", 1) for n in ray.nodes() if n["NodeID"] == node)
+        return {
+            "num_cpus": min(1.0, node_cpus / per_node_workers),
+            "scheduling_strategy": NodeAffinitySchedulingStrategy(node_id=node, soft=False),
+        }
+
+    def describe(self) -> dict[str, Any]:
+        return super().describe() | {
+            "address": getattr(self, "address", None),
+            "cluster_nodes": len(getattr(self, "node_ids", [])),
+        }
+
+
+class _RayStepper(CentralStepper):
+    def __init__(self, backend: RayBackend, obs_dim: int) -> None:
+        super().__init__(backend.spec, obs_dim)
+        self.backend = backend
+
+    def _reset_all(self) -> list[np.ndarray]:
+        return self.backend._get([a.reset.remote() for a in self.backend.actors], "reset")
+
+    def _step_all(self, actions: list[np.ndarray]) -> list[tuple[StepResult, float]]:
+        return self.backend._get([a.step.remote(part) for a, part in zip(self.backend.actors, actions, strict=True)], "step")
