@@ -157,7 +157,7 @@ def cmd_compare(args: argparse.Namespace, console: Console) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    console = Console(stderr=False)
+    console = Console(soft_wrap=True)
     try:
         if args.command == "run":
             return cmd_run(args, console)

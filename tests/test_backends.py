@@ -1,0 +1,237 @@
+"""One conformance suite over every registered backend and inference mode, plus equivalence.
+
+Equivalence: with the same seed, weights and total env count, every backend returns
+the rollout `vecenv` returns (same observations, actions, rewards, episode
+boundaries), exactly or within 1e-5 where batched float math differs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import time
+
+import numpy as np
+import psutil
+import pytest
+
+from algorithms.model import InferencePolicy
+from algorithms.rollout import Rollout
+from backends import REGISTRY, create_backend
+from backends.base import BackendSpec, PolicySpec
+from backends.envs import EnvSpec
+from backends.workers import WorkerError
+from tests.conftest import wait_for_no_children
+
+ENV = EnvSpec()
+POLICY = PolicySpec(obs_dim=3, act_dim=1, hidden_size=64)
+SEED = 7
+NUM_ENVS = 4
+
+# (backend, workers, envs per worker, inference): every registered backend and mode, 4 envs in all.
+CONFIGS = [
+    ("serial", 1, 4, "worker"),
+    ("vecenv", 1, 4, "worker"),
+    ("multiprocessing", 2, 2, "worker"),
+    ("multiprocessing", 4, 1, "central"),
+    ("ray_local", 4, 1, "worker"),
+    ("ray_local", 2, 2, "central"),
+    ("ray_cluster", 2, 2, "worker"),
+    ("ray_cluster", 2, 2, "central"),
+]
+REMOTE = {"multiprocessing", "ray_local", "ray_cluster"}
+
+
+def _param(config):
+    marks = [pytest.mark.ray_cluster] if config[0] == "ray_cluster" else []
+    return pytest.param(config, id="-".join(map(str, config)), marks=marks)
+
+
+PARAMS = [_param(c) for c in CONFIGS]
+
+
+def test_every_backend_and_mode_is_covered():
+    covered = {(name, mode) for name, _, _, mode in CONFIGS}
+    assert covered == {(name, mode) for name, entry in REGISTRY.items() for mode in entry.inference_modes}
+
+
+def make_spec(config, request, **options) -> BackendSpec:
+    name, workers, envs, inference = config
+    if name == "ray_cluster":
+        options["address"] = request.getfixturevalue("ray_cluster_address")
+    return BackendSpec(name, workers, envs, inference, {"timeout_s": 60, **options})
+
+
+def test_weights(hidden: int = POLICY.hidden_size) -> np.ndarray:
+    """Weights large enough that actions depend on the observation, not only on the noise."""
+    policy = InferencePolicy(POLICY.obs_dim, POLICY.act_dim, hidden)
+    return np.random.default_rng(0).normal(0.0, 0.3, policy.num_params).astype(np.float32)
+
+
+test_weights.__test__ = False  # a helper, not a test
+
+
+def started(spec: BackendSpec, env: EnvSpec = ENV):
+    backend = create_backend(spec)
+    try:
+        backend.start(env, POLICY, SEED)
+    except BaseException:
+        backend.close()
+        raise
+    return backend
+
+
+def collect_twice(spec: BackendSpec, steps_per_env: int = 150) -> list[Rollout]:
+    """Two fragments of 150 steps per env: the 200-step truncation falls in the second."""
+    backend = started(spec)
+    try:
+        weights = test_weights()
+        rollouts = []
+        for version in range(2):
+            backend.set_weights(weights, version)
+            rollouts.append(backend.collect(steps_per_env * spec.num_envs).rollout)
+        return rollouts
+    finally:
+        backend.close()
+
+
+@pytest.fixture(scope="module")
+def reference() -> list[Rollout]:
+    return collect_twice(BackendSpec("vecenv", 1, NUM_ENVS))
+
+
+def assert_same_rollout(actual: Rollout, expected: Rollout, atol: float = 1e-5) -> None:
+    """Every transition of every env, in order; raises AssertionError on any difference."""
+    np.testing.assert_array_equal(actual.env_ids, expected.env_ids)
+    assert actual.obs.shape == expected.obs.shape
+    for name in ("terminations", "truncations", "episode_env_ids", "episode_lengths"):
+        np.testing.assert_array_equal(getattr(actual, name), getattr(expected, name), err_msg=name)
+    for name in ("obs", "actions", "rewards", "log_probs", "values", "final_values", "last_values", "episode_returns"):
+        np.testing.assert_allclose(getattr(actual, name), getattr(expected, name), atol=atol, rtol=1e-5, err_msg=name)
+
+
+# --- conformance ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("config", PARAMS)
+def test_shapes_dtypes_and_exact_step_accounting(config, request):
+    spec = make_spec(config, request)
+    backend = started(spec)
+    try:
+        report = backend.set_weights(test_weights(), 5)
+        collected = backend.collect(64)
+        rollout = collected.rollout
+        description = backend.describe()
+    finally:
+        backend.close()
+        backend.close()  # idempotent
+    steps = 64 // NUM_ENVS
+    assert rollout.num_steps == 64 and rollout.policy_version == 5
+    assert rollout.obs.shape == (steps, NUM_ENVS, 3) and rollout.obs.dtype == np.float32
+    assert rollout.actions.shape == (steps, NUM_ENVS, 1) and rollout.actions.dtype == np.float32
+    for name in ("log_probs", "values", "rewards", "final_values"):
+        assert getattr(rollout, name).shape == (steps, NUM_ENVS) and getattr(rollout, name).dtype == np.float32, name
+    assert rollout.terminations.dtype == bool and rollout.truncations.dtype == bool
+    np.testing.assert_array_equal(rollout.env_ids, np.arange(NUM_ENVS))
+    assert rollout.last_values.shape == (NUM_ENVS,)
+    assert description["inference"] == spec.inference and description["autoreset_mode"] == "SameStep"
+    remote_weights = spec.name in REMOTE and spec.inference == "worker"
+    assert (report.bytes_sent is not None) == remote_weights
+    assert (collected.transfer_s is not None) == (spec.name in REMOTE)
+    if spec.name in REMOTE:
+        assert collected.transfer_bytes > 0 and collected.worker_compute_s > 0
+    with pytest.raises(ValueError, match="split evenly"):
+        backend.steps_per_env(63)
+
+
+@pytest.mark.parametrize("config", PARAMS)
+def test_close_leaves_no_worker_process(config, request):
+    spec = make_spec(config, request)
+    backend = started(spec)
+    backend.set_weights(test_weights(), 0)
+    backend.collect(16)
+    worker_pids = [w["pid"] for w in backend.describe().get("placement", [])]
+    backend.close()
+    backend.close()
+    assert wait_for_no_children() == []
+    # Workers on cluster nodes are not our children: check their processes by pid.
+    deadline = time.monotonic() + 15
+    while (alive := [pid for pid in worker_pids if _running(pid)]) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert alive == []
+
+
+def _running(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+@pytest.mark.parametrize("config", PARAMS)
+def test_env_exception_reaches_caller_naming_the_worker(config, request):
+    spec = make_spec(config, request)
+    broken = dataclasses.replace(ENV, options={"g": "not a number"})  # Pendulum fails inside step()
+    backend = started(spec, broken)
+    try:
+        backend.set_weights(test_weights(), 0)
+        with pytest.raises((WorkerError, TypeError)) as error:
+            backend.collect(16)
+    finally:
+        backend.close()
+    if spec.name in REMOTE:
+        assert error.type is WorkerError
+        text = str(error.value)
+        assert text.startswith("worker ") and "TypeError" in text
+        assert "pendulum.py" in text  # the worker's traceback travels with it
+    else:
+        assert error.type is TypeError
+
+
+@pytest.mark.parametrize("config", [p for p in PARAMS if p.values[0][0] in REMOTE])
+def test_killed_worker_is_detected_not_waited_on(config, request):
+    spec = make_spec(config, request, timeout_s=30)
+    backend = started(spec)
+    try:
+        backend.set_weights(test_weights(), 0)
+        victim = backend.describe()["placement"][1]["pid"]
+        os.kill(victim, signal.SIGKILL)
+        began = time.monotonic()
+        with pytest.raises(WorkerError, match="worker"):
+            backend.set_weights(test_weights(), 1)
+            backend.collect(16)
+        assert time.monotonic() - began < 30
+    finally:
+        backend.close()
+
+
+# --- equivalence --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("config", PARAMS)
+def test_same_rollout_as_vecenv(config, request, reference):
+    actual = collect_twice(make_spec(config, request))
+    assert actual[1].truncations.any(), "the fragments should cross the 200-step time limit"
+    for got, expected in zip(actual, reference, strict=True):
+        assert_same_rollout(got, expected)
+
+
+def _reorder(rollout: Rollout, columns: list[int]) -> Rollout:
+    per_step = ("obs", "actions", "log_probs", "values", "rewards", "terminations", "truncations", "final_values")
+    changes = {name: getattr(rollout, name)[:, columns] for name in per_step}
+    return dataclasses.replace(rollout, **changes, last_values=rollout.last_values[columns])
+
+
+def test_equivalence_check_catches_reordered_duplicated_dropped_or_alike_envs(reference):
+    first = reference[0]
+    assert not np.allclose(first.obs[:, 0], first.obs[:, 1]), "envs must be seeded differently"
+    with pytest.raises(AssertionError):
+        assert_same_rollout(_reorder(first, [1, 0, 2, 3]), first)  # reordered envs
+    with pytest.raises(AssertionError):
+        assert_same_rollout(_reorder(first, [0, 0, 2, 3]), first)  # duplicated env / two envs seeded alike
+    dropped = dataclasses.replace(first, obs=np.roll(first.obs, 1, axis=0))
+    with pytest.raises(AssertionError):
+        assert_same_rollout(dropped, first)  # a transition dropped and the rest shifted
+    same_seed = collect_twice(BackendSpec("vecenv", 1, NUM_ENVS))[0]
+    assert_same_rollout(same_seed, first, atol=0)  # and the check passes on a true repeat

@@ -1,0 +1,91 @@
+"""Actor-critic, inference policy and flat weight buffers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from algorithms.config import PRESETS, PPOConfig
+from algorithms.model import ActorCritic, InferencePolicy, flatten_weights
+from algorithms.ppo import PPOLearner
+from backends.envs import EnvSpec
+from backends.sampling import EnvBlock
+
+
+def test_flat_weights_round_trip_into_inference_policy():
+    learner = PPOLearner(PRESETS["report"], 3, 1, seed=0)
+    policy = InferencePolicy(3, 1, 256)
+    policy.load_flat(learner.weights(), learner.version)
+    obs = np.random.default_rng(0).normal(size=(5, 3)).astype(np.float32)
+    with torch.no_grad():
+        mean, value = learner.model(torch.from_numpy(obs))
+    np.testing.assert_allclose(policy.mean_action(obs), mean.numpy(), rtol=1e-6)
+    np.testing.assert_allclose(policy.value(obs), value.numpy(), rtol=1e-6)
+    assert learner.weights().dtype == np.float32 and learner.weights().ndim == 1
+    assert policy.num_params == 67_331  # (3*256+256) + (256*256+256) + 257 + 257 + 1
+
+
+def test_load_rejects_wrong_size():
+    with pytest.raises(ValueError, match="shape"):
+        InferencePolicy(3, 1, 64).load_flat(np.zeros(10, np.float32), 0)
+
+
+def test_act_log_prob_matches_torch_normal():
+    model = ActorCritic(3, 2, 32, init_log_std=-0.3)
+    policy = InferencePolicy(3, 2, 32)
+    policy.load_flat(flatten_weights(model), 0)
+    rng = np.random.default_rng(1)
+    obs = rng.normal(size=(4, 3)).astype(np.float32)
+    noise = rng.normal(size=(4, 2)).astype(np.float32)
+    actions, log_probs, _ = policy.act(obs, noise)
+    with torch.no_grad():
+        mean, _ = model(torch.from_numpy(obs))
+        dist = torch.distributions.Normal(mean, model.log_std.exp())
+        expected = dist.log_prob(torch.from_numpy(actions)).sum(-1).numpy()
+        train_log_prob, entropy, _ = model.log_prob_and_entropy(torch.from_numpy(obs), torch.from_numpy(actions))
+    np.testing.assert_allclose(log_probs, expected, rtol=1e-5)
+    np.testing.assert_allclose(train_log_prob.numpy(), expected, rtol=1e-5)
+    np.testing.assert_allclose(entropy.numpy(), dist.entropy().sum(-1).numpy(), rtol=1e-5)
+
+
+def test_env_receives_clipped_action():
+    block = EnvBlock(EnvSpec(), np.arange(2), seed=0)
+    try:
+        block.reset()
+        env = block.vec.envs[0].unwrapped
+        block.step(np.array([[50.0], [-50.0]], np.float32))
+        assert env.last_u == pytest.approx(2.0)  # Pendulum's max torque
+        assert block.vec.envs[1].unwrapped.last_u == pytest.approx(-2.0)
+    finally:
+        block.close()
+
+
+def test_stale_rollout_is_refused():
+    from tests.test_gae import CASE, make_rollout
+
+    learner = PPOLearner(PPOConfig(), 3, 1, seed=0)
+    rollout = make_rollout(**CASE)
+    learner.version = 3
+    with pytest.raises(RuntimeError, match="policy version 0"):
+        learner.update(rollout, np.zeros((3, 2), np.float32), np.zeros((3, 2), np.float32))
+
+
+def test_update_changes_weights_and_bumps_version():
+    from backends.vecenv import VecEnvBackend
+    from backends.base import BackendSpec, PolicySpec
+
+    config = PPOConfig(steps_per_iteration=256, epochs=2, minibatch_size=64)
+    learner = PPOLearner(config, 3, 1, seed=0)
+    backend = VecEnvBackend(BackendSpec("vecenv", 1, 2))
+    backend.start(EnvSpec(), PolicySpec(3, 1, 256), seed=0)
+    try:
+        before = learner.weights().copy()
+        backend.set_weights(before, learner.version)
+        rollout = backend.collect(256).rollout
+        stats = learner.update(rollout, *learner.advantages(rollout))
+    finally:
+        backend.close()
+    assert learner.version == 1
+    assert not np.allclose(before, learner.weights())
+    assert np.isfinite([stats.policy_loss, stats.value_loss, stats.approx_kl]).all()
