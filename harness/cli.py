@@ -94,6 +94,11 @@ def _with_cluster_address(suite, cli_address: str | None):  # noqa: ANN001, ANN2
                 case = dataclasses.replace(case, backend=backend)
             cases.append(case)
         parts.append(dataclasses.replace(part, cases=tuple(cases)))
+    # Fail now, in one line, rather than once per case after minutes of other cases.
+    from harness.cluster import probe_address
+
+    for address in sorted({c.backend.options["address"] for p in parts for c in p.cases if c.backend.name == "ray_cluster"}):
+        probe_address(address, timeout_s=10)
     return dataclasses.replace(suite, parts=tuple(parts))
 
 
@@ -151,7 +156,7 @@ def cmd_compare(args: argparse.Namespace, console: Console) -> int:
         raise HarnessError(f"{args.run_a} and {args.run_b} have no measured case in common; compare runs of the same suite")
     if run_a["machine"].get("cpu_model") != run_b["machine"].get("cpu_model"):
         console.print("[yellow]warning[/]: the runs come from different machines; ratios mix hardware and code")
-    console.print(tabulate(rows, ["case", "FPS A", "FPS B", "B / A", "Welch t-test (5%)"], tablefmt="github"))
+    console.print(tabulate(rows, ["case", "FPS A", "FPS B", "B / A", "Welch t-test (5%)"], tablefmt="github", disable_numparse=True))
     return 0
 
 

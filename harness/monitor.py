@@ -33,6 +33,7 @@ class ResourceMonitor:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
+        self.samples.append(self._sample())  # a short run still gets one sample, since start
         self._gpu.close()
 
     def _tree(self) -> list[psutil.Process]:

@@ -1,0 +1,135 @@
+"""End to end through the command line, as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from harness.results import SCHEMA_VERSION, load_run
+from tests.conftest import REPO
+
+
+def harness(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "harness", *args], capture_output=True, text=True, cwd=REPO, timeout=timeout)
+
+
+def only_run_dir(out: Path) -> Path:
+    runs = [p for p in out.iterdir() if p.is_dir()]
+    assert len(runs) == 1, runs
+    return runs[0]
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("smoke")
+    proc = harness("run", "suites/smoke.toml", "--out", str(out))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return only_run_dir(out)
+
+
+def test_smoke_suite_writes_run_json_and_report(smoke_run):
+    run = load_run(smoke_run)
+    assert run["schema_version"] == SCHEMA_VERSION and run["status"] == "complete"
+    assert run["machine"]["logical_cores"] >= 1 and "torch" in run["packages"]
+    assert "id" in run["commit"] and len(run["suite"]["sha256"]) == 64
+    backends = {(c["backend"]["name"], c["backend"]["inference"]) for c in run["cases"]}
+    assert backends == {("serial", "worker"), ("vecenv", "worker"), ("multiprocessing", "worker"),
+                        ("multiprocessing", "central"), ("ray_local", "worker"), ("ray_local", "central")}  # fmt: skip
+    for case in run["cases"]:
+        (result,) = case["runs"]
+        assert result["status"] == "ok", result.get("error")
+        measured = [it for it in result["iterations"] if not it["warmup"]]
+        assert len(measured) == 2 and all(it["steps"] == 512 for it in measured)
+        assert all(it["collect_s"] > 0 and it["update_s"] > 0 for it in measured)
+        assert result["resources"]["samples"] >= 1 and result["resources"]["gpu_present"] in (True, False)
+        remote = case["backend"]["name"] in ("multiprocessing", "ray_local")
+        assert (measured[0]["transfer_bytes"] is not None) == remote
+    report = (smoke_run / "report.md").read_text()
+    assert "| Config" in report and "Mean FPS (steps/s)" in report and "Speedup" in report
+    assert "### Where the time goes" in report and "### Communication overhead" in report
+    assert "Intel" in report or "cores" in report
+    assert (smoke_run / "plots" / "smoke-breakdown.png").stat().st_size > 1000
+
+
+def test_report_is_rebuilt_from_run_json_alone(smoke_run, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(smoke_run, copy)
+    original = (copy / "report.md").read_text()
+    (copy / "report.md").unlink()
+    shutil.rmtree(copy / "plots")
+    shutil.rmtree(copy / "logs")
+    proc = harness("report", str(copy))
+    assert proc.returncode == 0, proc.stderr
+    assert (copy / "report.md").read_text() == original
+    assert (copy / "plots" / "smoke-breakdown.png").exists()
+
+
+def test_report_in_chinese_uses_the_reports_headers(smoke_run, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(smoke_run, copy)
+    assert harness("report", str(copy), "--lang", "zh").returncode == 0
+    text = (copy / "report.zh.md").read_text()
+    for header in ("配置", "工作器数量", "平均FPS（步/秒）", "相对加速比", "通信类型", "平均时间（毫秒）", "占总时间比例"):
+        assert header in text
+
+
+def test_compare_two_runs(smoke_run, tmp_path):
+    proc = harness("compare", str(smoke_run), str(smoke_run))
+    assert proc.returncode == 0, proc.stderr
+    assert "1.000" in proc.stdout and "too few repeats" in proc.stdout
+
+
+def test_failed_case_is_recorded_and_others_kept(tmp_path):
+    suite = tmp_path / "mixed.toml"
+    suite.write_text("""
+[suite]
+name = "mixed"
+[ppo]
+steps_per_iteration = 64
+epochs = 1
+[measure]
+warmup_iterations = 0
+iterations = 1
+repeats = 1
+[[cases]]
+backend = "vecenv"
+envs_per_worker = 2
+[[cases]]
+backend = "multiprocessing"
+workers = 2
+label = "broken env"
+env = { options = { g = "not a number" } }
+""")
+    out = tmp_path / "out"
+    proc = harness("run", str(suite), "--out", str(out))
+    assert proc.returncode == 1
+    assert "1 run(s) failed" in proc.stdout
+    run = load_run(only_run_dir(out))
+    good, bad = (case["runs"][0] for case in run["cases"])
+    assert good["status"] == "ok" and len(good["iterations"]) == 1
+    assert bad["status"] == "error" and bad["error"].startswith("WorkerError: worker ") and "TypeError" in bad["error"]
+    assert "pendulum.py" in bad["traceback"]
+    assert "1 run(s) failed" in (only_run_dir(out) / "report.md").read_text()
+
+
+def test_list_names_backends_suites_and_presets():
+    proc = harness("list")
+    assert proc.returncode == 0
+    for word in ("ray_local", "ray_cluster", "multiprocessing", "scaling", "smoke", "tuned"):
+        assert word in proc.stdout
+
+
+def test_report_of_missing_run_is_one_line(tmp_path):
+    proc = harness("report", str(tmp_path))
+    assert proc.returncode == 2 and proc.stderr.startswith("error: no run.json") and "Traceback" not in proc.stderr
+
+
+def test_results_schema_version_is_checked(tmp_path):
+    (tmp_path / "run.json").write_text(json.dumps({"schema_version": 999}))
+    proc = harness("report", str(tmp_path))
+    assert proc.returncode == 2 and "schema version 999" in proc.stderr
