@@ -63,18 +63,21 @@ class PPOConfig:
         return dataclasses.replace(self, **changes)
 
 
-# `tuned`: chosen for Pendulum-v1 by a seed sweep; see README "Presets" for how.
+# `tuned`: chosen for Pendulum-v1 (4 envs, 150K-step budget) by a seed sweep: every
+# seed 0-4 reached deterministic eval >= -200 by 49K steps (gamma 0.9 left seeds 2-3
+# stuck near -250..-300); see README "Presets" for how.
 PRESETS: dict[str, PPOConfig] = {
     "report": PPOConfig(),
     "tuned": PPOConfig(
         learning_rate=1e-3,
-        gamma=0.9,
+        gamma=0.98,
         gae_lambda=0.95,
-        steps_per_iteration=4096,
+        steps_per_iteration=2048,
         epochs=10,
         minibatch_size=64,
         reward_scale=0.1,
-        init_log_std=-0.5,
+        init_log_std=0.0,
+        anneal_lr=True,
     ),
 }
 

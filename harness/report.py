@@ -270,7 +270,9 @@ def render_markdown(run: dict[str, Any], lang: str = "en", plots: dict[str, list
     for part in run["parts"]:
         cases = stats[part["name"]]
         m = part["measure"]
-        out += [f"## {part['name']}", "", part.get("description", ""), ""]
+        out += [f"## {part['name']}", ""]
+        if part.get("description") and part["description"] != run["suite"].get("description"):
+            out += [part["description"], ""]
         if m["mode"] == "throughput":
             out.append(
                 f"Throughput: {m['warmup_iterations']} warm-up + {m['iterations']} measured iterations per repeat, "
