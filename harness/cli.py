@@ -156,7 +156,9 @@ def cmd_compare(args: argparse.Namespace, console: Console) -> int:
         raise HarnessError(f"{args.run_a} and {args.run_b} have no measured case in common; compare runs of the same suite")
     if run_a["machine"].get("cpu_model") != run_b["machine"].get("cpu_model"):
         console.print("[yellow]warning[/]: the runs come from different machines; ratios mix hardware and code")
-    console.print(tabulate(rows, ["case", "FPS A", "FPS B", "B / A", "Welch t-test (5%)"], tablefmt="github", disable_numparse=True))
+    console.print(
+        tabulate(rows, ["case", "FPS A", "FPS B", "B / A", "Welch t-test (5%)"], tablefmt="github", disable_numparse=True)
+    )
     return 0
 
 

@@ -39,7 +39,9 @@ def test_cluster_up_suite_down(tmp_path):
     env.pop("RAY_ADDRESS", None)
 
     def harness(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "harness", *args], capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
+        return subprocess.run(
+            [sys.executable, "-m", "harness", *args], capture_output=True, text=True, cwd=REPO, env=env, timeout=300
+        )
 
     try:
         up = harness("cluster", "up", "--nodes", "2")
@@ -64,7 +66,7 @@ def test_cluster_up_suite_down(tmp_path):
 
 def test_unreachable_address_is_one_line_within_30s(tmp_path):
     suite = tmp_path / "unreachable.toml"
-    suite.write_text(SUITE.replace('workers = 4', 'workers = 1\noptions = { address = "127.0.0.1:1" }'))
+    suite.write_text(SUITE.replace("workers = 4", 'workers = 1\noptions = { address = "127.0.0.1:1" }'))
     proc = subprocess.run([sys.executable, "-m", "harness", "run", str(suite), "--out", str(tmp_path / "out")],
                           capture_output=True, text=True, cwd=REPO, timeout=60)  # fmt: skip
     assert proc.returncode == 2

@@ -14,7 +14,9 @@ pytestmark = pytest.mark.slow
 
 
 def test_tuned_preset_reaches_minus_200_within_150k_steps():
-    case = CaseConfig("learning/vecenv", "learning", "vecenv tuned", BackendSpec("vecenv", 1, 4), EnvSpec(), PRESETS["tuned"], "tuned")
+    case = CaseConfig(
+        "learning/vecenv", "learning", "vecenv tuned", BackendSpec("vecenv", 1, 4), EnvSpec(), PRESETS["tuned"], "tuned"
+    )
     measure = MeasureConfig(mode="convergence", seeds=(0,), total_steps=150_000, eval_every=8192, eval_episodes=10,
                             final_eval_episodes=20, threshold=-200.0)  # fmt: skip
     result = CaseRun(case, measure, seed=0).run()

@@ -72,8 +72,8 @@ def test_stale_rollout_is_refused():
 
 
 def test_update_changes_weights_and_bumps_version():
-    from backends.vecenv import VecEnvBackend
     from backends.base import BackendSpec, PolicySpec
+    from backends.vecenv import VecEnvBackend
 
     config = PPOConfig(steps_per_iteration=256, epochs=2, minibatch_size=64)
     learner = PPOLearner(config, 3, 1, seed=0)

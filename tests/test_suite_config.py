@@ -104,7 +104,7 @@ def test_missing_file_and_bad_toml(tmp_path):
         load_suite(write(tmp_path, "[suite\nname = 1"))
 
 
-@pytest.mark.parametrize("bad", ['iteratons = 1', 'iterations = "five"'])
+@pytest.mark.parametrize("bad", ["iteratons = 1", 'iterations = "five"'])
 def test_cli_exits_2_with_one_line_and_no_traceback(tmp_path, bad):
     path = write(tmp_path, MINIMAL.replace("iterations = 1", bad))
     proc = subprocess.run([sys.executable, "-m", "harness", "run", str(path), "--out", str(tmp_path / "out")],

@@ -1,0 +1,105 @@
+"""Learner-side costs of one iteration: GAE, the PPO update, and policy inference.
+
+Every number is per call, in the learner's process, with the harness's learner
+thread count; `env_steps_per_s` is env steps handled per second of that call.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from algorithms.config import PRESETS
+from algorithms.gae import compute_gae
+from algorithms.model import InferencePolicy
+from algorithms.ppo import PPOLearner
+from algorithms.rollout import Rollout
+from backends import create_backend
+from backends.base import BackendSpec
+from benchmarks.common import ENV, POLICY, SEED, STEPS
+
+REPORT = PRESETS["report"]
+EPISODE_STEPS = 200  # Pendulum-v1's time limit
+
+
+def synthetic_rollout(steps: int, num_envs: int) -> Rollout:
+    """Random rewards and values with a truncation every 200 steps, staggered over envs.
+
+    GAE's cost depends on the shape only, so made-up numbers time it as well as real ones.
+    """
+    rng = np.random.default_rng(SEED)
+    t = np.arange(steps)[:, None] + np.arange(num_envs)[None, :] * 37
+    truncations = (t % EPISODE_STEPS) == EPISODE_STEPS - 1
+    shape = (steps, num_envs)
+    return Rollout(
+        obs=rng.standard_normal((*shape, POLICY.obs_dim), dtype=np.float32),
+        actions=rng.standard_normal((*shape, POLICY.act_dim), dtype=np.float32),
+        log_probs=rng.standard_normal(shape, dtype=np.float32),
+        values=rng.standard_normal(shape, dtype=np.float32),
+        rewards=-rng.uniform(0, 16, shape).astype(np.float32),  # Pendulum's reward range
+        terminations=np.zeros(shape, bool),
+        truncations=truncations,
+        final_values=np.where(truncations, rng.standard_normal(shape), 0).astype(np.float32),
+        last_values=rng.standard_normal(num_envs, dtype=np.float32),
+        env_ids=np.arange(num_envs, dtype=np.int64),
+        episode_returns=np.zeros(0),
+        episode_lengths=np.zeros(0, np.int64),
+        episode_env_ids=np.zeros(0, np.int64),
+        policy_version=0,
+    )
+
+
+@pytest.mark.benchmark(group="gae")
+@pytest.mark.parametrize("num_envs", [1, 8], ids=lambda n: f"2048x{n}")
+def test_gae(benchmark, record_rate, num_envs):
+    rollout = synthetic_rollout(STEPS, num_envs)
+    advantages, returns = benchmark(compute_gae, rollout, REPORT.gamma, REPORT.gae_lambda)
+    record_rate(rollout.num_steps)
+    assert advantages.shape == returns.shape == (STEPS, num_envs) and advantages.dtype == np.float32
+    assert np.isfinite(advantages).all()
+    np.testing.assert_allclose(returns, advantages + rollout.values, rtol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def real_rollout() -> Rollout:
+    """2048 real Pendulum steps (8 envs, vecenv) sampled with a fresh learner's weights, version 0."""
+    learner = PPOLearner(REPORT, POLICY.obs_dim, POLICY.act_dim, SEED)
+    with create_backend(BackendSpec("vecenv", 1, 8)) as backend:
+        backend.start(ENV, POLICY, SEED)
+        backend.set_weights(learner.weights(), learner.version)
+        return backend.collect(STEPS).rollout
+
+
+@pytest.mark.benchmark(group="ppo-update")
+def test_ppo_update_report_preset(benchmark, record_rate, real_rollout):
+    """One `PPOLearner.update` at the report's settings: 2048 steps, 10 epochs, minibatch 64 (320 gradient steps)."""
+    assert (REPORT.steps_per_iteration, REPORT.epochs, REPORT.minibatch_size) == (STEPS, 10, 64)
+    learner = PPOLearner(REPORT, POLICY.obs_dim, POLICY.act_dim, SEED)
+    advantages, returns = learner.advantages(real_rollout)
+
+    def current_rollout():
+        # The learner refuses a stale rollout (on-policy), so each round gets the learner's version.
+        return (dataclasses.replace(real_rollout, policy_version=learner.version), advantages, returns), {}
+
+    before = learner.weights()
+    stats = benchmark.pedantic(learner.update, setup=current_rollout, rounds=3, warmup_rounds=1)
+    record_rate(STEPS)
+    assert learner.steps_trained == STEPS * learner.version and learner.version >= 1
+    assert np.isfinite([stats.policy_loss, stats.value_loss, stats.approx_kl]).all()
+    assert not np.array_equal(before, learner.weights()), "the update left the weights unchanged"
+
+
+@pytest.mark.benchmark(group="inference")
+@pytest.mark.parametrize("batch", [1, 16, 64], ids=lambda b: f"batch{b}")
+def test_inference_act(benchmark, record_rate, batch):
+    """`InferencePolicy.act` on `batch` observations: one policy call for `batch` env steps."""
+    policy = InferencePolicy(POLICY.obs_dim, POLICY.act_dim, POLICY.hidden_size)
+    rng = np.random.default_rng(SEED)
+    obs = rng.standard_normal((batch, POLICY.obs_dim), dtype=np.float32)
+    noise = rng.standard_normal((batch, POLICY.act_dim), dtype=np.float32)
+    actions, log_probs, values = benchmark(policy.act, obs, noise)
+    record_rate(batch)
+    assert actions.shape == (batch, POLICY.act_dim) and log_probs.shape == values.shape == (batch,)
+    assert np.isfinite(actions).all()

@@ -1,0 +1,42 @@
+"""Weight sync: `set_weights` to 4 worker processes, from the call to every worker holding the new version.
+
+`env_steps_per_s` here is the ceiling sync alone would put on training: 2048
+steps per iteration over the seconds of one sync. In-process backends and
+central inference have nothing to sync and are left out.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from backends.base import BackendSpec
+from benchmarks.common import STEPS, initial_weights, started_backend
+
+WORKERS = 4
+
+
+@pytest.fixture(scope="module", params=["multiprocessing", "ray_local"])
+def remote_backend(request):
+    yield from started_backend(BackendSpec(request.param, WORKERS, 1, "worker", {"timeout_s": 60}))
+
+
+@pytest.mark.benchmark(group="weight-sync")
+def test_set_weights(benchmark, record_rate, remote_backend):
+    weights = initial_weights()
+    versions = itertools.count(1)
+    last = 0
+
+    def sync():
+        nonlocal last
+        last = next(versions)
+        return remote_backend.set_weights(weights, last)
+
+    report = benchmark.pedantic(sync, rounds=50, warmup_rounds=1)
+    record_rate(STEPS, per="iteration")
+    benchmark.extra_info |= {"workers": WORKERS, "bytes_per_sync": report.bytes_sent}
+    assert report.bytes_sent == weights.nbytes * WORKERS
+    # Every worker really holds the last version: a fragment sampled now carries it.
+    rollout = remote_backend.collect(WORKERS).rollout
+    assert rollout.policy_version == last and rollout.num_steps == WORKERS

@@ -1,0 +1,181 @@
+"""`harness/run_schema.json` against a fresh run, and broken copies of it failing with the JSON path named."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from jsonschema import Draft202012Validator
+
+from algorithms.config import PPOConfig
+from algorithms.ppo import UpdateStats
+from backends.base import BackendSpec
+from backends.envs import EnvSpec
+from harness.errors import HarnessError
+from harness.results import RUN_FILE
+from harness.schema import load_schema, validate_run
+from harness.suite import MeasureConfig
+from tests.conftest import REPO
+
+# A tiny run that takes every branch of the schema: a throughput part with a case that
+# works and one that fails (a string where Pendulum needs a number), and an included
+# convergence part with periodic and final evaluations. vecenv only: no worker processes.
+THROUGHPUT_SUITE = """
+[suite]
+name = "schema-check"
+include = ["learn.toml"]
+[ppo]
+steps_per_iteration = 64
+epochs = 1
+hidden_size = 32
+[measure]
+warmup_iterations = 1
+iterations = 1
+repeats = 1
+[[cases]]
+backend = "vecenv"
+envs_per_worker = 2
+[[cases]]
+backend = "vecenv"
+label = "broken env"
+env = { options = { g = "not a number" } }
+"""
+CONVERGENCE_SUITE = """
+[suite]
+name = "learn"
+tables = ["convergence"]
+[ppo]
+steps_per_iteration = 64
+epochs = 1
+hidden_size = 32
+[measure]
+mode = "convergence"
+seeds = [0]
+total_steps = 128
+eval_every = 64
+eval_episodes = 1
+final_eval_episodes = 1
+[[cases]]
+backend = "vecenv"
+envs_per_worker = 2
+"""
+
+
+def schema_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "harness.schema", *args], capture_output=True, text=True, cwd=REPO, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    """A fresh run folder, written by the CLI as a user runs it."""
+    suites = tmp_path_factory.mktemp("suites")
+    (suites / "main.toml").write_text(THROUGHPUT_SUITE)
+    (suites / "learn.toml").write_text(CONVERGENCE_SUITE)
+    out = tmp_path_factory.mktemp("runs")
+    command = [sys.executable, "-m", "harness", "run", str(suites / "main.toml"), "--out", str(out)]
+    proc = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert proc.returncode == 1, proc.stdout + proc.stderr  # 1: the broken case failed, as planned
+    (found,) = [p for p in out.iterdir() if p.is_dir()]
+    return found
+
+
+@pytest.fixture(scope="module")
+def run(run_dir) -> dict[str, Any]:
+    return json.loads((run_dir / RUN_FILE).read_text())
+
+
+def test_schema_is_valid_draft_2020_12():
+    schema = load_schema()
+    assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
+    Draft202012Validator.check_schema(schema)
+
+
+def test_schema_names_every_config_field():
+    """A renamed config field must show up here, not in a reader of old results."""
+    defs = load_schema()["$defs"]
+    field_names = {cls: [f.name for f in dataclasses.fields(cls)] for cls in (PPOConfig, MeasureConfig, BackendSpec, EnvSpec)}
+    assert defs["ppo"]["required"] == field_names[PPOConfig]
+    assert defs["measure"]["required"] == field_names[MeasureConfig]
+    assert defs["backend_spec"]["required"] == field_names[BackendSpec]
+    assert defs["env_spec"]["required"] == field_names[EnvSpec]
+    assert set(field_names[PPOConfig]) == set(defs["ppo"]["properties"])
+    assert {f.name for f in dataclasses.fields(UpdateStats)} <= set(defs["iteration"]["required"])
+
+
+def test_fresh_run_validates(run_dir, run):
+    # The run took every branch: an ok run, an error run, evaluations.
+    runs = [r for case in run["cases"] for r in case["runs"]]
+    assert {r["status"] for r in runs} == {"ok", "error"}
+    assert any(r.get("evaluations") for r in runs) and any("final_evaluation" in r for r in runs)
+    validate_run(run_dir)
+    validate_run(run_dir / RUN_FILE)
+
+
+def test_cli_accepts_a_valid_run(run_dir):
+    proc = schema_cli(str(run_dir))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("ok: ") and "schema version 1" in proc.stdout
+
+
+def _ok_run(run: dict[str, Any]) -> dict[str, Any]:
+    return next(r for case in run["cases"] for r in case["runs"] if r["status"] == "ok")
+
+
+def _set(keys: list[Any], value: Any) -> Callable[[dict[str, Any]], None]:
+    def change(run: dict[str, Any]) -> None:
+        target = run
+        for key in keys[:-1]:
+            target = target[key]
+        target[keys[-1]] = value
+
+    return change
+
+
+BROKEN: list[tuple[str, Callable[[dict[str, Any]], None], str]] = [
+    ("top-level key missing", lambda run: run.pop("machine"), "$.machine: required key is missing"),
+    ("wrong schema version", _set(["schema_version"], 2), "$.schema_version: must be 1, got 2"),
+    ("case config missing a field", lambda run: run["cases"][0]["ppo"].pop("gamma"), "$.cases[0].ppo.gamma: required key is missing"),
+    ("wrong type in case config", _set(["cases", 0, "backend", "workers"], "2"), "$.cases[0].backend.workers: expected integer, got string"),
+    ("run without status", lambda run: run["cases"][0]["runs"][0].pop("status"), "$.cases[0].runs[0].status: required key is missing"),
+    ("failed run without its error", lambda run: run["cases"][1]["runs"][0].pop("error"), "$.cases[1].runs[0].error: required key is missing"),
+    ("phase timing missing", lambda run: _ok_run(run)["iterations"][0].pop("collect_s"), ".iterations[0].collect_s: required key is missing"),
+    ("phase timing of wrong type", lambda run: _ok_run(run)["iterations"][0].update({"sync_s": "fast"}), ".iterations[0].sync_s: expected number, got string"),
+    ("iterations not a list", lambda run: _ok_run(run).update({"iterations": {}}), ".iterations: expected array, got object"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("change", "expected"), [pytest.param(c, e, id=name) for name, c, e in BROKEN])
+def test_broken_copy_fails_naming_the_path(run, tmp_path, change, expected):
+    broken = copy.deepcopy(run)
+    change(broken)
+    (tmp_path / RUN_FILE).write_text(json.dumps(broken))
+    with pytest.raises(HarnessError) as caught:
+        validate_run(tmp_path)
+    message = str(caught.value)
+    assert expected in message and message.startswith(str(tmp_path / RUN_FILE))
+    assert "\n" not in message and len(message) < 300
+
+
+def test_cli_rejects_a_broken_copy_with_one_line(run, tmp_path):
+    broken = copy.deepcopy(run)
+    _ok_run(broken)["iterations"][-1]["gae_s"] = None
+    (tmp_path / RUN_FILE).write_text(json.dumps(broken))
+    proc = schema_cli(str(tmp_path))
+    assert proc.returncode == 2
+    (line,) = proc.stderr.splitlines()
+    assert line.startswith("error: ") and ".gae_s: expected number, got null" in line and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize(("content", "expected"), [(None, "no run.json at"), ("{ half", "is not valid JSON")])
+def test_missing_or_unreadable_run_is_one_line(tmp_path, content, expected):
+    if content is not None:
+        (tmp_path / RUN_FILE).write_text(content)
+    with pytest.raises(HarnessError, match=expected):
+        validate_run(tmp_path)
