@@ -59,6 +59,12 @@ class CaseStats:
     startup_s: Summary | None = None
     nodes: list[str] = field(default_factory=list)
     convergence: Convergence | None = None
+    claims: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def parallelism(self) -> int:
+        """What a scaling sweep varies: worker processes, or envs for an in-process vector env."""
+        return self.workers if self.remote else self.envs
 
     def share(self, phase: str) -> float | None:
         if not self.total_seconds or phase not in self.phase_seconds:
@@ -133,6 +139,7 @@ def case_stats(case: dict[str, Any], part: dict[str, Any], logical_cores: int) -
         startup_s=summarize([s for s in startup if s is not None]),
         nodes=sorted(n for n in nodes if n),
         convergence=_convergence(ok_runs, measure) if measure["mode"] == "convergence" else None,
+        claims=case.get("claims", {}),
     )
 
 

@@ -45,6 +45,7 @@ def case_from_dict(data: dict[str, Any]) -> CaseConfig:
         env=EnvSpec(**data["env"]),
         ppo=PPOConfig(**data["ppo"]),
         preset=data["preset"],
+        claims=data.get("claims", {}),
     )
 
 

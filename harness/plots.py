@@ -77,14 +77,18 @@ def _scaling(cases: list[CaseStats], baseline_label: str | None, path: Path) -> 
     groups: dict[str, list[CaseStats]] = {}
     for case in cases:
         groups.setdefault(case.label, []).append(case)
-    max_workers = max(c.workers for c in cases)
+    max_workers = max(c.parallelism for c in cases)
     for label, members in groups.items():
-        members = sorted((c for c in members if c.fps), key=lambda c: c.workers)
+        members = sorted((c for c in members if c.fps), key=lambda c: c.parallelism)
         if len(members) > 1:
-            ax.plot([c.workers for c in members], [speedup(c, base) for c in members], marker="o", label=label)
+            ax.plot([c.parallelism for c in members], [speedup(c, base) for c in members], marker="o", label=label)
     ax.plot([1, max_workers], [1, max_workers], color="grey", linestyle="--", label="ideal (linear)")
     ax.set(
-        xscale="log", yscale="log", xlabel="workers", ylabel=f"speedup vs {base.label if base else 'baseline'}", title="Scaling"
+        xscale="log",
+        yscale="log",
+        xlabel="workers (vecenv: envs)",
+        ylabel=f"speedup vs {base.label if base else 'baseline'}",
+        title="Scaling",
     )
     ax.legend(fontsize=8)
     return _save(fig, path)

@@ -95,7 +95,7 @@ def speed_table(cases: list[CaseStats], baseline_label: str | None, h: dict[str,
         s = speedup(c, base)
         rows.append([
             _config(c), c.workers, _num(c.fps.median if c.fps else None), _num(s, 2), _ci(c.fps), c.envs,
-            _num(c.sampling_fps.median if c.sampling_fps else None), _num(s / c.workers if s else None, 2),
+            _num(c.sampling_fps.median if c.sampling_fps else None), _num(s / c.parallelism if s else None, 2),
             _num(c.startup_s.median if c.startup_s else None, 1), _notes(c),
         ])  # fmt: skip
     headers = [
@@ -162,10 +162,10 @@ def phases_table(cases: list[CaseStats], h: dict[str, str]) -> tuple[str, list[s
 
 def scaling_table(cases: list[CaseStats], baseline_label: str | None, h: dict[str, str]) -> tuple[str, list[str]]:
     base = baseline_case(cases, baseline_label)
-    counts = sorted({c.workers for c in cases})
+    counts = sorted({c.parallelism for c in cases})
     groups: dict[str, dict[int, CaseStats]] = {}
     for c in cases:
-        groups.setdefault(c.label, {})[c.workers] = c
+        groups.setdefault(c.label, {})[c.parallelism] = c
     rows, lines = [], []
     for label, by_workers in groups.items():
         fps_row, speed_row, eff_row = [f"{label}: FPS"], [f"{label}: {h['speedup']}"], [f"{label}: efficiency"]
@@ -176,14 +176,19 @@ def scaling_table(cases: list[CaseStats], baseline_label: str | None, h: dict[st
             speed_row.append(_num(s, 2))
             eff_row.append(_num(s / n if s else None, 2))
         rows += [fps_row, speed_row, eff_row]
-        measured = sorted((c for c in by_workers.values() if c.fps), key=lambda c: c.workers)
+        measured = sorted((c for c in by_workers.values() if c.fps), key=lambda c: c.parallelism)
+        unit = "workers" if measured and measured[0].remote else "envs"
         if len(measured) > 1 and base:
             top = measured[-1]
-            lines.append(f"{label}: {top.workers} workers give {speedup(top, base):.2f}x the baseline ({base.label}).")
-            low = [c.workers for c in measured if (speedup(c, base) or 0) / c.workers < EFFICIENCY_FLOOR]
+            best = max(measured, key=lambda c: c.fps.median)
+            lines.append(
+                f"{label}: {top.parallelism} {unit} give {speedup(top, base):.2f}x the baseline ({base.label}); "
+                f"the best is {best.parallelism} {unit} at {speedup(best, base):.2f}x."
+            )
+            low = [c.parallelism for c in measured if (speedup(c, base) or 0) / c.parallelism < EFFICIENCY_FLOOR]
             if low:
-                lines.append(f"{label}: parallel efficiency is below {EFFICIENCY_FLOOR:.0%} from {min(low)} workers on.")
-    headers = ["", *[f"{n} {h['workers']}" for n in counts]]
+                lines.append(f"{label}: parallel efficiency is below {EFFICIENCY_FLOOR:.0%} from {min(low)} {unit} on.")
+    headers = [f"{h['workers']} (vecenv: envs)", *[str(n) for n in counts]]
     return tabulate(rows, headers, tablefmt="github", disable_numparse=True), lines
 
 
@@ -237,6 +242,59 @@ def convergence_table(cases: list[CaseStats], h: dict[str, str]) -> tuple[str, l
     return tabulate(rows, headers, tablefmt="github", disable_numparse=True), lines
 
 
+# --- the report's own claims, checked against our intervals ---------------------------------------
+
+CLAIM_TABLE = {"fps": "speed", "speedup": "speed", "steps_to_threshold": "convergence", "final_return": "convergence",
+               "communication_share": "communication"}  # fmt: skip
+
+
+def _interval_verdict(claimed: float, summary: Summary | None, unit: str, digits: int = 0) -> str:
+    if summary is None:
+        return "we have no measurement"
+    if summary.n < 2:
+        return f"we measure {summary.mean:,.{digits}f}{unit} from one run (no interval: run more repeats or seeds)"
+    where = "inside" if summary.contains(claimed) else "outside"
+    return (f"we measure {summary.median:,.{digits}f}{unit} (95% CI {summary.ci_low:,.{digits}f}–{summary.ci_high:,.{digits}f}): "
+            f"the claim is {where} our interval")  # fmt: skip
+
+
+def claim_lines(cases: list[CaseStats], table: str, baseline_label: str | None) -> list[str]:
+    """One line per claim that belongs under `table`, computed from our numbers."""
+    base = baseline_case(cases, baseline_label)
+    lines = []
+    for c in cases:
+        for key, claimed in c.claims.items():
+            if CLAIM_TABLE[key] != table:
+                continue
+            head = f"The report claims {key.replace('_', ' ')} = {claimed:,g} for {c.label} ({c.workers} workers); "
+            if key == "fps":
+                lines.append(head + _interval_verdict(claimed, c.fps, " steps/s"))
+            elif key == "speedup":
+                if c.fps is None or base is None or base.fps is None:
+                    lines.append(head + "we have no measurement")
+                    continue
+                scale = base.fps.median
+                ratio = Summary(c.fps.n, c.fps.median / scale, c.fps.mean / scale, c.fps.ci_low / scale, c.fps.ci_high / scale)
+                lines.append(head + _interval_verdict(claimed, ratio, "x", 2) + f" (vs {base.label})")
+            elif key == "steps_to_threshold" and c.convergence:
+                conv = c.convergence
+                missed = len(conv.steps_to_threshold) - len(conv.reached)
+                text = _interval_verdict(claimed, summarize(conv.reached), " steps")
+                if missed:
+                    text += f"; {missed} of {len(conv.steps_to_threshold)} seeds never reached it within {conv.budget:,} steps"
+                lines.append(head + text)
+            elif key == "final_return" and c.convergence:
+                lines.append(head + _interval_verdict(claimed, summarize(c.convergence.final_returns), "", 1))
+            elif key == "communication_share":
+                if c.share("sync") is None:
+                    lines.append(head + "we have no measurement")
+                    continue
+                ours = 100 * ((c.share("sync") or 0) + (c.share("transfer") or 0))
+                lines.append(head + f"we measure {ours:.1f}% (weight sync + trajectory transfer), {claimed / ours:.1f}x less than claimed"
+                             if ours < claimed else head + f"we measure {ours:.1f}%")  # fmt: skip
+    return lines
+
+
 # --- the document -------------------------------------------------------------------------------
 
 
@@ -246,14 +304,16 @@ def machine_header(run: dict[str, Any]) -> list[str]:
     commit_text = commit.get("id") or f"unknown ({commit.get('error')})"
     if commit.get("dirty"):
         commit_text += " (uncommitted changes)"
-    nodes = sorted({n for case in run["cases"] for r in case["runs"] for n in (r.get("backend") or {}).get("nodes", [])})
+    # Nodes of one run (each embedded Ray run is a fresh one-node instance).
+    nodes = max((len((r.get("backend") or {}).get("nodes", [])) for case in run["cases"] for r in case["runs"]), default=0)
+    threads = sorted({r["torch_threads"] for case in run["cases"] for r in case["runs"] if "torch_threads" in r})
     return [
         f"- Machine: {m['cpu_model']}, {m['physical_cores']} physical / {m['logical_cores']} logical cores, "
         f"{m['memory_gib']} GiB, load {', '.join(f'{x:.2f}' for x in m['load_average'])} at start; GPUs: {gpus}",
         f"- Versions: Python {m['python']}, torch {pk.get('torch')}, ray {pk.get('ray')}, gymnasium {pk.get('gymnasium')}, "
-        f"numpy {pk.get('numpy')}; learner torch threads {m['torch_threads']}",
+        f"numpy {pk.get('numpy')}; learner torch threads {', '.join(map(str, threads)) or 'n/a'}",
         f"- Commit: {commit_text}; suite {run['suite']['path']} (sha256 {run['suite']['sha256'][:12]})"
-        + (f"; Ray nodes: {len(nodes)}" if nodes else ""),
+        + (f"; Ray nodes: {nodes}" if nodes else ""),
         f"- Run: {run['created']} to {run.get('finished') or '(unfinished)'}, status {run['status']}"
         + (", **--quick** (budgets shrunk: a look, not a measurement)" if run.get("quick") else ""),
     ]
@@ -295,6 +355,7 @@ def render_markdown(run: dict[str, Any], lang: str = "en", plots: dict[str, list
                 body, lines = communication_table(cases, h)
             else:
                 body, lines = convergence_table(cases, h)
+            lines = lines + claim_lines(cases, table, part.get("baseline"))
             out += [f"### {TITLES[table]}", "", body, ""]
             out += [f"- {line}" for line in lines]
             out += [""] if lines else []

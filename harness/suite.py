@@ -24,6 +24,8 @@ from backends.envs import STEP_COST_KINDS, EnvSpec, registered_env_ids
 from harness.errors import HarnessError
 
 TABLES = ("speed", "phases", "convergence", "scaling", "communication")
+# What a case may record as the research report's own figure, to be checked against ours.
+CLAIMS = ("fps", "speedup", "steps_to_threshold", "final_return", "communication_share")
 MODES = ("throughput", "convergence")
 
 
@@ -92,6 +94,8 @@ class CaseConfig:
     env: EnvSpec
     ppo: PPOConfig
     preset: str
+    claims: dict[str, float] = dataclasses.field(default_factory=dict)
+    """The research report's figures for this case (keys from CLAIMS), shown beside ours."""
 
 
 @dataclass(frozen=True)
@@ -194,7 +198,7 @@ def _as_list(value: Any) -> list[Any]:
 
 TOP_KEYS = ("suite", "env", "ppo", "measure", "cases")
 SUITE_KEYS = ("name", "description", "tables", "baseline", "include")
-CASE_KEYS = ("backend", "workers", "envs_per_worker", "inference", "label", "options", "env", "ppo")
+CASE_KEYS = ("backend", "workers", "envs_per_worker", "inference", "label", "options", "env", "ppo", "claims")
 
 
 def load_suite(path: str | Path) -> Suite:
@@ -328,6 +332,9 @@ def _expand_case(
     check.known_keys(options, entry.options, f"{where} options for '{backend}'")
     env = _env(check, check.table(data.get("env", {}), f"{where} env"), base_env, f"{where} env")
     preset, ppo = _ppo(check, check.table(data.get("ppo", {}), f"{where} ppo"), base_preset, base_ppo, f"{where} ppo")
+    claims = check.table(data.get("claims", {}), f"{where} claims")
+    check.known_keys(claims, CLAIMS, f"{where} claims")
+    claims = {k: check.value(v, float, f"{where} claims", k) for k, v in claims.items()}
     label = data.get("label") or _default_label(backend, data)
     label = check.value(label, str, where, "label")
     cases = []
@@ -335,7 +342,7 @@ def _expand_case(
         spec = BackendSpec(backend, n_workers, n_envs, mode, dict(options))
         case_label = label if len(modes) == 1 or "label" in data else f"{label}/{mode}"
         case_id = f"{part}/{case_label}/w{n_workers}xe{n_envs}"
-        cases.append(CaseConfig(case_id, part, case_label, spec, env, ppo, preset))
+        cases.append(CaseConfig(case_id, part, case_label, spec, env, ppo, preset, dict(claims)))
     return cases
 
 
