@@ -76,10 +76,14 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
 
 
 def _with_cluster_address(suite, cli_address: str | None):  # noqa: ANN001, ANN202 - Suite in, Suite out
-    """Fill `address` for ray_cluster cases: the suite's own, else RAY_ADDRESS, else --address."""
+    """Fill `address` for ray_cluster cases: the suite's own, else RAY_ADDRESS, else --address,
+    else the cluster `cluster up` recorded."""
     import dataclasses
 
-    fallback = os.environ.get("RAY_ADDRESS") or cli_address
+    from harness.cluster import read_state
+
+    recorded = read_state()  # the cluster `python -m harness cluster up` started, if any
+    fallback = os.environ.get("RAY_ADDRESS") or cli_address or (recorded.address if recorded else None)
     parts = []
     for part in suite.parts:
         cases = []

@@ -49,14 +49,15 @@ def test_cluster_up_suite_down(tmp_path):
         address = next(line.split("=", 1)[1].strip().strip("'\"") for line in up.stdout.splitlines() if "RAY_ADDRESS=" in line)
         suite = tmp_path / "two_nodes.toml"
         suite.write_text(SUITE)
-        run = harness("run", str(suite), "--address", address, "--out", str(tmp_path / "out"))
+        # As the README says: no --address, no exports; the run finds the cluster `up` recorded.
+        run = harness("run", str(suite), "--out", str(tmp_path / "out"))
         assert run.returncode == 0, run.stdout + run.stderr
         (run_dir,) = (tmp_path / "out").iterdir()
         (result,) = load_run(run_dir)["cases"][0]["runs"]
         assert result["status"] == "ok"
         placement = result["backend"]["placement"]
         assert len(placement) == 4 and len({w["node"] for w in placement}) == 2, placement
-        assert result["backend"]["cluster_nodes"] == 2
+        assert result["backend"]["cluster_nodes"] == 2 and result["backend"]["address"] == address
         assert "Ray nodes: 2" in (run_dir / "report.md").read_text()
     finally:
         down = harness("cluster", "down")
