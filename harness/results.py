@@ -75,17 +75,24 @@ def save_run(run_dir: Path, run: dict[str, Any]) -> None:
     os.replace(tmp, run_dir / RUN_FILE)
 
 
-def load_run(run_dir: Path) -> dict[str, Any]:
-    """Read and check a run.json (folder or file path)."""
+def read_run_json(run_dir: str | Path) -> tuple[Any, Path]:
+    """The parsed run.json of a run folder (or the file itself), and its path; one-line errors."""
     path = Path(run_dir)
     if path.is_dir():
         path = path / RUN_FILE
     try:
-        run = json.loads(path.read_text())
+        return json.loads(path.read_text()), path
     except FileNotFoundError:
         raise HarnessError(f"no {RUN_FILE} at {path}; pass a folder written by `python -m harness run`") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise HarnessError(f"cannot read {path}: {exc}") from None
     except json.JSONDecodeError as exc:
         raise HarnessError(f"{path} is not valid JSON ({exc}); was the run interrupted while writing?") from None
+
+
+def load_run(run_dir: Path) -> dict[str, Any]:
+    """Read and check a run.json (folder or file path)."""
+    run, path = read_run_json(run_dir)
     if not isinstance(run, dict) or run.get("schema_version") != SCHEMA_VERSION:
         found = run.get("schema_version") if isinstance(run, dict) else None
         raise HarnessError(f"{path} has results schema version {found!r}; this harness reads version {SCHEMA_VERSION}")

@@ -19,7 +19,7 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError, best_match
 
 from harness.errors import HarnessError
-from harness.results import RUN_FILE
+from harness.results import RUN_FILE, read_run_json
 
 SCHEMA_PATH = Path(__file__).with_name("run_schema.json")
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -34,17 +34,7 @@ def load_schema() -> dict[str, Any]:
 
 def validate_run(path: str | Path) -> None:
     """Check a run folder (or its run.json) against the schema; raise `HarnessError` with one line if it does not match."""
-    file = Path(path)
-    if file.is_dir():
-        file = file / RUN_FILE
-    try:
-        run = json.loads(file.read_text())
-    except FileNotFoundError:
-        raise HarnessError(f"no {RUN_FILE} at {file}; pass a folder written by `python -m harness run`") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise HarnessError(f"cannot read {file}: {exc}") from None
-    except json.JSONDecodeError as exc:
-        raise HarnessError(f"{file} is not valid JSON ({exc}); was the run interrupted while writing?") from None
+    run, file = read_run_json(path)
     validate_record(run, str(file))
 
 
