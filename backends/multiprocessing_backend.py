@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from algorithms.model import parameter_count
 from algorithms.rollout import Rollout
 from backends.base import PolicySpec
 from backends.envs import EnvSpec
@@ -126,7 +127,7 @@ class MultiprocessingBackend(RemoteBackend):
         self.procs: list[Any] = []
         self.conns: list[Connection] = []
         self.shared: list[SharedArrays] = []
-        num_params = _count_params(policy)
+        num_params = parameter_count(policy.obs_dim, policy.act_dim, policy.hidden_size)
         k = self.spec.envs_per_worker
         if self.spec.inference == "worker":
             # One buffer for all workers: the learner writes once, each worker copies.
@@ -257,9 +258,3 @@ class _SharedMemoryStepper(CentralStepper):
         self.backend._receive_all("ok")
         fields = StepResult.__dataclass_fields__
         return [(StepResult(*(shared[f].copy() for f in fields)), float(shared["step_s"][0])) for shared in self.backend.shared]
-
-
-def _count_params(policy: PolicySpec) -> int:
-    from algorithms.model import ActorCritic
-
-    return sum(p.numel() for p in ActorCritic(policy.obs_dim, policy.act_dim, policy.hidden_size).parameters())
