@@ -45,11 +45,6 @@ class ActorCritic(nn.Module):
         return log_prob, entropy, value
 
 
-def parameter_count(obs_dim: int, act_dim: int, hidden_size: int) -> int:
-    """Length of the flat weight buffer of an actor-critic of these sizes."""
-    return sum(p.numel() for p in ActorCritic(obs_dim, act_dim, hidden_size).parameters())
-
-
 def flatten_weights(model: nn.Module) -> np.ndarray:
     """All parameters as one contiguous float32 buffer (what backends broadcast)."""
     return nn.utils.parameters_to_vector(model.parameters()).detach().cpu().numpy().astype(np.float32, copy=False)

@@ -1,96 +1,173 @@
-"""The PPO learner: clipped surrogate, value loss, entropy bonus, minibatch epochs."""
+"""The PPO learner: GAE, then epochs of shuffled minibatches of the clipped surrogate.
+
+The update keeps every parameter in one flat float32 buffer (the buffer the backends
+broadcast), computes each minibatch's gradient with `ppo_gradients.minibatch_gradients`
+into one flat gradient buffer, clips its norm and takes a fused Adam step on it. Each
+epoch is gathered with one index operation, and the statistics are derived once per
+update from what the steps recorded: no host round trip inside the loop (issue 8).
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
+from torch.optim.adam import adam
 
-from algorithms.config import PPOConfig
+from algorithms.base import Learner, LearnerSetup
 from algorithms.gae import compute_gae
 from algorithms.model import ActorCritic, flatten_weights
+from algorithms.ppo_gradients import minibatch_gradients, standardize_per_minibatch, update_statistics
 from algorithms.rollout import Rollout
 
 
-@dataclass(frozen=True)
-class UpdateStats:
-    """Means over all minibatches of one update."""
-
-    policy_loss: float
-    value_loss: float
-    entropy: float
-    approx_kl: float
-    clip_fraction: float
+def resolve_device(device: str) -> torch.device:
+    """`auto` is CUDA when torch sees a GPU, else the CPU; `cuda` without one is an error."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' asked for, but torch sees no CUDA GPU (or is a CPU build); use 'auto' or 'cpu'")
+    return torch.device(device)
 
 
-class PPOLearner:
-    """Owns the trainable actor-critic and its optimizer; versions its weights."""
+class PPOLearner(Learner):
+    """Owns the actor-critic's flat weights, the Adam state and the minibatch shuffling."""
 
-    def __init__(self, config: PPOConfig, obs_dim: int, act_dim: int, seed: int, total_steps: int | None = None) -> None:
-        torch.manual_seed(seed)
+    def __init__(self, setup: LearnerSetup) -> None:
+        config, policy = setup.config, setup.policy
         self.config = config
-        self.model = ActorCritic(obs_dim, act_dim, config.hidden_size, config.init_log_std)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.learning_rate, eps=1e-5)
-        self.shuffle_rng = np.random.default_rng(seed)
-        self.total_steps = total_steps
+        self.device = resolve_device(setup.device)
+        torch.manual_seed(setup.seed)  # the initial weights depend on the seed alone
+        init = ActorCritic(policy.obs_dim, policy.act_dim, policy.hidden_size, config.init_log_std)
+        self.flat = torch.from_numpy(flatten_weights(init)).to(self.device)
+        self.grad = torch.zeros_like(self.flat)
+        self.params = tuple(policy.unflatten(self.flat).values())  # views: Adam's in-place step updates them
+        self.policy = policy
+        # Adam's state, for torch's functional Adam with fused=True: one kernel over the flat
+        # buffer (the CPU default is a Python loop over tensors; torch.optim.Adam.step alone
+        # costs more than the kernel at this size).
+        self.adam_state = ([torch.zeros_like(self.flat)], [torch.zeros_like(self.flat)], [torch.zeros((), device=self.device)])
+        self.learning_rate = config.learning_rate
+        self.shuffle_rng = np.random.default_rng(setup.seed)
+        self.total_steps = setup.total_steps
         self.steps_trained = 0
         self.version = 0
+        self._host_weights: tuple[int, np.ndarray] | None = None
+        self.gradient_step = minibatch_gradients
+        self.compile_s = 0.0
+        if config.compile:
+            self._compile()
 
     def weights(self) -> np.ndarray:
-        """Current weights as one flat float32 buffer; pair with `self.version`."""
-        return flatten_weights(self.model)
+        """Current weights as one flat float32 host buffer; pair with `self.version`."""
+        # Cached per version: on a GPU the buffer crosses to the host once per update.
+        if self._host_weights is None or self._host_weights[0] != self.version:
+            self._host_weights = (self.version, self.flat.detach().cpu().numpy().copy())
+        return self._host_weights[1]
+
+    def train(self, rollout: Rollout) -> dict[str, float]:
+        """GAE advantages, then the update; statistics are means over all minibatches."""
+        started = time.perf_counter()
+        advantages, returns = self.advantages(rollout)
+        gae_done = time.perf_counter()
+        stats = self.update(rollout, advantages, returns)
+        return stats | {"gae_s": gae_done - started, "update_s": time.perf_counter() - gae_done}
 
     def advantages(self, rollout: Rollout) -> tuple[np.ndarray, np.ndarray]:
         """GAE advantages and value targets for a rollout of the current version."""
         cfg = self.config
         return compute_gae(rollout, cfg.gamma, cfg.gae_lambda, cfg.reward_scale)
 
-    def update(self, rollout: Rollout, advantages: np.ndarray, returns: np.ndarray) -> UpdateStats:
+    def update(self, rollout: Rollout, advantages: np.ndarray, returns: np.ndarray) -> dict[str, float]:
         """Several epochs of shuffled minibatches over the rollout; bumps the version."""
         if rollout.policy_version != self.version:
             # On-policy: a stale fragment would silently bias the gradient.
             raise RuntimeError(f"rollout sampled with policy version {rollout.policy_version}, learner is at {self.version}")
         cfg = self.config
         self._anneal_learning_rate()
-        obs = torch.from_numpy(rollout.obs.reshape(-1, rollout.obs.shape[-1]))
-        actions = torch.from_numpy(rollout.actions.reshape(-1, rollout.actions.shape[-1]))
-        old_log_probs = torch.from_numpy(rollout.log_probs.reshape(-1))
-        adv_all = torch.from_numpy(advantages.reshape(-1))
-        ret_all = torch.from_numpy(returns.reshape(-1))
-        batch = obs.shape[0]
-        totals = np.zeros(5)
-        count = 0
+        columns = [
+            rollout.obs.reshape(-1, rollout.obs.shape[-1]),
+            rollout.actions.reshape(-1, rollout.actions.shape[-1]),
+            rollout.log_probs.reshape(-1),
+            advantages.reshape(-1),
+            returns.reshape(-1),
+        ]
+        data = [torch.from_numpy(np.ascontiguousarray(c)).to(self.device) for c in columns]
+        batch, size = data[0].shape[0], cfg.minibatch_size
+        starts = range(0, batch, size)
+        # What each step records, in training order, for the statistics (update_statistics).
+        recorded: dict[str, list[torch.Tensor]] = {"log_ratio": [], "value_error": [], "advantages": [], "log_std": []}
         for _ in range(cfg.epochs):
-            order = torch.from_numpy(self.shuffle_rng.permutation(batch))
-            for start in range(0, batch, cfg.minibatch_size):
-                idx = order[start : start + cfg.minibatch_size]
-                log_prob, entropy, value = self.model.log_prob_and_entropy(obs[idx], actions[idx])
-                adv = adv_all[idx]
-                if cfg.normalize_advantages and len(idx) > 1:
-                    adv = (adv - adv.mean()) / (adv.std() + 1e-8)
-                log_ratio = log_prob - old_log_probs[idx]
-                ratio = log_ratio.exp()
-                policy_loss = torch.max(-adv * ratio, -adv * ratio.clamp(1 - cfg.clip_range, 1 + cfg.clip_range)).mean()
-                value_loss = 0.5 * ((value - ret_all[idx]) ** 2).mean()
-                entropy_mean = entropy.mean()
-                loss = policy_loss + cfg.value_coef * value_loss - cfg.entropy_coef * entropy_mean
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                nn.utils.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
-                self.optimizer.step()
-                with torch.no_grad():
-                    approx_kl = ((ratio - 1) - log_ratio).mean()  # Schulman's low-variance estimator
-                    clip_fraction = ((ratio - 1).abs() > cfg.clip_range).float().mean()
-                totals += [policy_loss.item(), value_loss.item(), entropy_mean.item(), approx_kl.item(), clip_fraction.item()]
-                count += 1
+            # The same shuffle as ever (numpy, seeded): one gather per epoch, then minibatches are slices.
+            order = torch.from_numpy(self.shuffle_rng.permutation(batch)).to(self.device)
+            obs, actions, old_log_probs, advantages, returns = (column[order] for column in data)
+            if cfg.normalize_advantages:
+                advantages = standardize_per_minibatch(advantages, size)
+            recorded["advantages"].append(advantages)
+            for start in starts:
+                end = start + size
+                recorded["log_std"].append(self.params[0].clone())
+                log_ratio, value_error = self._step(
+                    obs[start:end], actions[start:end], old_log_probs[start:end], advantages[start:end], returns[start:end]
+                )
+                recorded["log_ratio"].append(log_ratio)
+                recorded["value_error"].append(value_error)
         self.steps_trained += rollout.num_steps
         self.version += 1
-        return UpdateStats(*(totals / max(count, 1)))
+        minibatch_sizes = torch.tensor([min(size, batch - s) for s in starts] * cfg.epochs, device=self.device)
+        sample_weight = (1.0 / (minibatch_sizes * len(minibatch_sizes))).repeat_interleave(minibatch_sizes)
+        stats = update_statistics(
+            torch.cat(recorded["log_ratio"]),
+            torch.cat(recorded["value_error"]),
+            torch.cat(recorded["advantages"]),
+            torch.stack(recorded["log_std"]),
+            sample_weight,
+            cfg.clip_range,
+        )
+        return stats | {"learning_rate": self.learning_rate}
+
+    def _step(self, *minibatch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        cfg = self.config
+        grads, log_ratio, value_error = self.gradient_step(
+            self.params, *minibatch, cfg.clip_range, cfg.value_coef, cfg.entropy_coef
+        )
+        torch.cat([g.reshape(-1) for g in grads], out=self.grad)
+        # clip_grad_norm_'s rule (max_norm / (norm + 1e-6), capped at 1) on the one buffer, without a host sync.
+        norm = torch.linalg.vector_norm(self.grad)
+        self.grad.mul_((cfg.max_grad_norm / (norm + 1e-6)).clamp_(max=1.0))
+        exp_avg, exp_avg_sq, step = self.adam_state
+        adam([self.flat], [self.grad], exp_avg, exp_avg_sq, [], step, fused=True,
+             amsgrad=False, beta1=0.9, beta2=0.999, lr=self.learning_rate, weight_decay=0.0, eps=1e-5, maximize=False)  # fmt: skip
+        return log_ratio, value_error
 
     def _anneal_learning_rate(self) -> None:
+        self.learning_rate = self.config.learning_rate
         if self.config.anneal_lr and self.total_steps:
-            remaining = max(0.0, 1.0 - self.steps_trained / self.total_steps)
-            for group in self.optimizer.param_groups:
-                group["lr"] = self.config.learning_rate * remaining
+            self.learning_rate *= max(0.0, 1.0 - self.steps_trained / self.total_steps)
+
+    def _compile(self) -> None:
+        """`torch.compile` the gradient step, and compile it now, so no measured iteration pays for it."""
+        started = time.perf_counter()
+        self.gradient_step = torch.compile(minibatch_gradients, dynamic=False)
+        cfg = self.config
+        # Every minibatch size an update will see: full ones, and the remainder of an uneven split.
+        sizes = {cfg.minibatch_size, cfg.steps_per_iteration % cfg.minibatch_size} - {0}
+        for size in sizes:
+            dummy = [
+                torch.zeros(size, self.policy.obs_dim, device=self.device),
+                torch.zeros(size, self.policy.act_dim, device=self.device),
+                *(torch.zeros(size, device=self.device) for _ in range(3)),
+            ]
+            self.gradient_step(self.params, *dummy, cfg.clip_range, cfg.value_coef, cfg.entropy_coef)
+        self.compile_s = time.perf_counter() - started
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "algorithm": "ppo",
+            "device": str(self.device),
+            "compiled": self.config.compile,
+            "compile_s": self.compile_s,
+            "optimizer": "Adam (fused, one flat buffer)",
+        }

@@ -13,19 +13,12 @@ from typing import Any
 
 import numpy as np
 
+from algorithms.policy import PolicySpec
 from algorithms.rollout import Rollout
 from backends.envs import EnvSpec
 
 INFERENCE_MODES = ("worker", "central")
-
-
-@dataclass(frozen=True)
-class PolicySpec:
-    """What a worker needs to build its inference-only policy copy."""
-
-    obs_dim: int
-    act_dim: int
-    hidden_size: int
+__all__ = ["Backend", "BackendSpec", "Collected", "PolicySpec", "SyncReport"]  # PolicySpec: re-exported for backends
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,6 @@ from typing import Any
 
 import numpy as np
 
-from algorithms.model import parameter_count
 from algorithms.rollout import Rollout
 from backends.base import PolicySpec
 from backends.envs import EnvSpec
@@ -127,7 +126,7 @@ class MultiprocessingBackend(RemoteBackend):
         self.procs: list[Any] = []
         self.conns: list[Connection] = []
         self.shared: list[SharedArrays] = []
-        num_params = parameter_count(policy.obs_dim, policy.act_dim, policy.hidden_size)
+        num_params = policy.num_params
         k = self.spec.envs_per_worker
         if self.spec.inference == "worker":
             # One buffer for all workers: the learner writes once, each worker copies.

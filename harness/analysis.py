@@ -9,7 +9,7 @@ import numpy as np
 
 from harness.stats import Summary, summarize
 
-PHASES = ("sync", "collect", "gae", "update")
+PHASES = ("sync", "collect", "train")  # train: the learner's whole call (PPO: GAE + update)
 REMOTE_BACKENDS = ("multiprocessing", "ray_local", "ray_cluster")
 
 

@@ -1,8 +1,10 @@
 """One repeat of one case, run in a fresh process: `python -m harness.case SPEC.json RESULT.json`.
 
-The harness, not the backend, times each phase of each iteration with
-`time.perf_counter()`: weight sync, collect, GAE, update. The result file is
-rewritten after every iteration, so a crash keeps what finished.
+The harness, not the backend or the learner, times each phase of each iteration
+with `time.perf_counter()`: weight sync, collect, train. It drives the learner
+through `algorithms.base.Learner` alone, so it never knows which algorithm it
+times. The result file is rewritten after every iteration, so a crash keeps
+what finished.
 """
 
 from __future__ import annotations
@@ -21,10 +23,11 @@ import numpy as np
 import psutil
 import torch
 
+from algorithms.base import AlgorithmSpec, Learner, LearnerSetup
 from algorithms.config import PPOConfig
 from algorithms.evaluate import evaluate, evaluation_seeds
 from algorithms.model import InferencePolicy
-from algorithms.ppo import PPOLearner
+from algorithms.registry import create_learner
 from backends import create_backend
 from backends.base import BackendSpec, PolicySpec
 from backends.envs import EnvSpec, env_dims, make_env
@@ -46,6 +49,7 @@ def case_from_dict(data: dict[str, Any]) -> CaseConfig:
         ppo=PPOConfig(**data["ppo"]),
         preset=data["preset"],
         claims=data.get("claims", {}),
+        algorithm=AlgorithmSpec(**data.get("algorithm", {})),
     )
 
 
@@ -72,15 +76,22 @@ class CaseRun:
         torch.set_num_threads(threads)
         self.result["torch_threads"] = threads
         obs_dim, act_dim = env_dims(self.case.env)
+        policy = PolicySpec(obs_dim, act_dim, self.case.ppo.hidden_size)
         planned = self.iterations_planned()
-        learner = PPOLearner(self.case.ppo, obs_dim, act_dim, self.seed, planned * self.case.ppo.steps_per_iteration)
+        setup = LearnerSetup(
+            self.case.ppo, policy, self.seed, planned * self.case.ppo.steps_per_iteration, self.case.algorithm.device
+        )
+        started = time.perf_counter()
+        learner = create_learner(self.case.algorithm.name, setup)  # a compiled learner compiles here, not in an iteration
+        self.result["learner"] = {"name": self.case.algorithm.name, **learner.describe()}
+        self.result["learner"]["startup_s"] = time.perf_counter() - started
         eval_policy = InferencePolicy(obs_dim, act_dim, self.case.ppo.hidden_size)
         backend = create_backend(self.case.backend)
         monitor = ResourceMonitor()
         try:
             with monitor:
                 started = time.perf_counter()
-                backend.start(self.case.env, PolicySpec(obs_dim, act_dim, self.case.ppo.hidden_size), self.seed)
+                backend.start(self.case.env, policy, self.seed)
                 self.result["startup_s"] = time.perf_counter() - started
                 self.result["backend"] = backend.describe()
                 next_eval = self.measure.eval_every
@@ -103,29 +114,26 @@ class CaseRun:
         self._save()
         return self.result
 
-    def _iteration(self, index: int, learner: PPOLearner, backend: Any) -> dict[str, Any]:
+    def _iteration(self, index: int, learner: Learner, backend: Any) -> dict[str, Any]:
         steps = self.case.ppo.steps_per_iteration
         t0 = time.perf_counter()
-        sync = backend.set_weights(learner.weights(), learner.version)
+        sync = backend.set_weights(learner.weights(), learner.version)  # weights(): a GPU learner's copy to the host
         t1 = time.perf_counter()
         collected = backend.collect(steps)
         t2 = time.perf_counter()
         rollout = collected.rollout
         if rollout.num_steps != steps:
             raise RuntimeError(f"backend returned {rollout.num_steps} steps, {steps} were asked for")
-        advantages, returns = learner.advantages(rollout)
+        stats = learner.train(rollout)  # PPO raises on a stale policy version
         t3 = time.perf_counter()
-        stats = learner.update(rollout, advantages, returns)  # raises on a stale policy version
-        t4 = time.perf_counter()
         return {
             "index": index,
             "warmup": self.measure.mode == "throughput" and index < self.measure.warmup_iterations,
             "steps": steps,
             "sync_s": t1 - t0,
             "collect_s": t2 - t1,
-            "gae_s": t3 - t2,
-            "update_s": t4 - t3,
-            "total_s": t4 - t0,
+            "train_s": t3 - t2,
+            "total_s": t3 - t0,
             "sync_bytes": sync.bytes_sent,
             "worker_compute_s": collected.worker_compute_s,
             "transfer_s": collected.transfer_s,
@@ -134,9 +142,10 @@ class CaseRun:
             "episodes": len(rollout.episode_returns),
             "episode_return_mean": float(rollout.episode_returns.mean()) if len(rollout.episode_returns) else None,
             "steps_trained": learner.steps_trained,
-        } | dataclasses.asdict(stats)
+            "learner": {name: float(value) for name, value in stats.items()},
+        }
 
-    def _evaluate(self, learner: PPOLearner, policy: InferencePolicy, episodes: int) -> dict[str, Any]:
+    def _evaluate(self, learner: Learner, policy: InferencePolicy, episodes: int) -> dict[str, Any]:
         policy.load_flat(learner.weights(), learner.version)
         started = time.perf_counter()
         returns = evaluate(

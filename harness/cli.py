@@ -129,6 +129,11 @@ def cmd_list(console: Console) -> int:
             console.print(f"  {path.stem:16} {len(suite.cases):3d} cases  {suite.description}")
         except HarnessError as exc:
             console.print(f"  {path.stem:16} [red]invalid[/]: {exc}")
+    from algorithms.registry import DEFAULT_ALGORITHM, LEARNERS
+
+    console.print("[bold]Algorithms[/] ([algorithm] name; or any 'module:Class' learner)")
+    for name, target in LEARNERS.items():
+        console.print(f"  {name:16} {target}" + (" (default)" if name == DEFAULT_ALGORITHM else ""))
     console.print("[bold]PPO presets[/]")
     for name, cfg in PRESETS.items():
         console.print(

@@ -18,8 +18,7 @@ BREAKDOWN = (
     ("sync", "weight sync"),
     ("worker_compute", "collect (sampling)"),
     ("transfer", "transfer"),
-    ("gae", "GAE"),
-    ("update", "update"),
+    ("train", "learner (train)"),
 )
 
 

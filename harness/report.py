@@ -134,7 +134,7 @@ def phases_table(cases: list[CaseStats], h: dict[str, str]) -> tuple[str, list[s
         iteration_ms = 1000 * c.total_seconds / c.measured_iterations if c.measured_iterations else None
         rows.append([
             _config(c), c.workers, _pct(c.share("sync")), _pct(c.share("collect")), _pct(c.share("worker_compute")),
-            _pct(c.share("transfer")), _pct(c.share("gae")), _pct(c.share("update")), _num(iteration_ms, 1),
+            _pct(c.share("transfer")), _pct(c.share("train")), _num(iteration_ms, 1),
         ])  # fmt: skip
     headers = [
         h["config"],
@@ -143,17 +143,14 @@ def phases_table(cases: list[CaseStats], h: dict[str, str]) -> tuple[str, list[s
         "Collect %",
         "…worker compute %",
         "…transfer %",
-        "GAE %",
-        "Update %",
+        "Train %",
         "Iteration (ms)",
     ]
     lines = []
     dominant = [
-        (c.label, c.workers, max(("collect", "update", "sync", "gae"), key=lambda p: c.share(p) or 0))
-        for c in cases
-        if c.total_seconds
+        (c.label, c.workers, max(("collect", "train", "sync"), key=lambda p: c.share(p) or 0)) for c in cases if c.total_seconds
     ]
-    for phase in ("update", "collect", "sync"):
+    for phase in ("train", "collect", "sync"):
         names = [f"{label} ({w})" for label, w, p in dominant if p == phase]
         if names:
             lines.append(f"{phase.capitalize()} dominates the iteration for: {', '.join(names)}.")
@@ -307,11 +304,16 @@ def machine_header(run: dict[str, Any]) -> list[str]:
     # Nodes of one run (each embedded Ray run is a fresh one-node instance).
     nodes = max((len((r.get("backend") or {}).get("nodes", [])) for case in run["cases"] for r in case["runs"]), default=0)
     threads = sorted({r["torch_threads"] for case in run["cases"] for r in case["runs"] if "torch_threads" in r})
+    learners = sorted({
+        f"{r['learner'].get('name', '?')} on {r['learner'].get('device', '?')}" + (" (compiled)" if r["learner"].get("compiled") else "")
+        for case in run["cases"] for r in case["runs"] if "learner" in r
+    })  # fmt: skip
     return [
         f"- Machine: {m['cpu_model']}, {m['physical_cores']} physical / {m['logical_cores']} logical cores, "
         f"{m['memory_gib']} GiB, load {', '.join(f'{x:.2f}' for x in m['load_average'])} at start; GPUs: {gpus}",
         f"- Versions: Python {m['python']}, torch {pk.get('torch')}, ray {pk.get('ray')}, gymnasium {pk.get('gymnasium')}, "
         f"numpy {pk.get('numpy')}; learner torch threads {', '.join(map(str, threads)) or 'n/a'}",
+        f"- Learner: {', '.join(learners) or 'n/a'}",
         f"- Commit: {commit_text}; suite {run['suite']['path']} (sha256 {run['suite']['sha256'][:12]})"
         + (f"; Ray nodes: {nodes}" if nodes else ""),
         f"- Run: {run['created']} to {run.get('finished') or '(unfinished)'}, status {run['status']}"

@@ -14,7 +14,8 @@ from harness.errors import HarnessError
 from harness.machine import commit_info, machine_info, package_versions
 from harness.suite import Suite
 
-SCHEMA_VERSION = 1
+# 2: iterations time one learner phase (`train_s`) and keep the learner's statistics as a named map (issue 8).
+SCHEMA_VERSION = 2
 RUN_FILE = "run.json"
 REQUIRED_KEYS = ("schema_version", "suite", "machine", "packages", "commit", "parts", "cases")
 

@@ -17,7 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from algorithms.base import AlgorithmSpec
 from algorithms.config import PRESETS, PPOConfig
+from algorithms.registry import learner_class
 from backends import REGISTRY
 from backends.base import BackendSpec
 from backends.envs import STEP_COST_KINDS, EnvSpec, registered_env_ids
@@ -96,6 +98,8 @@ class CaseConfig:
     preset: str
     claims: dict[str, float] = dataclasses.field(default_factory=dict)
     """The research report's figures for this case (keys from CLAIMS), shown beside ours."""
+    algorithm: AlgorithmSpec = AlgorithmSpec()
+    """The learner that trains the case, and its device."""
 
 
 @dataclass(frozen=True)
@@ -196,9 +200,9 @@ def _as_list(value: Any) -> list[Any]:
 
 # --- reading suites -----------------------------------------------------------------------------
 
-TOP_KEYS = ("suite", "env", "ppo", "measure", "cases")
+TOP_KEYS = ("suite", "env", "ppo", "algorithm", "measure", "cases")
 SUITE_KEYS = ("name", "description", "tables", "baseline", "include")
-CASE_KEYS = ("backend", "workers", "envs_per_worker", "inference", "label", "options", "env", "ppo", "claims")
+CASE_KEYS = ("backend", "workers", "envs_per_worker", "inference", "label", "options", "env", "ppo", "algorithm", "claims")
 
 
 def load_suite(path: str | Path) -> Suite:
@@ -256,6 +260,7 @@ def _load_part(check: _Checker, data: dict[str, Any], name: str, description: st
             check.fail("[suite] tables", f"unknown table '{table}'; choose from {', '.join(TABLES)}")
     base_env = _env(check, check.table(data.get("env", {}), "[env]"), EnvSpec(), "[env]")
     preset, base_ppo = _ppo(check, check.table(data.get("ppo", {}), "[ppo]"), "report", PRESETS["report"], "[ppo]")
+    base_algorithm = _algorithm(check, check.table(data.get("algorithm", {}), "[algorithm]"), AlgorithmSpec(), "[algorithm]")
     measure_data = check.dataclass_fields(MeasureConfig, check.table(data.get("measure", {}), "[measure]"), "[measure]")
     measure = check.build(MeasureConfig, measure_data, "[measure]")
     cases_data = data["cases"]
@@ -263,7 +268,8 @@ def _load_part(check: _Checker, data: dict[str, Any], name: str, description: st
         check.fail("[[cases]]", "must be an array of tables with at least one case")
     cases: list[CaseConfig] = []
     for index, case in enumerate(cases_data, start=1):
-        cases.extend(_expand_case(check, check.table(case, f"[[cases]] #{index}"), index, name, base_env, preset, base_ppo))
+        bases = (base_env, preset, base_ppo, base_algorithm)
+        cases.extend(_expand_case(check, check.table(case, f"[[cases]] #{index}"), index, name, *bases))
     ids = [c.id for c in cases]
     duplicates = sorted({i for i in ids if ids.count(i) > 1})
     if duplicates:
@@ -307,8 +313,30 @@ def _ppo(check: _Checker, data: dict[str, Any], preset: str, base: PPOConfig, wh
     return preset, check.build(PPOConfig, {**dataclasses.asdict(base), **overrides}, where)
 
 
+def _algorithm(check: _Checker, data: dict[str, Any], base: AlgorithmSpec, where: str) -> AlgorithmSpec:
+    fields = check.dataclass_fields(AlgorithmSpec, data, where)
+    spec = check.build(AlgorithmSpec, {**dataclasses.asdict(base), **fields}, where)
+    try:
+        learner_class(spec.name)
+    except ValueError as exc:
+        check.fail(where, str(exc))
+    if spec.device == "cuda":
+        import torch  # only now: a suite that asks for no GPU loads without torch
+
+        if not torch.cuda.is_available():
+            check.fail(where, "device 'cuda' asked for, but torch sees no CUDA GPU (or is a CPU build); use 'auto' or 'cpu'")
+    return spec
+
+
 def _expand_case(
-    check: _Checker, data: dict[str, Any], index: int, part: str, base_env: EnvSpec, base_preset: str, base_ppo: PPOConfig
+    check: _Checker,
+    data: dict[str, Any],
+    index: int,
+    part: str,
+    base_env: EnvSpec,
+    base_preset: str,
+    base_ppo: PPOConfig,
+    base_algorithm: AlgorithmSpec,
 ) -> list[CaseConfig]:
     where = f"[[cases]] #{index}"
     check.known_keys(data, CASE_KEYS, where)
@@ -332,6 +360,9 @@ def _expand_case(
     check.known_keys(options, entry.options, f"{where} options for '{backend}'")
     env = _env(check, check.table(data.get("env", {}), f"{where} env"), base_env, f"{where} env")
     preset, ppo = _ppo(check, check.table(data.get("ppo", {}), f"{where} ppo"), base_preset, base_ppo, f"{where} ppo")
+    algorithm = _algorithm(
+        check, check.table(data.get("algorithm", {}), f"{where} algorithm"), base_algorithm, f"{where} algorithm"
+    )
     claims = check.table(data.get("claims", {}), f"{where} claims")
     check.known_keys(claims, CLAIMS, f"{where} claims")
     claims = {k: check.value(v, float, f"{where} claims", k) for k, v in claims.items()}
@@ -342,7 +373,7 @@ def _expand_case(
         spec = BackendSpec(backend, n_workers, n_envs, mode, dict(options))
         case_label = label if len(modes) == 1 or "label" in data else f"{label}/{mode}"
         case_id = f"{part}/{case_label}/w{n_workers}xe{n_envs}"
-        cases.append(CaseConfig(case_id, part, case_label, spec, env, ppo, preset, dict(claims)))
+        cases.append(CaseConfig(case_id, part, case_label, spec, env, ppo, preset, dict(claims), algorithm))
     return cases
 
 
@@ -355,4 +386,7 @@ def _default_label(backend: str, data: dict[str, Any]) -> str:
     env = data.get("env")
     if isinstance(env, dict) and env.get("step_cost_ms"):
         label += f" +{env['step_cost_ms']}ms {env.get('step_cost_kind', 'sleep')}"
+    algorithm = data.get("algorithm")
+    if isinstance(algorithm, dict):
+        label += "".join(f" {algorithm[key]}" for key in ("name", "device") if key in algorithm)
     return label

@@ -45,7 +45,8 @@ def test_smoke_suite_writes_run_json_and_report(smoke_run):
         assert result["status"] == "ok", result.get("error")
         measured = [it for it in result["iterations"] if not it["warmup"]]
         assert len(measured) == 2 and all(it["steps"] == 512 for it in measured)
-        assert all(it["collect_s"] > 0 and it["update_s"] > 0 for it in measured)
+        assert all(it["collect_s"] > 0 and it["train_s"] > 0 for it in measured)
+        assert all(it["learner"]["update_s"] > 0 and "approx_kl" in it["learner"] for it in measured)
         assert result["resources"]["samples"] >= 1 and result["resources"]["gpu_present"] in (True, False)
         remote = case["backend"]["name"] in ("multiprocessing", "ray_local")
         assert (measured[0]["transfer_bytes"] is not None) == remote

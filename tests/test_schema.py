@@ -14,12 +14,12 @@ from typing import Any
 import pytest
 from jsonschema import Draft202012Validator
 
+from algorithms.base import AlgorithmSpec
 from algorithms.config import PPOConfig
-from algorithms.ppo import UpdateStats
 from backends.base import BackendSpec
 from backends.envs import EnvSpec
 from harness.errors import HarnessError
-from harness.results import RUN_FILE
+from harness.results import RUN_FILE, SCHEMA_VERSION
 from harness.schema import load_schema, validate_run
 from harness.suite import MeasureConfig
 from tests.conftest import REPO
@@ -100,13 +100,14 @@ def test_schema_is_valid_draft_2020_12():
 def test_schema_names_every_config_field():
     """A renamed config field must show up here, not in a reader of old results."""
     defs = load_schema()["$defs"]
-    field_names = {cls: [f.name for f in dataclasses.fields(cls)] for cls in (PPOConfig, MeasureConfig, BackendSpec, EnvSpec)}
+    classes = (PPOConfig, MeasureConfig, BackendSpec, EnvSpec, AlgorithmSpec)
+    field_names = {cls: [f.name for f in dataclasses.fields(cls)] for cls in classes}
     assert defs["ppo"]["required"] == field_names[PPOConfig]
     assert defs["measure"]["required"] == field_names[MeasureConfig]
     assert defs["backend_spec"]["required"] == field_names[BackendSpec]
     assert defs["env_spec"]["required"] == field_names[EnvSpec]
     assert set(field_names[PPOConfig]) == set(defs["ppo"]["properties"])
-    assert {f.name for f in dataclasses.fields(UpdateStats)} <= set(defs["iteration"]["required"])
+    assert defs["algorithm"]["required"] == field_names[AlgorithmSpec]
 
 
 def test_fresh_run_validates(run_dir, run):
@@ -121,7 +122,7 @@ def test_fresh_run_validates(run_dir, run):
 def test_cli_accepts_a_valid_run(run_dir):
     proc = schema_cli(str(run_dir))
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.startswith("ok: ") and "schema version 1" in proc.stdout
+    assert proc.stdout.startswith("ok: ") and f"schema version {SCHEMA_VERSION}" in proc.stdout
 
 
 def _ok_run(run: dict[str, Any]) -> dict[str, Any]:
@@ -140,7 +141,7 @@ def _set(keys: list[Any], value: Any) -> Callable[[dict[str, Any]], None]:
 
 BROKEN: list[tuple[str, Callable[[dict[str, Any]], None], str]] = [
     ("top-level key missing", lambda run: run.pop("machine"), "$.machine: required key is missing"),
-    ("wrong schema version", _set(["schema_version"], 2), "$.schema_version: must be 1, got 2"),
+    ("wrong schema version", _set(["schema_version"], 1), "$.schema_version: must be 2, got 1"),
     ("case config missing a field", lambda run: run["cases"][0]["ppo"].pop("gamma"), "$.cases[0].ppo.gamma: required key is missing"),
     ("wrong type in case config", _set(["cases", 0, "backend", "workers"], "2"), "$.cases[0].backend.workers: expected integer, got string"),
     ("run without status", lambda run: run["cases"][0]["runs"][0].pop("status"), "$.cases[0].runs[0].status: required key is missing"),
@@ -165,12 +166,12 @@ def test_broken_copy_fails_naming_the_path(run, tmp_path, change, expected):
 
 def test_cli_rejects_a_broken_copy_with_one_line(run, tmp_path):
     broken = copy.deepcopy(run)
-    _ok_run(broken)["iterations"][-1]["gae_s"] = None
+    _ok_run(broken)["iterations"][-1]["train_s"] = None
     (tmp_path / RUN_FILE).write_text(json.dumps(broken))
     proc = schema_cli(str(tmp_path))
     assert proc.returncode == 2
     (line,) = proc.stderr.splitlines()
-    assert line.startswith("error: ") and ".gae_s: expected number, got null" in line and "Traceback" not in proc.stderr
+    assert line.startswith("error: ") and ".train_s: expected number, got null" in line and "Traceback" not in proc.stderr
 
 
 @pytest.mark.parametrize(("content", "expected"), [(None, "no run.json at"), ("{ half", "is not valid JSON")])

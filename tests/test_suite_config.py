@@ -37,7 +37,14 @@ def write(tmp_path: Path, text: str, name: str = "suite.toml") -> Path:
 
 
 def test_every_shipped_suite_loads():
+    import torch
+
     for path in sorted((REPO / "suites").glob("*.toml")):
+        if 'device = "cuda"' in path.read_text() and not torch.cuda.is_available():
+            # A suite that asks for a GPU is refused, in one line, where there is none.
+            with pytest.raises(HarnessError, match="torch sees no CUDA GPU"):
+                load_suite(path)
+            continue
         suite = load_suite(path)
         assert suite.cases, path
 
@@ -84,6 +91,14 @@ def test_quick_shrinks_budgets():
         (("[measure]", '[env]\nstep_cost_kind = "spin"\n[measure]'), "step_cost_kind must be one of sleep, busy"),
         (('backend = "serial"', 'backend = "serial"\nworkers = 4'), "runs in one process"),
         (("workers = [1, 2]", "workers = [1, 2]\noptions = { adress = 1 }"), "unknown key 'adress'"),
+        (
+            ("[measure]", '[algorithm]\nname = "a2c"\n[measure]'),
+            "unknown algorithm 'a2c'; choose one of ppo or give 'module:Class'",
+        ),
+        (("[measure]", '[algorithm]\nname = "no_such_module:L"\n[measure]'), "cannot load algorithm 'no_such_module:L'"),
+        (("[measure]", '[algorithm]\nname = "harness.suite:Suite"\n[measure]'), "is not a subclass of algorithms.base.Learner"),
+        (("[measure]", '[algorithm]\ndevice = "tpu"\n[measure]'), "device must be one of cpu, cuda, auto"),
+        (("[measure]", '[algorithm]\ndevise = "cpu"\n[measure]'), "unknown key 'devise'; valid keys: device, name"),
     ],
 )
 def test_mistakes_name_file_key_and_choices(tmp_path, change, message):

@@ -1,0 +1,83 @@
+"""The learner interface: the seam between the harness, which owns time, and an algorithm.
+
+The harness drives any learner the same way (SB3's `collect_rollouts`/`train` seam):
+broadcast `weights()` as `version`, have a backend sample a rollout with them, hand the
+rollout to `train`, record the named statistics it returns. It never knows which
+algorithm it is timing, nor the names of its statistics.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from algorithms.config import PPOConfig
+from algorithms.policy import PolicySpec
+from algorithms.rollout import Rollout
+
+DEVICES = ("cpu", "cuda", "auto")
+
+
+@dataclass(frozen=True)
+class AlgorithmSpec:
+    """A suite's `[algorithm]` table: which learner, on which device."""
+
+    name: str = "ppo"
+    """A name in `algorithms.registry.LEARNERS`, or a learner class as `module:Class`."""
+    device: str = "cpu"
+    """`cpu`, `cuda`, or `auto` (CUDA when torch sees a GPU). Workers always infer on the CPU."""
+
+    def __post_init__(self) -> None:
+        if self.device not in DEVICES:
+            raise ValueError(f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
+
+
+@dataclass(frozen=True)
+class LearnerSetup:
+    """Everything a learner is built from."""
+
+    config: PPOConfig
+    """Hyperparameters: batch size (`steps_per_iteration`) and network width are read by the harness
+    too; an algorithm ignores the fields it has no use for."""
+    policy: PolicySpec
+    """The actor-critic whose flat weights the backends' policy copies load."""
+    seed: int
+    total_steps: int | None = None
+    """The step budget, for schedules such as learning-rate annealing (None: unknown)."""
+    device: str = "cpu"
+    """Where the learner computes: `cpu`, `cuda`, or `auto` (CUDA when torch sees a GPU)."""
+
+    def __post_init__(self) -> None:
+        if self.policy.hidden_size != self.config.hidden_size:
+            raise ValueError(f"policy hidden_size {self.policy.hidden_size} differs from the config's {self.config.hidden_size}")
+
+
+class Learner(ABC):
+    """An algorithm that trains the actor-critic on rollouts and versions its weights."""
+
+    #: Bumped by every `train`; the version the weights of `weights()` carry.
+    version: int = 0
+    #: Env steps trained on so far.
+    steps_trained: int = 0
+
+    @abstractmethod
+    def __init__(self, setup: LearnerSetup) -> None: ...
+
+    @abstractmethod
+    def weights(self) -> np.ndarray:
+        """The current weights as one flat float32 host buffer in `PolicySpec.layout()` order."""
+
+    @abstractmethod
+    def train(self, rollout: Rollout) -> dict[str, float]:
+        """Learn from a rollout; bump `version` and `steps_trained`; return named statistics.
+
+        A statistic named `*_s` is a duration the learner measured inside the call
+        (e.g. PPO's advantage estimation); the harness times the call itself from outside.
+        """
+
+    def describe(self) -> dict[str, Any]:
+        """Self-description recorded in results (device, options)."""
+        return {}

@@ -1,0 +1,116 @@
+"""The learner seam: a second algorithm is one module plus one registry line, and the harness never knows PPO.
+
+`RandomSearchLearner` below is that second algorithm: hill climbing on the flat weights,
+keeping a perturbation when the rollout it sampled scored better. It has nothing of PPO
+(no torch, no gradient, other statistics), and runs through the CLI like any learner.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+
+import numpy as np
+
+from algorithms import registry
+from algorithms.base import Learner, LearnerSetup
+from algorithms.config import PPOConfig
+from algorithms.policy import PolicySpec
+from algorithms.rollout import Rollout
+from harness.results import load_run
+from harness.schema import validate_run
+from tests.conftest import REPO
+from tests.test_cli import harness, only_run_dir
+
+
+class RandomSearchLearner(Learner):
+    """Random search over the policy's flat weights (not PPO: no gradients, no torch)."""
+
+    def __init__(self, setup: LearnerSetup) -> None:
+        self.rng = np.random.default_rng(setup.seed)
+        self.best = self.rng.normal(0.0, 0.1, setup.policy.num_params).astype(np.float32)
+        self.best_score = -np.inf
+        self.candidate = self.best
+        self.version = 0
+        self.steps_trained = 0
+
+    def weights(self) -> np.ndarray:
+        return self.candidate
+
+    def train(self, rollout: Rollout) -> dict[str, float]:
+        score = float(rollout.rewards.mean())
+        accepted = score > self.best_score
+        if accepted:
+            self.best, self.best_score = self.candidate, score
+        self.candidate = (self.best + self.rng.normal(0.0, 0.02, self.best.shape)).astype(np.float32)
+        self.version += 1
+        self.steps_trained += rollout.num_steps
+        return {"mean_reward": score, "accepted": float(accepted)}
+
+    def describe(self) -> dict[str, str]:
+        return {"device": "cpu"}
+
+
+SUITE = """
+[suite]
+name = "seam"
+tables = ["speed", "phases", "communication"]
+[algorithm]
+name = "tests.test_algorithm_seam:RandomSearchLearner"
+[ppo]
+steps_per_iteration = 128
+hidden_size = 32
+[measure]
+warmup_iterations = 1
+iterations = 2
+repeats = 1
+[[cases]]
+backend = "vecenv"
+envs_per_worker = 2
+[[cases]]
+backend = "multiprocessing"
+workers = 2
+"""
+
+
+def test_a_registry_line_is_all_a_learner_needs(monkeypatch):
+    monkeypatch.setitem(registry.LEARNERS, "random-search", "tests.test_algorithm_seam:RandomSearchLearner")
+    learner = registry.create_learner("random-search", LearnerSetup(PPOConfig(hidden_size=32), PolicySpec(3, 1, 32), seed=0))
+    assert isinstance(learner, RandomSearchLearner) and learner.weights().shape == (PolicySpec(3, 1, 32).num_params,)
+
+
+def test_a_non_ppo_learner_runs_through_the_cli(tmp_path):
+    suite = tmp_path / "seam.toml"
+    suite.write_text(SUITE)
+    out = tmp_path / "out"
+    proc = harness("run", str(suite), "--out", str(out))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    run_dir = only_run_dir(out)
+    validate_run(run_dir)
+    run = load_run(run_dir)
+    for case in run["cases"]:
+        assert case["algorithm"]["name"] == "tests.test_algorithm_seam:RandomSearchLearner"
+        (result,) = case["runs"]
+        assert result["status"] == "ok", result.get("error")
+        assert result["learner"]["name"] == case["algorithm"]["name"] and result["learner"]["device"] == "cpu"
+        for iteration in result["iterations"]:
+            assert set(iteration["learner"]) == {"mean_reward", "accepted"}  # its own statistics, nothing of PPO's
+            assert iteration["train_s"] > 0 and iteration["policy_version"] == iteration["index"]
+    report = (run_dir / "report.md").read_text()
+    assert "RandomSearchLearner on cpu" in report and "| Config" in report
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "complete"
+
+
+def test_harness_never_imports_ppo():
+    """The harness drives learners through algorithms.base and the registry only."""
+    offenders = []
+    for path in sorted((REPO / "harness").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            if any(n.startswith(("algorithms.ppo", "algorithms.ppo_gradients")) for n in names):
+                offenders.append(str(path.relative_to(REPO)))
+    assert offenders == []
