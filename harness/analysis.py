@@ -99,7 +99,8 @@ def case_stats(case: dict[str, Any], part: dict[str, Any], logical_cores: int) -
         steps = sum(it["steps"] for it in measured)
         fps.append(steps / sum(it["total_s"] for it in measured))
         sampling.append(steps / sum(it["collect_s"] for it in measured))
-        startup.append(run.get("startup_s"))
+        # Start-up: the backend's workers plus building the learner (a compiled learner compiles then).
+        startup.append((run.get("startup_s") or 0.0) + (run.get("learner") or {}).get("startup_s", 0.0))
         for phase in PHASES:
             phase_seconds[phase] += sum(it[f"{phase}_s"] for it in measured)
         for key in ("transfer", "worker_compute"):
