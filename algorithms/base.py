@@ -49,6 +49,9 @@ class LearnerSetup:
     """The step budget, for schedules such as learning-rate annealing (None: unknown)."""
     device: str = "cpu"
     """Where the learner computes: `cpu`, `cuda`, or `auto` (CUDA when torch sees a GPU)."""
+    max_policy_lag: int = 0
+    """How many versions behind the learner a batch may have been sampled (0: on-policy; the
+    `overlap` schedule hands the learner batches up to `max_lag` versions old)."""
 
     def __post_init__(self) -> None:
         if self.policy.hidden_size != self.config.hidden_size:

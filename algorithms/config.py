@@ -40,6 +40,13 @@ class PPOConfig:
     """Rewards are multiplied by this before GAE (returns are reported unscaled)."""
     anneal_lr: bool = False
     """Decay the learning rate linearly to zero over the step budget (needs one)."""
+    decoupled: bool = False
+    """Hilton et al. 2021 ("Batch size-invariance for policy optimization"): clip the ratio against the
+    policy at the start of the update (the proximal policy), not the one that sampled the batch, and
+    weight each sample by proximal / behaviour probability (capped). Matters only for stale batches
+    (`schedule = "overlap"`); on a fresh batch the two policies are the same."""
+    importance_weight_cap: float = 2.0
+    """Upper bound on the decoupled objective's proximal / behaviour weight (V-trace-style truncation)."""
     compile: bool = False
     """`torch.compile` the minibatch gradient step (needs a C++ compiler; ~20 s, counted as start-up)."""
 
@@ -55,6 +62,7 @@ class PPOConfig:
             "hidden_size": self.hidden_size > 0,
             "max_grad_norm": self.max_grad_norm > 0,
             "reward_scale": self.reward_scale > 0,
+            "importance_weight_cap": self.importance_weight_cap > 0,
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:

@@ -19,7 +19,7 @@ from torch.optim.adam import adam
 from algorithms.base import Learner, LearnerSetup
 from algorithms.gae import compute_gae
 from algorithms.model import ActorCritic, flatten_weights
-from algorithms.ppo_gradients import minibatch_gradients, standardize_per_minibatch, update_statistics
+from algorithms.ppo_gradients import log_probs, minibatch_gradients, standardize_per_minibatch, update_statistics
 from algorithms.rollout import Rollout
 
 
@@ -52,6 +52,7 @@ class PPOLearner(Learner):
         self.learning_rate = config.learning_rate
         self.shuffle_rng = np.random.default_rng(setup.seed)
         self.total_steps = setup.total_steps
+        self.max_policy_lag = setup.max_policy_lag
         self.steps_trained = 0
         self.version = 0
         self._host_weights: tuple[int, np.ndarray] | None = None
@@ -82,9 +83,12 @@ class PPOLearner(Learner):
 
     def update(self, rollout: Rollout, advantages: np.ndarray, returns: np.ndarray) -> dict[str, float]:
         """Several epochs of shuffled minibatches over the rollout; bumps the version."""
-        if rollout.policy_version != self.version:
-            # On-policy: a stale fragment would silently bias the gradient.
-            raise RuntimeError(f"rollout sampled with policy version {rollout.policy_version}, learner is at {self.version}")
+        if not 0 <= self.version - rollout.policy_version <= self.max_policy_lag:
+            # A batch staler than the schedule allows would silently bias the gradient.
+            raise RuntimeError(
+                f"rollout sampled with policy version {rollout.policy_version}, learner is at {self.version} "
+                f"(a batch may lag by at most {self.max_policy_lag})"
+            )
         cfg = self.config
         self._anneal_learning_rate()
         columns = [
@@ -94,17 +98,30 @@ class PPOLearner(Learner):
             advantages.reshape(-1),
             returns.reshape(-1),
         ]
-        data = [torch.from_numpy(np.ascontiguousarray(c)).to(self.device) for c in columns]
-        batch, size = data[0].shape[0], cfg.minibatch_size
+        obs, actions, behaviour, advantages_t, returns_t = (
+            torch.from_numpy(np.ascontiguousarray(c)).to(self.device) for c in columns
+        )
+        # How far the batch already is from the policy about to train on it: 0 for a fresh batch,
+        # the cost of staleness under `overlap`.
+        log_ratio = log_probs(self.params, obs, actions) - behaviour
+        ratio = log_ratio.exp()
+        initial = torch.stack([((ratio - 1) - log_ratio).mean(), ((ratio - 1).abs() > cfg.clip_range).float().mean()])
+        if cfg.decoupled:  # clip against the proximal policy (today's weights); reweight by proximal / behaviour
+            clip_against, importance = behaviour + log_ratio, ratio.clamp(max=cfg.importance_weight_cap)
+        else:
+            clip_against, importance = behaviour, torch.ones_like(ratio)
+        data = [obs, actions, clip_against, advantages_t, returns_t, importance]
+        batch, size = obs.shape[0], cfg.minibatch_size
         starts = range(0, batch, size)
         # What each step records, in training order, for the statistics (update_statistics).
         recorded: dict[str, list[torch.Tensor]] = {"log_ratio": [], "value_error": [], "advantages": [], "log_std": []}
         for _ in range(cfg.epochs):
             # The same shuffle as ever (numpy, seeded): one gather per epoch, then minibatches are slices.
             order = torch.from_numpy(self.shuffle_rng.permutation(batch)).to(self.device)
-            obs, actions, old_log_probs, advantages, returns = (column[order] for column in data)
+            obs, actions, old_log_probs, advantages, returns, importance = (column[order] for column in data)
             if cfg.normalize_advantages:
                 advantages = standardize_per_minibatch(advantages, size)
+            advantages = advantages * importance  # w * max(-A r, -A clip(r)) = max(-wA r, -wA clip(r)) for w >= 0
             recorded["advantages"].append(advantages)
             for start in starts:
                 end = start + size
@@ -126,7 +143,12 @@ class PPOLearner(Learner):
             sample_weight,
             cfg.clip_range,
         )
-        return stats | {"learning_rate": self.learning_rate}
+        initial_kl, initial_clip_fraction = initial.tolist()
+        return stats | {
+            "learning_rate": self.learning_rate,
+            "initial_kl": initial_kl,
+            "initial_clip_fraction": initial_clip_fraction,
+        }
 
     def _step(self, *minibatch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         cfg = self.config

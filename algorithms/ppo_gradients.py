@@ -25,6 +25,26 @@ def _tanh_layer(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> to
     return torch.addmm(bias, x, weight.t(), beta=2, alpha=2).sigmoid_().mul_(2).sub_(1)
 
 
+def _forward(params: tuple[torch.Tensor, ...], obs: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """ActorCritic.forward plus the Gaussian log-probability of `actions`, keeping what the backward pass needs."""
+    log_std, w1, b1, w2, b2, w_mean, b_mean, w_value, b_value = params
+    act_dim = actions.shape[1]
+    h1 = _tanh_layer(obs, w1, b1)
+    h2 = _tanh_layer(h1, w2, b2)
+    w_heads, b_heads = torch.cat([w_mean, w_value]), torch.cat([b_mean, b_value])  # both heads in one product
+    heads = torch.addmm(b_heads, h2, w_heads.t())
+    mean, value = heads[:, :act_dim], heads[:, act_dim]
+    inv_std = (-log_std).exp()
+    z = (actions - mean) * inv_std
+    log_prob = -0.5 * z.square().sum(1) - (log_std.sum() + act_dim * LOG_SQRT_2PI)
+    return h1, h2, w_heads, value, inv_std, z, log_prob
+
+
+def log_probs(params: tuple[torch.Tensor, ...], obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+    """The current policy's log-probabilities of `actions` (no gradient)."""
+    return _forward(params, obs, actions)[-1]
+
+
 def minibatch_gradients(
     params: tuple[torch.Tensor, ...],
     obs: torch.Tensor,
@@ -40,21 +60,13 @@ def minibatch_gradients(
 
     `params` are the actor-critic's parameters in flat-buffer order (`PolicySpec.layout()`);
     the gradients come back in the same order. `advantages` are already standardised if the
-    config asks for it. Also returned: each sample's log-ratio and value error, from which
+    config asks for it (and importance-weighted under the decoupled objective).
+    `old_log_probs` are the policy the ratio is clipped against. Also returned: each sample's log-ratio and value error, from which
     `update_statistics` derives the losses once per update instead of once per minibatch.
     """
-    log_std, w1, b1, w2, b2, w_mean, b_mean, w_value, b_value = params
+    w2 = params[3]
     batch, act_dim = actions.shape
-
-    # Forward: the same network as ActorCritic.forward, both heads in one product.
-    h1 = _tanh_layer(obs, w1, b1)
-    h2 = _tanh_layer(h1, w2, b2)
-    w_heads, b_heads = torch.cat([w_mean, w_value]), torch.cat([b_mean, b_value])
-    heads = torch.addmm(b_heads, h2, w_heads.t())
-    mean, value = heads[:, :act_dim], heads[:, act_dim]
-    inv_std = (-log_std).exp()
-    z = (actions - mean) * inv_std
-    log_prob = -0.5 * z.square().sum(1) - (log_std.sum() + act_dim * LOG_SQRT_2PI)
+    h1, h2, w_heads, value, inv_std, z, log_prob = _forward(params, obs, actions)
 
     # The clipped surrogate (Schulman et al. 2017): loss = mean(max(unclipped, clipped)).
     log_ratio = log_prob - old_log_probs

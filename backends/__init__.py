@@ -26,6 +26,8 @@ class BackendEntry:
     multi_worker: bool = True
     needs: str | None = None
     """Module that must be importable for the backend to be available."""
+    schedules: tuple[str, ...] = ("sync",)
+    """`overlap` needs workers that sample while the learner trains: other processes, worker inference."""
 
 
 REGISTRY: dict[str, BackendEntry] = {
@@ -38,6 +40,7 @@ REGISTRY: dict[str, BackendEntry] = {
         "worker processes; weights through shared memory",
         ("worker", "central"),
         ("start_method", "timeout_s"),
+        schedules=("sync", "overlap"),
     ),
     "ray_local": BackendEntry(
         "backends.ray_backend:RayLocalBackend",
@@ -45,6 +48,7 @@ REGISTRY: dict[str, BackendEntry] = {
         ("worker", "central"),
         ("num_cpus", "timeout_s"),
         needs="ray",
+        schedules=("sync", "overlap"),
     ),
     "ray_cluster": BackendEntry(
         "backends.ray_backend:RayClusterBackend",
@@ -52,6 +56,7 @@ REGISTRY: dict[str, BackendEntry] = {
         ("worker", "central"),
         ("address", "timeout_s"),
         needs="ray",
+        schedules=("sync", "overlap"),
     ),
 }
 

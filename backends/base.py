@@ -1,13 +1,18 @@
-"""The backend interface: start, set weights, collect N steps, close, describe.
+"""The backend interface: start, set weights, submit a request for N steps and take it, close, describe.
 
-The harness times every call from outside, so no backend can under-report;
-backends add their own inner breakdown (worker sampling compute, transfer,
-bytes) to what they return. Backends never touch loss code.
+`collect(N)` is `submit(N)` then `take()`: the blocking form every synchronous
+iteration uses. The non-blocking pair lets the harness overlap sampling with
+training (`schedule = "overlap"`): a remote backend's workers sample a submitted
+request while the learner trains, and each fragment comes back with the policy
+version it was sampled with. The harness times every call from outside, so no
+backend can under-report; backends add their own inner breakdown (worker
+sampling compute, transfer, bytes) to what they return. Backends never touch loss code.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +23,7 @@ from algorithms.rollout import Rollout
 from backends.envs import EnvSpec
 
 INFERENCE_MODES = ("worker", "central")
+SCHEDULES = ("sync", "overlap")
 __all__ = ["Backend", "BackendSpec", "Collected", "PolicySpec", "SyncReport"]  # PolicySpec: re-exported for backends
 
 
@@ -33,6 +39,22 @@ class BackendSpec:
     `central`: workers only step envs; the learner batches inference every step."""
     options: dict[str, Any] = field(default_factory=dict)
     """Backend-specific settings (see each backend's `OPTIONS`)."""
+    schedule: str = "sync"
+    """`sync`: sample, then train, then broadcast: a barrier each iteration. `overlap`: workers
+    sample the next batch with the weights they hold while the learner trains on this one."""
+    max_lag: int = 1
+    """Under `overlap`: requests kept in flight, so the most policy versions a batch may lag the learner."""
+
+    def __post_init__(self) -> None:
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        if self.max_lag < 1:
+            raise ValueError(f"max_lag must be at least 1, got {self.max_lag}")
+
+    @property
+    def pipeline_depth(self) -> int:
+        """Requests in flight while the learner trains: 0 for `sync`, `max_lag` for `overlap`."""
+        return self.max_lag if self.schedule == "overlap" else 0
 
     @property
     def num_envs(self) -> int:
@@ -63,6 +85,8 @@ class Collected:
     """From the last fragment being ready to the learner holding the joined rollout."""
     transfer_bytes: int | None = None
     """Bytes of trajectory data that crossed a process boundary."""
+    fragment_versions: tuple[int, ...] = ()
+    """The policy version each fragment (each worker's share) was sampled with."""
 
 
 class Backend(ABC):
@@ -73,18 +97,36 @@ class Backend(ABC):
 
     def __init__(self, spec: BackendSpec) -> None:
         self.spec = spec
+        self.requests: deque[Any] = deque()
+        """Submitted requests not yet taken, oldest first (what each backend keeps of one is its own)."""
 
     @abstractmethod
     def start(self, env: EnvSpec, policy: PolicySpec, seed: int) -> None:
         """Create envs (env i seeded `seed + i`) and policy copies; reset the envs."""
 
     @abstractmethod
-    def set_weights(self, weights: np.ndarray, version: int) -> SyncReport:
-        """Return only once every policy copy holds `weights` as `version`."""
+    def set_weights(self, weights: np.ndarray, version: int, wait: bool = True) -> SyncReport:
+        """Give every policy copy `weights` as `version`.
+
+        `wait=True`: return only once every copy holds them (nothing may be in flight).
+        `wait=False`: return once they are on their way; each copy loads them before it
+        starts its next fragment, after the requests already submitted.
+        """
 
     @abstractmethod
+    def submit(self, num_steps: int) -> None:
+        """Ask for exactly `num_steps` env steps summed over envs (`num_steps / num_envs` per env),
+        sampled with the weights each copy holds when it starts; return without waiting where the
+        backend samples in other processes."""
+
+    @abstractmethod
+    def take(self) -> Collected:
+        """The oldest submitted request's fragments, joined; blocks until every one is in."""
+
     def collect(self, num_steps: int) -> Collected:
-        """Exactly `num_steps` env steps summed over envs, `num_steps / num_envs` per env."""
+        """`num_steps` env steps, sampled now: `submit` then `take`."""
+        self.submit(num_steps)
+        return self.take()
 
     @abstractmethod
     def close(self) -> None:
@@ -100,6 +142,8 @@ class Backend(ABC):
             "envs_per_worker": self.spec.envs_per_worker,
             "num_envs": self.spec.num_envs,
             "inference": self.spec.inference,
+            "schedule": self.spec.schedule,
+            "max_lag": self.spec.max_lag,
             "autoreset_mode": AUTORESET_MODE.value,
             "options": dict(self.spec.options),
         }

@@ -2,7 +2,10 @@
 
 Worker inference: the learner writes the flat weights once into a shared-memory
 buffer (plus a version counter) and tells each worker over its pipe to load
-them; fragments come back pickled through the pipes. Central inference:
+them; fragments come back pickled through the pipes. The buffer has
+`max_lag + 1` slots, version v in slot v % slots: under `overlap` the learner
+writes new weights while workers still sample, and a worker may be reading any
+of the last `max_lag + 1` versions, never a slot being written. Central inference:
 actions go out and observations come back through per-worker shared-memory
 arrays; the pipes carry only tiny control messages.
 """
@@ -86,9 +89,15 @@ def worker_main(conn: Connection, index: int, env: EnvSpec, env_ids: np.ndarray,
             if kind == "close":
                 break
             if kind == "load":
-                if int(shared["version"][0]) != request[1]:
-                    raise RuntimeError(f"shared weights are at version {int(shared['version'][0])}, asked to load {request[1]}")
-                conn.send(("loaded", worker.load(shared["weights"], request[1])))
+                _, version, reply = request
+                slot = version % len(shared["version"])
+                if int(shared["version"][slot]) != version:
+                    raise RuntimeError(
+                        f"weight slot {slot} holds version {int(shared['version'][slot])}, asked to load {version}"
+                    )
+                worker.load(shared["weights"][slot], version)
+                if reply:
+                    conn.send(("loaded", version))
             elif kind == "sample":
                 conn.send(("fragment", worker.sample(request[1])))
             elif kind == "reset":
@@ -130,7 +139,9 @@ class MultiprocessingBackend(RemoteBackend):
         k = self.spec.envs_per_worker
         if self.spec.inference == "worker":
             # One buffer for all workers: the learner writes once, each worker copies.
-            self.weights = SharedArrays({"weights": ((num_params,), "float32"), "version": ((1,), "int64")})
+            slots = self.spec.max_lag + 1
+            self.weights = SharedArrays({"weights": ((slots, num_params), "float32"), "version": ((slots,), "int64")})
+            self.weights["version"][:] = -1
             self.shared.append(self.weights)
         for index in range(self.spec.workers):
             shared = (
@@ -179,6 +190,8 @@ class MultiprocessingBackend(RemoteBackend):
                         raise WorkerError(
                             f"worker {i} (pid {self.procs[i].pid}) failed: {reply[1].strip().splitlines()[-1]}\n{reply[1]}"
                         )
+                    if reply[0] != expected:
+                        raise WorkerError(f"worker {i} sent '{reply[0]}' where '{expected}' was due (out of step)")
                     replies[i] = reply
                 elif not self.procs[i].is_alive():
                     raise WorkerError(f"worker {i} (pid {self.procs[i].pid}) died with exit code {self.procs[i].exitcode}")
@@ -199,14 +212,19 @@ class MultiprocessingBackend(RemoteBackend):
             except (BrokenPipeError, ConnectionResetError):
                 raise WorkerError(f"worker {i} (pid {self.procs[i].pid}) is gone (exit code {self.procs[i].exitcode})") from None
 
-    def _broadcast(self, weights: np.ndarray, version: int) -> None:
-        self.weights["weights"][:] = weights
-        self.weights["version"][0] = version
-        self._send_all(("load", version))
-        self._receive_all("loaded")
+    def _broadcast(self, weights: np.ndarray, version: int, wait: bool) -> None:
+        slot = version % len(self.weights["version"])
+        self.weights["weights"][slot] = weights
+        self.weights["version"][slot] = version
+        self._send_all(("load", version, wait))
+        if wait:
+            self._receive_all("loaded")
 
-    def _gather(self, steps_per_env: int) -> list[tuple[Rollout, float, float]]:
+    def _dispatch(self, steps_per_env: int) -> int:
         self._send_all(("sample", steps_per_env))
+        return steps_per_env
+
+    def _receive(self, handle: int) -> list[tuple[Rollout, float, float]]:
         return [reply[1] for reply in self._receive_all("fragment")]
 
     def _central_stepper(self, obs_dim: int) -> CentralStepper:

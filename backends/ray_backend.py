@@ -82,6 +82,7 @@ class RayBackend(RemoteBackend):
 
     def _launch(self, env: EnvSpec, policy: PolicySpec, seed: int) -> None:
         self.actors: list[Any] = []
+        self.unconfirmed_loads: list[Any] = []  # weight loads sent with wait=False
         if ray.is_initialized():
             raise WorkerError("Ray is already initialised in this process; one Ray backend at a time")
         self._connect()
@@ -120,12 +121,26 @@ class RayBackend(RemoteBackend):
                 continue
         return WorkerError(f"a worker failed during '{what}': {str(exc).splitlines()[0]}")
 
-    def _broadcast(self, weights: np.ndarray, version: int) -> None:
+    def _broadcast(self, weights: np.ndarray, version: int, wait: bool) -> None:
         ref = ray.put(weights)  # once; every actor fetches the same object
-        self._get([a.load.remote(ref, version) for a in self.actors], "load weights")
+        # An actor runs one caller's calls in order: the load runs after the samples already asked for.
+        loads = [a.load.remote(ref, version) for a in self.actors]
+        if wait:
+            self._get(loads, "load weights")
+        else:
+            self.unconfirmed_loads += loads
 
-    def _gather(self, steps_per_env: int) -> list[tuple[Rollout, float, float]]:
-        return self._get([a.sample.remote(steps_per_env) for a in self.actors], "sample")
+    def _dispatch(self, steps_per_env: int) -> list[Any]:
+        return [a.sample.remote(steps_per_env) for a in self.actors]
+
+    def _receive(self, handle: list[Any]) -> list[tuple[Rollout, float, float]]:
+        fragments = self._get(handle, "sample")
+        # Loads sent without waiting: raise the errors of those that ran, keep the others for later.
+        if self.unconfirmed_loads:
+            loads = self.unconfirmed_loads
+            done, self.unconfirmed_loads = ray.wait(loads, num_returns=len(loads), timeout=0)
+            self._get(done, "load weights")
+        return fragments
 
     def _central_stepper(self, obs_dim: int) -> CentralStepper:
         return _RayStepper(self, obs_dim)

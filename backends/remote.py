@@ -1,14 +1,16 @@
 """Learner side of every backend whose workers live in other processes.
 
-Subclasses only move bytes: launch workers, broadcast weights, gather
-fragments, step envs for central inference. This class decides what is
-measured and checks on-policy versions, so all process backends report alike.
+Subclasses only move bytes: launch workers, broadcast weights, dispatch sample
+requests and receive their fragments, step envs for central inference. This
+class decides what is measured and checks policy versions, so all process
+backends report alike.
 """
 
 from __future__ import annotations
 
 import time
 from abc import abstractmethod
+from typing import Any
 
 import numpy as np
 
@@ -41,26 +43,40 @@ class RemoteBackend(Backend):
             noise = NoiseSource(np.arange(self.spec.num_envs), seed, policy.act_dim)
             self.sampler = FragmentSampler(self.stepper, self.policy, noise)
 
-    def set_weights(self, weights: np.ndarray, version: int) -> SyncReport:
+    def set_weights(self, weights: np.ndarray, version: int, wait: bool = True) -> SyncReport:
+        if self.requests and (wait or self.spec.inference == "central"):
+            # A blocking broadcast would wait behind the requests; central inference samples in `take`,
+            # so new weights would leak into a request submitted before them.
+            raise RuntimeError("set_weights: requests are in flight; take them first (or wait=False with worker inference)")
         self.version = version
         if self.spec.inference == "central":
             self.policy.load_flat(weights, version)
             return SyncReport(bytes_sent=None)  # the policy never leaves the learner
-        self._broadcast(weights, version)
+        self._broadcast(weights, version, wait)
         # Every worker loads its own copy of the buffer.
         return SyncReport(bytes_sent=weights.nbytes * self.spec.workers)
 
-    def collect(self, num_steps: int) -> Collected:
+    def submit(self, num_steps: int) -> None:
         steps_per_env = self.steps_per_env(num_steps)
+        # Workers handle messages in order, so a request samples with the last version sent before it.
+        handle = steps_per_env if self.spec.inference == "central" else self._dispatch(steps_per_env)
+        self.requests.append((handle, self.version))
+
+    def take(self) -> Collected:
+        if not self.requests:
+            raise RuntimeError("take() with no request submitted")
+        handle, expected_version = self.requests.popleft()
         if self.spec.inference == "central":
             self.stepper.reset_counters()
-            rollout = self.sampler.sample(steps_per_env)
-            return Collected(rollout, self.stepper.worker_s, self.stepper.comm_s, self.stepper.bytes_moved)
-        fragments = self._gather(steps_per_env)
+            rollout = self.sampler.sample(handle)
+            return Collected(rollout, self.stepper.worker_s, self.stepper.comm_s, self.stepper.bytes_moved,
+                             (rollout.policy_version,))  # fmt: skip
+        asked_at = time.time()
+        fragments = self._receive(handle)
         for worker, (fragment, _, _) in enumerate(fragments):
-            if fragment.policy_version != self.version:
+            if fragment.policy_version != expected_version:
                 raise WorkerError(
-                    f"worker {worker} sampled with policy version {fragment.policy_version}, expected {self.version} (on-policy PPO)"
+                    f"worker {worker} sampled with policy version {fragment.policy_version}, expected {expected_version}"
                 )
         rollout = Rollout.concat_envs([f for f, _, _ in fragments])
         joined_at = time.time()
@@ -68,8 +84,11 @@ class RemoteBackend(Backend):
         return Collected(
             rollout,
             worker_compute_s=max(seconds for _, seconds, _ in fragments),
-            transfer_s=max(0.0, joined_at - last_ready),
+            # What the learner waited for of the move: under `overlap` a fragment may have been ready
+            # (and moved) long before the learner asked for it.
+            transfer_s=max(0.0, joined_at - max(last_ready, asked_at)),
             transfer_bytes=sum(f.nbytes for f, _, _ in fragments),
+            fragment_versions=tuple(f.policy_version for f, _, _ in fragments),
         )
 
     @abstractmethod
@@ -77,12 +96,17 @@ class RemoteBackend(Backend):
         """Start the workers and wait until each is ready (or fail within the timeout)."""
 
     @abstractmethod
-    def _broadcast(self, weights: np.ndarray, version: int) -> None:
-        """Return once every worker has loaded `weights` as `version`."""
+    def _broadcast(self, weights: np.ndarray, version: int, wait: bool) -> None:
+        """Send `weights` as `version` to every worker, queued behind the requests already dispatched;
+        with `wait`, return once every worker has loaded them."""
 
     @abstractmethod
-    def _gather(self, steps_per_env: int) -> list[tuple[Rollout, float, float]]:
-        """Each worker's (fragment, sampling seconds, wall time ready), in worker order."""
+    def _dispatch(self, steps_per_env: int) -> Any:
+        """Ask every worker for a fragment of `steps_per_env` steps per env; return a handle for `_receive`."""
+
+    @abstractmethod
+    def _receive(self, handle: Any) -> list[tuple[Rollout, float, float]]:
+        """Each worker's (fragment, sampling seconds, wall time ready) for a dispatched request, in worker order."""
 
     @abstractmethod
     def _central_stepper(self, obs_dim: int) -> CentralStepper:

@@ -22,12 +22,18 @@ class VecEnvBackend(Backend):
         noise = NoiseSource(env_ids, seed, policy.act_dim)
         self.sampler = FragmentSampler(self.block, self.policy, noise, batched=self.batched_inference)
 
-    def set_weights(self, weights: np.ndarray, version: int) -> SyncReport:
+    def set_weights(self, weights: np.ndarray, version: int, wait: bool = True) -> SyncReport:
+        # One process: sampling happens inside `take`, so loading now is always "before the next fragment".
         self.policy.load_flat(weights, version)
         return SyncReport(bytes_sent=None)
 
-    def collect(self, num_steps: int) -> Collected:
-        return Collected(self.sampler.sample(self.steps_per_env(num_steps)))
+    def submit(self, num_steps: int) -> None:
+        self.requests.append(self.steps_per_env(num_steps))
+
+    def take(self) -> Collected:
+        # In-process: the sampling happens here, in the learner's thread (no overlap possible).
+        rollout = self.sampler.sample(self.requests.popleft())
+        return Collected(rollout, fragment_versions=(rollout.policy_version,))
 
     def close(self) -> None:
         block = getattr(self, "block", None)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +22,8 @@ class Convergence:
     budget: int
     steps_to_threshold: list[int | None]
     """Per seed; None: not reached within the budget."""
+    seconds_to_threshold: list[float | None]
+    """Per seed: wall time of the iterations before the first evaluation that reached it (evaluations excluded)."""
     final_returns: list[float]
     curves: list[list[tuple[int, float]]]
     """Per seed: (env steps, mean evaluation return)."""
@@ -28,6 +31,10 @@ class Convergence:
     @property
     def reached(self) -> list[int]:
         return [s for s in self.steps_to_threshold if s is not None]
+
+    @property
+    def reached_seconds(self) -> list[float]:
+        return [s for s in self.seconds_to_threshold if s is not None]
 
 
 @dataclass(frozen=True)
@@ -60,6 +67,15 @@ class CaseStats:
     nodes: list[str] = field(default_factory=list)
     convergence: Convergence | None = None
     claims: dict[str, float] = field(default_factory=dict)
+    schedule: str = "sync"
+    pair_key: str = ""
+    """Equal for cases that differ only in their schedule (and PPO's off-policy correction): what `overlap` is compared with."""
+    lag_mean: float | None = None
+    """Mean policy lag over measured iterations (0 under `sync`)."""
+    initial_kl: float | None = None
+    """Mean KL of each batch from the policy about to train on it (PPO's `initial_kl`), if the learner reports it."""
+    worker_compute_ms: float | None = None
+    """Mean of the slowest worker's own sampling time per iteration (remote backends)."""
 
     @property
     def parallelism(self) -> int:
@@ -98,7 +114,10 @@ def case_stats(case: dict[str, Any], part: dict[str, Any], logical_cores: int) -
         iterations += measured
         steps = sum(it["steps"] for it in measured)
         fps.append(steps / sum(it["total_s"] for it in measured))
-        sampling.append(steps / sum(it["collect_s"] for it in measured))
+        # Sampling FPS: the batch over the time it took to sample. Under overlap the learner's collect_s is
+        # only its wait, so the workers' own (slowest) sampling time stands in.
+        overlapped = backend.get("schedule") == "overlap"
+        sampling.append(steps / sum(it["worker_compute_s"] if overlapped else it["collect_s"] for it in measured))
         # Start-up: the backend's workers plus building the learner (a compiled learner compiles then).
         startup.append((run.get("startup_s") or 0.0) + (run.get("learner") or {}).get("startup_s", 0.0))
         for phase in PHASES:
@@ -109,6 +128,8 @@ def case_stats(case: dict[str, Any], part: dict[str, Any], logical_cores: int) -
     if not remote:
         phase_seconds.pop("transfer")
         phase_seconds.pop("worker_compute")
+    lags = [it["policy_lag"]["mean"] for it in iterations if "policy_lag" in it]
+    kls = [it["learner"]["initial_kl"] for it in iterations if "initial_kl" in it.get("learner", {})]
     total = sum(phase_seconds[p] for p in PHASES)
     # Busy processes: each worker, plus the learner when it does the inference itself.
     busy = backend["workers"] + (1 if backend["inference"] == "central" else 0) if remote else 1
@@ -141,7 +162,20 @@ def case_stats(case: dict[str, Any], part: dict[str, Any], logical_cores: int) -
         nodes=sorted(n for n in nodes if n),
         convergence=_convergence(ok_runs, measure) if measure["mode"] == "convergence" else None,
         claims=case.get("claims", {}),
+        schedule=backend.get("schedule", "sync"),
+        pair_key=schedule_free_key(case),
+        lag_mean=_mean(lags),
+        initial_kl=_mean(kls),
+        worker_compute_ms=1000 * phase_seconds["worker_compute"] / len(iterations) if remote and iterations else None,
     )
+
+
+def schedule_free_key(case: dict[str, Any]) -> str:
+    """The case's configuration without what the `overlap` comparison varies: schedule, lag, off-policy correction."""
+    config = {k: v for k, v in case.items() if k not in ("id", "label", "runs", "claims")}
+    config["backend"] = {k: v for k, v in config["backend"].items() if k not in ("schedule", "max_lag")}
+    config["ppo"] = {k: v for k, v in config["ppo"].items() if k not in ("decoupled", "importance_weight_cap")}
+    return json.dumps(config, sort_keys=True)
 
 
 def _mean(values: list[float | None]) -> float | None:
@@ -151,14 +185,16 @@ def _mean(values: list[float | None]) -> float | None:
 
 def _convergence(runs: list[dict[str, Any]], measure: dict[str, Any]) -> Convergence:
     threshold = measure["threshold"]
-    steps, finals, curves = [], [], []
+    steps, seconds, finals, curves = [], [], [], []
     for run in runs:
-        curve = [(e["steps"], e["mean_return"]) for e in run.get("evaluations", [])]
-        curves.append(curve)
-        steps.append(next((s for s, r in curve if r >= threshold), None))
+        evaluations = run.get("evaluations", [])
+        curves.append([(e["steps"], e["mean_return"]) for e in evaluations])
+        first = next((e for e in evaluations if e["mean_return"] >= threshold), None)
+        steps.append(first["steps"] if first else None)
+        seconds.append(first.get("train_wall_s") if first else None)
         if "final_evaluation" in run:
             finals.append(run["final_evaluation"]["mean_return"])
-    return Convergence(threshold, measure["total_steps"], steps, finals, curves)
+    return Convergence(threshold, measure["total_steps"], steps, seconds, finals, curves)
 
 
 def run_stats(run: dict[str, Any]) -> dict[str, list[CaseStats]]:

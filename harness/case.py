@@ -33,6 +33,7 @@ from backends.base import BackendSpec, PolicySpec
 from backends.envs import EnvSpec, env_dims, make_env
 from harness.errors import HarnessError
 from harness.monitor import ResourceMonitor
+from harness.schedule import SCHEDULE_CLASSES, Schedule, lag_summary
 from harness.suite import CaseConfig, MeasureConfig
 
 PROGRESS_PREFIX = "@@progress"
@@ -64,6 +65,7 @@ class CaseRun:
         self.case, self.measure, self.seed = case, measure, seed
         self.result_path = result_path
         self.result: dict[str, Any] = {"seed": seed, "status": "running", "iterations": [], "evaluations": []}
+        self.train_wall_s = 0.0  # wall time of the iterations so far: what "seconds to the threshold" counts
 
     def iterations_planned(self) -> int:
         per_iteration = self.case.ppo.steps_per_iteration
@@ -78,9 +80,9 @@ class CaseRun:
         obs_dim, act_dim = env_dims(self.case.env)
         policy = PolicySpec(obs_dim, act_dim, self.case.ppo.hidden_size)
         planned = self.iterations_planned()
-        setup = LearnerSetup(
-            self.case.ppo, policy, self.seed, planned * self.case.ppo.steps_per_iteration, self.case.algorithm.device
-        )
+        total_steps = planned * self.case.ppo.steps_per_iteration
+        lag = self.case.backend.pipeline_depth  # how stale a batch the schedule will hand the learner
+        setup = LearnerSetup(self.case.ppo, policy, self.seed, total_steps, self.case.algorithm.device, max_policy_lag=lag)
         started = time.perf_counter()
         learner = create_learner(self.case.algorithm.name, setup)  # a compiled learner compiles here, not in an iteration
         self.result["learner"] = {"name": self.case.algorithm.name, **learner.describe()}
@@ -94,9 +96,12 @@ class CaseRun:
                 backend.start(self.case.env, policy, self.seed)
                 self.result["startup_s"] = time.perf_counter() - started
                 self.result["backend"] = backend.describe()
+                schedule = SCHEDULE_CLASSES[self.case.backend.schedule](
+                    learner, backend, self.case.ppo.steps_per_iteration, planned
+                )
                 next_eval = self.measure.eval_every
                 for index in range(planned):
-                    self.result["iterations"].append(self._iteration(index, learner, backend))
+                    self.result["iterations"].append(self._iteration(index, schedule))
                     self._progress(index + 1, planned)
                     if self.measure.mode == "convergence" and (learner.steps_trained >= next_eval or index == planned - 1):
                         next_eval += self.measure.eval_every
@@ -114,35 +119,29 @@ class CaseRun:
         self._save()
         return self.result
 
-    def _iteration(self, index: int, learner: Learner, backend: Any) -> dict[str, Any]:
-        steps = self.case.ppo.steps_per_iteration
-        t0 = time.perf_counter()
-        sync = backend.set_weights(learner.weights(), learner.version)  # weights(): a GPU learner's copy to the host
-        t1 = time.perf_counter()
-        collected = backend.collect(steps)
-        t2 = time.perf_counter()
-        rollout = collected.rollout
-        if rollout.num_steps != steps:
-            raise RuntimeError(f"backend returned {rollout.num_steps} steps, {steps} were asked for")
-        stats = learner.train(rollout)  # PPO raises on a stale policy version
-        t3 = time.perf_counter()
+    def _iteration(self, index: int, schedule: Schedule) -> dict[str, Any]:
+        done = schedule.iteration(index)
+        collected, rollout = done.collected, done.collected.rollout
+        self.train_wall_s += done.total_s
         return {
             "index": index,
             "warmup": self.measure.mode == "throughput" and index < self.measure.warmup_iterations,
-            "steps": steps,
-            "sync_s": t1 - t0,
-            "collect_s": t2 - t1,
-            "train_s": t3 - t2,
-            "total_s": t3 - t0,
-            "sync_bytes": sync.bytes_sent,
+            "steps": rollout.num_steps,
+            "sync_s": done.sync_s,
+            "collect_s": done.collect_s,
+            "train_s": done.train_s,
+            "total_s": done.total_s,
+            "train_wall_s": self.train_wall_s,
+            "policy_lag": lag_summary(done.lags),
+            "sync_bytes": done.sync_bytes,
             "worker_compute_s": collected.worker_compute_s,
             "transfer_s": collected.transfer_s,
             "transfer_bytes": collected.transfer_bytes,
             "policy_version": rollout.policy_version,
             "episodes": len(rollout.episode_returns),
             "episode_return_mean": float(rollout.episode_returns.mean()) if len(rollout.episode_returns) else None,
-            "steps_trained": learner.steps_trained,
-            "learner": {name: float(value) for name, value in stats.items()},
+            "steps_trained": schedule.learner.steps_trained,
+            "learner": {name: float(value) for name, value in done.stats.items()},
         }
 
     def _evaluate(self, learner: Learner, policy: InferencePolicy, episodes: int) -> dict[str, Any]:
@@ -153,6 +152,7 @@ class CaseRun:
         )
         return {
             "steps": learner.steps_trained,
+            "train_wall_s": self.train_wall_s,
             "mean_return": float(np.mean(returns)),
             "returns": returns.tolist(),
             "seconds": time.perf_counter() - started,

@@ -16,7 +16,7 @@ from harness.stats import summarize  # noqa: E402
 
 BREAKDOWN = (
     ("sync", "weight sync"),
-    ("worker_compute", "collect (sampling)"),
+    ("worker_compute", "collect (sampling, or waiting under overlap)"),
     ("transfer", "transfer"),
     ("train", "learner (train)"),
 )

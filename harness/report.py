@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from tabulate import tabulate
 
 from harness.analysis import CaseStats, baseline_case, run_stats, speedup
@@ -51,6 +52,7 @@ TITLES = {
     "convergence": "Convergence",
     "scaling": "Scaling",
     "communication": "Communication overhead",
+    "overlap": "What overlap buys",
 }
 EFFICIENCY_FLOOR = 0.5
 
@@ -94,7 +96,7 @@ def speed_table(cases: list[CaseStats], baseline_label: str | None, h: dict[str,
     for c in cases:
         s = speedup(c, base)
         rows.append([
-            _config(c), c.workers, _num(c.fps.median if c.fps else None), _num(s, 2), _ci(c.fps), c.envs,
+            _config(c), c.workers, _num(c.fps.median if c.fps else None), _num(s, 2), _ci(c.fps), c.envs, c.schedule,
             _num(c.sampling_fps.median if c.sampling_fps else None), _num(s / c.parallelism if s else None, 2),
             _num(c.startup_s.median if c.startup_s else None, 1), _notes(c),
         ])  # fmt: skip
@@ -105,6 +107,7 @@ def speed_table(cases: list[CaseStats], baseline_label: str | None, h: dict[str,
         h["speedup"],
         "FPS 95% CI",
         "Envs",
+        "Schedule",
         "Sampling FPS",
         "Efficiency",
         "Start-up (s)",
@@ -133,18 +136,19 @@ def phases_table(cases: list[CaseStats], h: dict[str, str]) -> tuple[str, list[s
     for c in cases:
         iteration_ms = 1000 * c.total_seconds / c.measured_iterations if c.measured_iterations else None
         rows.append([
-            _config(c), c.workers, _pct(c.share("sync")), _pct(c.share("collect")), _pct(c.share("worker_compute")),
-            _pct(c.share("transfer")), _pct(c.share("train")), _num(iteration_ms, 1),
+            _config(c), c.workers, c.schedule, _pct(c.share("sync")), _pct(c.share("collect")), _pct(c.share("transfer")),
+            _pct(c.share("train")), _num(iteration_ms, 1), _num(c.worker_compute_ms, 1),
         ])  # fmt: skip
     headers = [
         h["config"],
         h["workers"],
+        "Schedule",
         "Sync %",
         "Collect %",
-        "…worker compute %",
         "…transfer %",
         "Train %",
         "Iteration (ms)",
+        "Workers sampling (ms)",
     ]
     lines = []
     dominant = [
@@ -154,6 +158,12 @@ def phases_table(cases: list[CaseStats], h: dict[str, str]) -> tuple[str, list[s
         names = [f"{label} ({w})" for label, w, p in dominant if p == phase]
         if names:
             lines.append(f"{phase.capitalize()} dominates the iteration for: {', '.join(names)}.")
+    if any(c.schedule == "overlap" for c in cases):
+        lines.append(
+            "Shares are of the learner's timeline, which adds up to the wall time under both schedules. Under overlap, "
+            "Collect is only the learner waiting for a batch (and asking for the next); the workers sample during Train, "
+            "so their sampling time (last column) runs in parallel with it and is not part of the iteration's sum."
+        )
     return tabulate(rows, headers, tablefmt="github", disable_numparse=True), lines
 
 
@@ -230,12 +240,52 @@ def convergence_table(cases: list[CaseStats], h: dict[str, str]) -> tuple[str, l
         final_cell = (
             "n/a" if final is None else (f"{final.mean:.1f} ± {final.half_width:.1f}" if final.n > 1 else f"{final.mean:.1f}")
         )
-        rows.append([_config(c), c.workers, steps_cell, final_cell, f"{len(reached)}/{seeds}", _notes(c)])
+        seconds = conv.reached_seconds
+        seconds_cell = f"{float(np.median(seconds)):,.1f}" if seconds else "n/a"
+        rows.append(
+            [_config(c), c.workers, steps_cell, final_cell, f"{len(reached)}/{seeds}", c.schedule, seconds_cell, _notes(c)]
+        )
         lines.append(
             f"{c.label}: {len(reached)} of {seeds} seeds reached {threshold:g}"
             + (f", median {sorted(reached)[len(reached) // 2]:,} steps." if reached else f" within {conv.budget:,} steps.")
         )
-    headers = [h["config"], h["workers"], h["steps_to"].format(threshold=threshold), h["final"], "Seeds reached", "Notes"]
+    headers = [h["config"], h["workers"], h["steps_to"].format(threshold=threshold), h["final"], "Seeds reached", "Schedule",
+               f"Seconds to {threshold:g} (median of seeds that reached it)", "Notes"]  # fmt: skip
+    return tabulate(rows, headers, tablefmt="github", disable_numparse=True), lines
+
+
+def overlap_table(cases: list[CaseStats], h: dict[str, str]) -> tuple[str, list[str]]:
+    """Each overlap case beside the sync case of the same configuration."""
+    rows, lines = [], []
+    for sync in (c for c in cases if c.schedule == "sync"):
+        for over in (c for c in cases if c.schedule == "overlap" and c.pair_key == sync.pair_key):
+            ratio = over.fps.median / sync.fps.median if over.fps and sync.fps else None
+            steps, seconds = [], []
+            for c in (sync, over):
+                conv = c.convergence
+                reached = conv.reached if conv else []
+                n = len(conv.steps_to_threshold) if conv else 0
+                steps.append(
+                    f"{float(np.median(reached)):,.0f} ({len(reached)}/{n})" if reached else ("not reached" if conv else "n/a")
+                )
+                secs = conv.reached_seconds if conv else []
+                seconds.append(f"{float(np.median(secs)):,.1f}" if secs else ("not reached" if conv else "n/a"))
+            rows.append([
+                _config(over), over.workers, _num(sync.fps.median if sync.fps else None), _num(over.fps.median if over.fps else None),
+                _num(ratio, 2), _num(over.lag_mean, 2), _num(over.initial_kl, 4), *steps, *seconds,
+            ])  # fmt: skip
+            if ratio:
+                lines.append(
+                    f"{over.label} ({over.workers} workers): {ratio:.2f}x the FPS of {sync.label}, mean policy lag {over.lag_mean or 0:.2f}."
+                )
+    if not rows:
+        return "No case here has both a sync and an overlap version of one configuration.", []
+    threshold = next((c.convergence.threshold for c in cases if c.convergence), -200.0)
+    headers = [h["config"], h["workers"], "Sync FPS", "Overlap FPS", "Overlap / sync", "Mean lag", "Initial KL",
+               f"Steps to {threshold:g}, sync (median)", "…overlap", f"Seconds to {threshold:g}, sync (median)", "…overlap"]  # fmt: skip
+    lines.append(
+        "Initial KL: how far each batch already is from the policy that trains on it (0 when fresh), a mean over iterations."
+    )
     return tabulate(rows, headers, tablefmt="github", disable_numparse=True), lines
 
 
@@ -355,6 +405,8 @@ def render_markdown(run: dict[str, Any], lang: str = "en", plots: dict[str, list
                 body, lines = scaling_table(cases, part.get("baseline"), h)
             elif table == "communication":
                 body, lines = communication_table(cases, h)
+            elif table == "overlap":
+                body, lines = overlap_table(cases, h)
             else:
                 body, lines = convergence_table(cases, h)
             lines = lines + claim_lines(cases, table, part.get("baseline"))

@@ -21,11 +21,11 @@ from algorithms.base import AlgorithmSpec
 from algorithms.config import PRESETS, PPOConfig
 from algorithms.registry import learner_class
 from backends import REGISTRY
-from backends.base import BackendSpec
+from backends.base import SCHEDULES, BackendSpec
 from backends.envs import STEP_COST_KINDS, EnvSpec, registered_env_ids
 from harness.errors import HarnessError
 
-TABLES = ("speed", "phases", "convergence", "scaling", "communication")
+TABLES = ("speed", "phases", "convergence", "scaling", "communication", "overlap")
 # What a case may record as the research report's own figure, to be checked against ours.
 CLAIMS = ("fps", "speedup", "steps_to_threshold", "final_return", "communication_share")
 MODES = ("throughput", "convergence")
@@ -202,7 +202,8 @@ def _as_list(value: Any) -> list[Any]:
 
 TOP_KEYS = ("suite", "env", "ppo", "algorithm", "measure", "cases")
 SUITE_KEYS = ("name", "description", "tables", "baseline", "include")
-CASE_KEYS = ("backend", "workers", "envs_per_worker", "inference", "label", "options", "env", "ppo", "algorithm", "claims")
+CASE_KEYS = ("backend", "workers", "envs_per_worker", "inference", "schedule", "max_lag", "label", "options", "env", "ppo",
+             "algorithm", "claims")  # fmt: skip
 
 
 def load_suite(path: str | Path) -> Suite:
@@ -354,6 +355,21 @@ def _expand_case(
     for mode in modes:
         if mode not in entry.inference_modes:
             check.fail(where, f"backend '{backend}' has no inference mode '{mode}'; choose {', '.join(entry.inference_modes)}")
+    schedules = check.value(data.get("schedule", "sync"), tuple[str, ...], where, "schedule")
+    max_lag = check.value(data.get("max_lag", 1), int, where, "max_lag")
+    if max_lag < 1:
+        check.fail(where, f"'max_lag' must be at least 1, got {max_lag}")
+    for schedule in schedules:
+        if schedule not in SCHEDULES:
+            check.fail(where, f"unknown schedule '{schedule}'; choose {', '.join(SCHEDULES)}")
+        if schedule not in entry.schedules:
+            able = [name for name, e in REGISTRY.items() if schedule in e.schedules]
+            check.fail(where, f"backend '{backend}' cannot overlap sampling with training (it samples in the learner's "
+                              f"process); use one of {', '.join(able)}")  # fmt: skip
+        if schedule == "overlap" and "central" in modes:
+            check.fail(
+                where, "schedule 'overlap' needs inference = \"worker\": with central inference the learner does the sampling"
+            )
     if not entry.multi_worker and workers != (1,):
         check.fail(where, f"backend '{backend}' runs in one process: set workers = 1 and sweep 'envs_per_worker' instead")
     options = check.table(data.get("options", {}), f"{where} options")
@@ -369,9 +385,11 @@ def _expand_case(
     label = data.get("label") or _default_label(backend, data)
     label = check.value(label, str, where, "label")
     cases = []
-    for n_workers, n_envs, mode in itertools.product(workers, envs, modes):
-        spec = BackendSpec(backend, n_workers, n_envs, mode, dict(options))
+    for n_workers, n_envs, mode, schedule in itertools.product(workers, envs, modes, schedules):
+        spec = BackendSpec(backend, n_workers, n_envs, mode, dict(options), schedule, max_lag)
         case_label = label if len(modes) == 1 or "label" in data else f"{label}/{mode}"
+        if schedule == "overlap" and (len(schedules) > 1 or "label" not in data):
+            case_label += " overlap" + (f" lag {max_lag}" if max_lag > 1 else "")
         case_id = f"{part}/{case_label}/w{n_workers}xe{n_envs}"
         cases.append(CaseConfig(case_id, part, case_label, spec, env, ppo, preset, dict(claims), algorithm))
     return cases

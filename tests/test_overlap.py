@@ -1,0 +1,157 @@
+"""The `overlap` schedule: fragments carry the version they were sampled with, the weights really change
+between fragments, PPO accepts exactly the lag the schedule creates, and the CLI reports what overlap buys."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from algorithms.base import LearnerSetup
+from algorithms.config import PPOConfig
+from algorithms.policy import PolicySpec
+from algorithms.ppo import PPOLearner
+from backends import REGISTRY, create_backend
+from backends.base import BackendSpec
+from harness.results import load_run
+from harness.schema import validate_run
+from tests.test_backends import (
+    CONFIGS,
+    ENV,
+    NUM_ENVS,
+    POLICY,
+    SEED,
+    _param,
+    assert_same_rollout,
+    make_spec,
+    started,
+    test_weights,
+)
+from tests.test_cli import harness, only_run_dir
+from tests.test_ppo_update import on_policy_rollout
+
+STEPS_PER_ENV = 100  # three requests: 300 steps per env, across Pendulum's 200-step truncation
+OVERLAP = [_param(c) for c in CONFIGS if "overlap" in REGISTRY[c[0]].schedules and c[3] == "worker"]
+
+
+def three_weights() -> list[np.ndarray]:
+    """Three different weight vectors: a backend that kept the first would sample visibly differently."""
+    return [np.roll(test_weights(), 7 * k) * (1 + 0.1 * k) for k in range(3)]
+
+
+def overlap_requests(backend) -> list:
+    """What the overlap schedule does with max_lag 1: the batch in hand lags the weights just sent."""
+    w = three_weights()
+    steps = STEPS_PER_ENV * backend.spec.num_envs
+    backend.set_weights(w[0], 0)  # the first weights with a barrier
+    backend.submit(steps)
+    first = backend.take()  # sampled with 0
+    backend.submit(steps)  # sampled with 0: the weights of version 1 are sent after it
+    backend.set_weights(w[1], 1, wait=False)
+    second = backend.take()
+    backend.submit(steps)  # sampled with 1
+    backend.set_weights(w[2], 2, wait=False)
+    third = backend.take()
+    return [first, second, third]
+
+
+def test_every_remote_backend_can_overlap():
+    assert {c[0] for c in CONFIGS if c[0] in ("multiprocessing", "ray_local", "ray_cluster")} <= {p.values[0][0] for p in OVERLAP}
+
+
+@pytest.mark.parametrize("config", OVERLAP)
+def test_overlapped_fragments_carry_their_version_and_match_vecenv(config, request):
+    spec = dataclasses.replace(make_spec(config, request), schedule="overlap")
+    backend = started(spec)
+    try:
+        got = overlap_requests(backend)
+        with pytest.raises(RuntimeError, match="in flight"):  # a barrier behind queued requests would deadlock the pipeline
+            backend.submit(STEPS_PER_ENV * spec.num_envs)
+            backend.set_weights(three_weights()[0], 3, wait=True)
+    finally:
+        backend.close()
+    assert [c.fragment_versions for c in got] == [(0,) * spec.workers, (0,) * spec.workers, (1,) * spec.workers]
+    assert [c.rollout.policy_version for c in got] == [0, 0, 1]
+    # The same envs stepped in one process with the same weights in the same order: versions 0, 0, 1.
+    w = three_weights()
+    with create_backend(BackendSpec("vecenv", 1, NUM_ENVS)) as reference:
+        reference.start(ENV, POLICY, SEED)
+        expected = []
+        for weights, version in ((w[0], 0), (w[0], 0), (w[1], 1)):
+            reference.set_weights(weights, version)
+            expected.append(reference.collect(STEPS_PER_ENV * NUM_ENVS).rollout)
+    assert got[1].rollout.truncations.any()  # step 200 of every env falls in the second request
+    for actual, want in zip(got, expected, strict=True):
+        assert_same_rollout(actual.rollout, want)
+
+
+def test_ppo_takes_the_lag_the_schedule_allows_and_no_more():
+    spec, config = PolicySpec(3, 1, 32), PPOConfig(hidden_size=32, steps_per_iteration=256, epochs=1)
+    rollout = on_policy_rollout(spec, config)
+    learner = PPOLearner(LearnerSetup(config, spec, seed=0, max_policy_lag=1))
+    learner.train(rollout)  # version 0 -> 1
+    stats = learner.train(rollout)  # sampled with 0, learner at 1: lag 1, allowed
+    assert stats["initial_kl"] > 0  # the batch is already off-policy for the learner
+    with pytest.raises(RuntimeError, match="at most 1"):
+        learner.train(rollout)  # lag 2
+
+
+def test_decoupled_objective_is_plain_ppo_until_the_clip_bites():
+    """Hilton et al.'s objective w * clipped(pi / pi_prox) has the gradient of plain PPO's clipped(pi / pi_behav)
+    wherever neither clips (w * grad(pi) / pi_prox = grad(pi) / pi_behav): it differs only where a stale batch
+    puts the ratio against the behaviour policy outside the clip range."""
+    spec = PolicySpec(3, 1, 32)
+    configs = [PPOConfig(hidden_size=32, steps_per_iteration=256, epochs=4, learning_rate=3e-3, decoupled=d) for d in (False, True)]
+    rollout = on_policy_rollout(spec, configs[0])
+    plain, decoupled = (PPOLearner(LearnerSetup(c, spec, seed=0, max_policy_lag=1)) for c in configs)
+    fresh = plain.train(rollout), decoupled.train(rollout)
+    # A fresh batch: proximal = behaviour, every weight 1: the same update up to float rounding.
+    np.testing.assert_allclose(plain.weights(), decoupled.weights(), rtol=0, atol=1e-6)
+    assert fresh[0]["initial_kl"] == pytest.approx(0, abs=1e-6)
+    stale = plain.train(rollout), decoupled.train(rollout)  # the same batch, now one version old
+    assert stale[0]["initial_clip_fraction"] > 0.01, "the learning rate should move the policy past the clip range"
+    assert np.abs(plain.weights() - decoupled.weights()).max() > 1e-3
+
+
+SUITE = """
+[suite]
+name = "overlap"
+tables = ["speed", "phases", "overlap"]
+baseline = "multiprocessing"
+[ppo]
+steps_per_iteration = 256
+epochs = 2
+hidden_size = 32
+[measure]
+warmup_iterations = 1
+iterations = 3
+repeats = 1
+[[cases]]
+backend = "multiprocessing"
+workers = 2
+schedule = ["sync", "overlap"]
+"""
+
+
+def test_overlap_through_the_cli_records_lag_kl_and_the_learners_time(tmp_path):
+    suite = tmp_path / "overlap.toml"
+    suite.write_text(SUITE)
+    out = tmp_path / "out"
+    proc = harness("run", str(suite), "--out", str(out))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    run_dir = only_run_dir(out)
+    validate_run(run_dir)
+    run = load_run(run_dir)
+    sync, overlap = run["cases"]
+    assert (sync["backend"]["schedule"], overlap["backend"]["schedule"]) == ("sync", "overlap")
+    for case, later_lag in ((sync, 0), (overlap, 1)):
+        iterations = case["runs"][0]["iterations"]
+        assert [it["policy_lag"]["max"] for it in iterations] == [0] + [later_lag] * (len(iterations) - 1)
+        for it in iterations:
+            assert it["total_s"] == pytest.approx(it["sync_s"] + it["collect_s"] + it["train_s"])
+            assert it["worker_compute_s"] > 0 and it["learner"]["initial_clip_fraction"] >= 0
+        kl = [it["learner"]["initial_kl"] for it in iterations[1:]]
+        assert all(k > 1e-6 for k in kl) if later_lag else all(abs(k) < 1e-6 for k in kl)
+    report = (run_dir / "report.md").read_text()
+    assert "### What overlap buys" in report and "multiprocessing overlap" in report
