@@ -17,10 +17,8 @@ from algorithms.base import Learner, LearnerSetup
 from algorithms.config import PPOConfig
 from algorithms.policy import PolicySpec
 from algorithms.rollout import Rollout
-from harness.results import load_run
-from harness.schema import validate_run
 from tests.conftest import REPO
-from tests.test_cli import harness, only_run_dir
+from tests.test_cli import run_suite_text
 
 
 class RandomSearchLearner(Learner):
@@ -80,14 +78,7 @@ def test_a_registry_line_is_all_a_learner_needs(monkeypatch):
 
 
 def test_a_non_ppo_learner_runs_through_the_cli(tmp_path):
-    suite = tmp_path / "seam.toml"
-    suite.write_text(SUITE)
-    out = tmp_path / "out"
-    proc = harness("run", str(suite), "--out", str(out))
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    run_dir = only_run_dir(out)
-    validate_run(run_dir)
-    run = load_run(run_dir)
+    run_dir, run = run_suite_text(tmp_path, SUITE)
     for case in run["cases"]:
         assert case["algorithm"]["name"] == "tests.test_algorithm_seam:RandomSearchLearner"
         (result,) = case["runs"]

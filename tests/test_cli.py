@@ -24,6 +24,20 @@ def only_run_dir(out: Path) -> Path:
     return runs[0]
 
 
+def run_suite_text(tmp_path: Path, text: str) -> tuple[Path, dict]:
+    """Run a suite written here through the CLI; its folder and run.json, checked against the schema."""
+    from harness.schema import validate_run
+
+    suite = tmp_path / "suite.toml"
+    suite.write_text(text)
+    out = tmp_path / "out"
+    proc = harness("run", str(suite), "--out", str(out))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    run_dir = only_run_dir(out)
+    validate_run(run_dir)
+    return run_dir, load_run(run_dir)
+
+
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("smoke")

@@ -14,8 +14,6 @@ from algorithms.policy import PolicySpec
 from algorithms.ppo import PPOLearner
 from backends import REGISTRY, create_backend
 from backends.base import BackendSpec
-from harness.results import load_run
-from harness.schema import validate_run
 from tests.test_backends import (
     CONFIGS,
     ENV,
@@ -28,7 +26,7 @@ from tests.test_backends import (
     started,
     test_weights,
 )
-from tests.test_cli import harness, only_run_dir
+from tests.test_cli import run_suite_text
 from tests.test_ppo_update import on_policy_rollout
 
 STEPS_PER_ENV = 100  # three requests: 300 steps per env, across Pendulum's 200-step truncation
@@ -102,7 +100,9 @@ def test_decoupled_objective_is_plain_ppo_until_the_clip_bites():
     wherever neither clips (w * grad(pi) / pi_prox = grad(pi) / pi_behav): it differs only where a stale batch
     puts the ratio against the behaviour policy outside the clip range."""
     spec = PolicySpec(3, 1, 32)
-    configs = [PPOConfig(hidden_size=32, steps_per_iteration=256, epochs=4, learning_rate=3e-3, decoupled=d) for d in (False, True)]
+    configs = [
+        PPOConfig(hidden_size=32, steps_per_iteration=256, epochs=4, learning_rate=3e-3, decoupled=d) for d in (False, True)
+    ]
     rollout = on_policy_rollout(spec, configs[0])
     plain, decoupled = (PPOLearner(LearnerSetup(c, spec, seed=0, max_policy_lag=1)) for c in configs)
     fresh = plain.train(rollout), decoupled.train(rollout)
@@ -135,14 +135,7 @@ schedule = ["sync", "overlap"]
 
 
 def test_overlap_through_the_cli_records_lag_kl_and_the_learners_time(tmp_path):
-    suite = tmp_path / "overlap.toml"
-    suite.write_text(SUITE)
-    out = tmp_path / "out"
-    proc = harness("run", str(suite), "--out", str(out))
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    run_dir = only_run_dir(out)
-    validate_run(run_dir)
-    run = load_run(run_dir)
+    run_dir, run = run_suite_text(tmp_path, SUITE)
     sync, overlap = run["cases"]
     assert (sync["backend"]["schedule"], overlap["backend"]["schedule"]) == ("sync", "overlap")
     for case, later_lag in ((sync, 0), (overlap, 1)):

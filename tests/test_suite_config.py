@@ -68,7 +68,12 @@ def test_sweep_expands_and_configs_are_typed(tmp_path):
 def test_include_collects_parts():
     suite = load_suite(REPO / "suites" / "report.toml")
     assert [p.name for p in suite.parts] == [
-        "speed", "convergence", "convergence-overlap", "scaling-pendulum", "scaling-env-cost", "communication"
+        "speed",
+        "convergence",
+        "convergence-overlap",
+        "scaling-pendulum",
+        "scaling-env-cost",
+        "communication",
     ]
 
 
@@ -101,8 +106,14 @@ def test_quick_shrinks_budgets():
         (("[measure]", '[algorithm]\nname = "harness.suite:Suite"\n[measure]'), "is not a subclass of algorithms.base.Learner"),
         (("[measure]", '[algorithm]\ndevice = "tpu"\n[measure]'), "device must be one of cpu, cuda, auto"),
         (("[measure]", '[algorithm]\ndevise = "cpu"\n[measure]'), "unknown key 'devise'; valid keys: device, name"),
-        (('backend = "serial"', 'backend = "serial"\nschedule = "overlap"'), "backend 'serial' cannot overlap sampling with training"),
-        (('inference = ["worker", "central"]', 'inference = ["worker", "central"]\nschedule = "overlap"'), "needs inference = \"worker\""),
+        (
+            ('backend = "serial"', 'backend = "serial"\nschedule = "overlap"'),
+            "backend 'serial' cannot overlap sampling with training",
+        ),
+        (
+            ('inference = ["worker", "central"]', 'inference = ["worker", "central"]\nschedule = "overlap"'),
+            'needs inference = "worker"',
+        ),
         (("workers = [1, 2]", 'workers = [1, 2]\nschedule = "async"'), "unknown schedule 'async'; choose sync, overlap"),
         (("workers = [1, 2]", "workers = [1, 2]\nmax_lag = 0"), "'max_lag' must be at least 1"),
     ],
