@@ -43,7 +43,8 @@ class PPOLearner(Learner):
         init = ActorCritic(policy.obs_dim, policy.act_dim, policy.hidden_size, config.init_log_std)
         self.flat = torch.from_numpy(flatten_weights(init)).to(self.device)
         self.grad = torch.zeros_like(self.flat)
-        self.params = tuple(policy.unflatten(self.flat).values())  # views: Adam's in-place step updates them
+        views = policy.unflatten(self.flat)  # views: Adam's in-place step updates them
+        self.params, self.log_std = tuple(views.values()), views["log_std"]
         self.policy = policy
         # Adam's state, for torch's functional Adam with fused=True: one kernel over the flat
         # buffer (the CPU default is a Python loop over tensors; torch.optim.Adam.step alone
@@ -103,11 +104,12 @@ class PPOLearner(Learner):
         )
         # How far the batch already is from the policy about to train on it: 0 for a fresh batch,
         # the cost of staleness under `overlap`.
-        log_ratio = log_probs(self.params, obs, actions) - behaviour
-        ratio = log_ratio.exp()
-        initial = torch.stack([((ratio - 1) - log_ratio).mean(), ((ratio - 1).abs() > cfg.clip_range).float().mean()])
-        if cfg.decoupled:  # clip against the proximal policy (today's weights); reweight by proximal / behaviour
-            clip_against, importance = behaviour + log_ratio, ratio.clamp(max=cfg.importance_weight_cap)
+        proximal = log_probs(self.params, obs, actions)  # the policy at the start of this update
+        staleness = proximal - behaviour
+        ratio = staleness.exp()
+        initial = torch.stack([((ratio - 1) - staleness).mean(), ((ratio - 1).abs() > cfg.clip_range).float().mean()])
+        if cfg.decoupled:  # clip against the proximal policy; reweight by proximal / behaviour
+            clip_against, importance = proximal, ratio.clamp(max=cfg.importance_weight_cap)
         else:
             clip_against, importance = behaviour, torch.ones_like(ratio)
         data = [obs, actions, clip_against, advantages_t, returns_t, importance]
@@ -125,7 +127,7 @@ class PPOLearner(Learner):
             recorded["advantages"].append(advantages)
             for start in starts:
                 end = start + size
-                recorded["log_std"].append(self.params[0].clone())
+                recorded["log_std"].append(self.log_std.clone())
                 log_ratio, value_error = self._step(
                     obs[start:end], actions[start:end], old_log_probs[start:end], advantages[start:end], returns[start:end]
                 )
