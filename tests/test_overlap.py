@@ -148,3 +148,25 @@ def test_overlap_through_the_cli_records_lag_kl_and_the_learners_time(tmp_path):
         assert all(k > 1e-6 for k in kl) if later_lag else all(abs(k) < 1e-6 for k in kl)
     report = (run_dir / "report.md").read_text()
     assert "### What overlap buys" in report and "multiprocessing overlap" in report
+
+
+@pytest.mark.parametrize("backend_name", ["multiprocessing", "ray_local"])
+def test_deeper_pipeline_lags_by_max_lag_and_trains(backend_name):
+    """max_lag = 2: two requests in flight, so batches lag 0, 1, then 2 versions; multiprocessing's
+    weight slots (max_lag + 1 of them) must never hand a worker a version being overwritten."""
+    from harness.schedule import OverlapSchedule
+
+    config = PPOConfig(hidden_size=POLICY.hidden_size, steps_per_iteration=64, epochs=1)
+    spec = BackendSpec(backend_name, 2, 2, schedule="overlap", max_lag=2, options={"timeout_s": 60})
+    learner = PPOLearner(LearnerSetup(config, POLICY, seed=0, max_policy_lag=2))
+    # Workers slower than the learner (5 ms a step, 16 steps a fragment): new weights are written while
+    # the loads of older versions still wait behind queued requests, which is when a shared slot would clash.
+    backend = started(spec, dataclasses.replace(ENV, step_cost_ms=5.0))
+    try:
+        schedule = OverlapSchedule(learner, backend, config.steps_per_iteration, planned=6)
+        done = [schedule.iteration(i) for i in range(6)]
+        assert not backend.requests  # nothing asked for that no iteration trained on
+    finally:
+        backend.close()
+    assert [d.lags for d in done] == [(0, 0), (1, 1), (2, 2), (2, 2), (2, 2), (2, 2)]
+    assert learner.version == 6 and all(d.collected.rollout.num_steps == 64 for d in done)
