@@ -41,8 +41,10 @@ class StepCost(gym.Wrapper):
 
     def step(self, action):  # noqa: ANN001, ANN201 - gymnasium's signature
         if self.busy:
-            deadline = time.perf_counter() + self.cost_s
-            while time.perf_counter() < deadline:
+            # Spin on this thread's own CPU time, not the wall clock: a worker descheduled on an
+            # oversubscribed machine must still burn the CPU it was asked to (issue 10).
+            deadline = time.thread_time() + self.cost_s
+            while time.thread_time() < deadline:
                 pass
         else:
             time.sleep(self.cost_s)

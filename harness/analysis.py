@@ -97,7 +97,7 @@ def _ms_summary(values: list[float | None]) -> Summary | None:
     return summarize(present) if present else None
 
 
-def case_stats(case: dict[str, Any], part: dict[str, Any], logical_cores: int) -> CaseStats:
+def case_stats(case: dict[str, Any], part: dict[str, Any], logical_cores: float) -> CaseStats:
     """Statistics of one case of a run record."""
     ok_runs = [r for r in case["runs"] if r.get("status") == "ok"]
     errors = [r.get("error", "unknown error") for r in case["runs"] if r.get("status") != "ok"]
@@ -131,8 +131,10 @@ def case_stats(case: dict[str, Any], part: dict[str, Any], logical_cores: int) -
     lags = [it["policy_lag"]["mean"] for it in iterations if "policy_lag" in it]
     kls = [it["learner"]["initial_kl"] for it in iterations if "initial_kl" in it.get("learner", {})]
     total = sum(phase_seconds[p] for p in PHASES)
-    # Busy processes: each worker, plus the learner when it does the inference itself.
-    busy = backend["workers"] + (1 if backend["inference"] == "central" else 0) if remote else 1
+    # CPU-busy processes: each worker, plus the learner when it does the inference itself. Workers whose
+    # env mostly sleeps (a synthetic sleep cost) wait rather than contend: they do not count.
+    sleeping = case["env"].get("step_cost_ms", 0) > 0 and case["env"].get("step_cost_kind") == "sleep"
+    busy = (0 if sleeping else backend["workers"]) + (1 if backend["inference"] == "central" else 0) if remote else 1
     measure = part["measure"]
     return CaseStats(
         id=case["id"],
@@ -199,7 +201,8 @@ def _convergence(runs: list[dict[str, Any]], measure: dict[str, Any]) -> Converg
 
 def run_stats(run: dict[str, Any]) -> dict[str, list[CaseStats]]:
     """Case statistics grouped by part name, in suite order."""
-    cores = run["machine"].get("logical_cores") or 1
+    machine = run["machine"]
+    cores = machine.get("usable_cpus") or machine.get("logical_cores") or 1  # older runs lack usable_cpus
     parts = {p["name"]: p for p in run["parts"]}
     grouped: dict[str, list[CaseStats]] = {name: [] for name in parts}
     for case in run["cases"]:

@@ -53,6 +53,18 @@ def gpus() -> list[dict[str, Any]]:
         return []
 
 
+def usable_cpus() -> float:
+    """CPUs this process may run on: its affinity mask, capped by a cgroup v2 CPU quota if one is set."""
+    cpus = float(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
+        if quota != "max":
+            cpus = min(cpus, int(quota) / int(period))
+    except (OSError, ValueError):
+        pass
+    return cpus
+
+
 def machine_info() -> dict[str, Any]:
     """Cores, memory, load and GPUs: what a reader needs to judge a number."""
     import torch
@@ -64,6 +76,7 @@ def machine_info() -> dict[str, Any]:
         "cpu_model": cpu_model(),
         "physical_cores": psutil.cpu_count(logical=False),
         "logical_cores": psutil.cpu_count(logical=True),
+        "usable_cpus": usable_cpus(),
         "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
         "load_average": list(os.getloadavg()),
         "gpus": gpus(),
@@ -91,10 +104,13 @@ def commit_info(repo: Path | None = None) -> dict[str, Any]:
         return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, timeout=10, check=True).stdout.strip()
 
     try:
+        # Dirty means changed tracked files, not tool droppings (tox's .venv, results/): untracked ones don't count.
+        changed = git("status", "--porcelain", "--untracked-files=no").splitlines()
         return {
             "id": git("rev-parse", "HEAD"),
             "branch": git("rev-parse", "--abbrev-ref", "HEAD"),
-            "dirty": bool(git("status", "--porcelain")),
+            "dirty": bool(changed),
+            "changed_files": [line.split(maxsplit=1)[1] for line in changed],
         }
     except (OSError, subprocess.SubprocessError) as exc:
         return {"id": None, "dirty": None, "error": f"{type(exc).__name__}: {exc}".splitlines()[0]}

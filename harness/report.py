@@ -350,7 +350,23 @@ def machine_header(run: dict[str, Any]) -> list[str]:
     gpus = ", ".join(g["name"] for g in m.get("gpus", [])) or "none"
     commit_text = commit.get("id") or f"unknown ({commit.get('error')})"
     if commit.get("dirty"):
-        commit_text += " (uncommitted changes)"
+        changed = commit.get("changed_files") or []
+        commit_text += (
+            f" (uncommitted changes to {', '.join(changed[:5])}{', ...' if len(changed) > 5 else ''})"
+            if changed
+            else " (uncommitted changes)"
+        )
+    # The 1-minute load sampled through every run: a noisy neighbour shows up next to the numbers it spoiled.
+    loads = [
+        value
+        for case in run["cases"]
+        for r in case["runs"]
+        for key in ("mean", "max")
+        if (value := ((r.get("resources") or {}).get("load_1min") or {}).get(key)) is not None
+    ]
+    load_text = f"load {', '.join(f'{x:.2f}' for x in m['load_average'])} at start"
+    if loads:
+        load_text += f", 1-minute load {min(loads):.2f}–{max(loads):.2f} during the runs"
     # Nodes of one run (each embedded Ray run is a fresh one-node instance).
     nodes = max((len((r.get("backend") or {}).get("nodes", [])) for case in run["cases"] for r in case["runs"]), default=0)
     threads = sorted({r["torch_threads"] for case in run["cases"] for r in case["runs"] if "torch_threads" in r})
@@ -359,8 +375,9 @@ def machine_header(run: dict[str, Any]) -> list[str]:
         for case in run["cases"] for r in case["runs"] if "learner" in r
     })  # fmt: skip
     return [
-        f"- Machine: {m['cpu_model']}, {m['physical_cores']} physical / {m['logical_cores']} logical cores, "
-        f"{m['memory_gib']} GiB, load {', '.join(f'{x:.2f}' for x in m['load_average'])} at start; GPUs: {gpus}",
+        f"- Machine: {m['cpu_model']}, {m['physical_cores']} physical / {m['logical_cores']} logical cores"
+        + (f" ({m['usable_cpus']:g} usable by this run)" if m.get("usable_cpus") not in (None, m["logical_cores"]) else "")
+        + f", {m['memory_gib']} GiB, {load_text}; GPUs: {gpus}",
         f"- Versions: Python {m['python']}, torch {pk.get('torch')}, ray {pk.get('ray')}, gymnasium {pk.get('gymnasium')}, "
         f"numpy {pk.get('numpy')}; learner torch threads {', '.join(map(str, threads)) or 'n/a'}",
         f"- Learner: {', '.join(learners) or 'n/a'}",
@@ -375,10 +392,11 @@ def render_markdown(run: dict[str, Any], lang: str = "en", plots: dict[str, list
     """The whole report as markdown."""
     h = HEADERS[lang]
     stats = run_stats(run)
-    cores = run["machine"].get("logical_cores")
+    cores = run["machine"].get("usable_cpus") or run["machine"].get("logical_cores")
     out = [f"# {run['suite']['name']}", "", run["suite"].get("description", ""), "", *machine_header(run), ""]
     if any(c.oversubscribed for cases in stats.values() for c in cases):
-        out += [f"⚠ marks oversubscribed cells: more busy worker processes than the machine's {cores} logical cores.", ""]
+        out += [f"⚠ marks oversubscribed cells: more CPU-busy worker processes than the {cores:g} CPUs this run could use "
+                "(workers of a sleeping env cost wait rather than compete, and are not counted).", ""]  # fmt: skip
     for part in run["parts"]:
         cases = stats[part["name"]]
         m = part["measure"]

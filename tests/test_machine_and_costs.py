@@ -1,0 +1,89 @@
+"""What a reader needs to judge a number: a busy env cost that really burns CPU, oversubscription counted
+against the CPUs a run may use, a dirty flag that means changed code, and the load seen during the runs."""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+import time
+
+import numpy as np
+
+from backends.envs import EnvSpec, make_env
+from harness.analysis import case_stats
+from harness.machine import commit_info, usable_cpus
+from harness.report import machine_header
+
+COST_MS, STEPS = 20.0, 5
+
+
+def _cpu_seconds_of_steps(results: list[float]) -> None:
+    env = make_env(EnvSpec(step_cost_ms=COST_MS, step_cost_kind="busy"))
+    env.reset(seed=0)
+    started = time.thread_time()
+    for _ in range(STEPS):
+        env.step(np.zeros(1, np.float32))
+    results.append(time.thread_time() - started)
+    env.close()
+
+
+def test_busy_cost_burns_its_cpu_even_when_descheduled():
+    """Two threads share one interpreter lock: a wall-clock deadline would let each burn about half its CPU."""
+    results: list[float] = []
+    threads = [threading.Thread(target=_cpu_seconds_of_steps, args=(results,)) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    asked = STEPS * COST_MS / 1000
+    assert len(results) == 2 and all(r >= 0.95 * asked for r in results), (results, asked)
+
+
+def _case(kind: str, workers: int) -> dict:
+    return {
+        "id": "p/c", "part": "p", "label": "c", "runs": [],
+        "backend": {"name": "ray_local", "workers": workers, "envs_per_worker": 1, "inference": "worker", "options": {}},
+        "env": {"id": "Pendulum-v1", "options": {}, "step_cost_ms": 1.0, "step_cost_kind": kind},
+        "ppo": {}, "preset": "report",
+    }  # fmt: skip
+
+
+def test_sleeping_workers_are_not_cpu_contention():
+    part = {"measure": {"mode": "throughput"}}
+    assert not case_stats(_case("sleep", 16), part, logical_cores=2).oversubscribed
+    assert case_stats(_case("busy", 16), part, logical_cores=2).oversubscribed
+    assert not case_stats(_case("busy", 2), part, logical_cores=2).oversubscribed
+
+
+def test_usable_cpus_is_the_affinity_mask_at_most():
+    import os
+
+    assert 0 < usable_cpus() <= len(os.sched_getaffinity(0))
+
+
+def test_dirty_means_changed_tracked_files_not_untracked_ones(tmp_path):
+    def git(*args: str) -> None:
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / "a.txt").write_text("one")
+    git("add", "a.txt")
+    git("commit", "-qm", "a")
+    (tmp_path / ".venv").write_text("tox droppings")
+    assert commit_info(tmp_path)["dirty"] is False
+    (tmp_path / "a.txt").write_text("two")
+    info = commit_info(tmp_path)
+    assert info["dirty"] is True and info["changed_files"] == ["a.txt"]
+
+
+def test_header_shows_the_load_during_the_runs_and_the_changed_files():
+    run = {
+        "machine": {"cpu_model": "X", "physical_cores": 2, "logical_cores": 2, "usable_cpus": 1.5, "memory_gib": 24,
+                    "load_average": [0.5, 0.4, 0.3], "python": "3.11"},
+        "packages": {}, "suite": {"path": "s.toml", "sha256": "0" * 64}, "created": "t", "status": "complete",
+        "commit": {"id": "abc", "dirty": True, "changed_files": ["harness/report.py"]},
+        "cases": [{"runs": [{"resources": {"load_1min": {"mean": 1.2, "max": 3.4}}}, {"resources": {"load_1min": {"mean": 0.9, "max": 1.1}}}]}],
+    }  # fmt: skip
+    text = "\n".join(machine_header(run))
+    assert "1-minute load 0.90–3.40 during the runs" in text
+    assert "(1.5 usable by this run)" in text and "uncommitted changes to harness/report.py" in text
