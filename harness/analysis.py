@@ -20,6 +20,9 @@ class Convergence:
 
     threshold: float
     budget: int
+    """Env steps each seed trained: the suite's budget rounded up to whole iterations."""
+    eval_every: int
+    """Env steps between evaluations: the granularity of every steps-to-threshold figure."""
     steps_to_threshold: list[int | None]
     """Per seed; None: not reached within the budget."""
     seconds_to_threshold: list[float | None]
@@ -31,10 +34,6 @@ class Convergence:
     @property
     def reached(self) -> list[int]:
         return [s for s in self.steps_to_threshold if s is not None]
-
-    @property
-    def reached_seconds(self) -> list[float]:
-        return [s for s in self.seconds_to_threshold if s is not None]
 
 
 @dataclass(frozen=True)
@@ -68,6 +67,8 @@ class CaseStats:
     convergence: Convergence | None = None
     claims: dict[str, float] = field(default_factory=dict)
     schedule: str = "sync"
+    sampling_key: str = ""
+    """Equal for cases that sample identical rollouts by construction (same envs, seeds, learner; sync)."""
     pair_key: str = ""
     """Equal for cases that differ only in their schedule (and PPO's off-policy correction): what `overlap` is compared with."""
     lag_mean: float | None = None
@@ -165,11 +166,24 @@ def case_stats(case: dict[str, Any], part: dict[str, Any], logical_cores: float)
         convergence=_convergence(ok_runs, measure) if measure["mode"] == "convergence" else None,
         claims=case.get("claims", {}),
         schedule=backend.get("schedule", "sync"),
+        sampling_key=sampling_key(case),
         pair_key=schedule_free_key(case),
         lag_mean=_mean(lags),
         initial_kl=_mean(kls),
         worker_compute_ms=1000 * phase_seconds["worker_compute"] / len(iterations) if remote and iterations else None,
     )
+
+
+def sampling_key(case: dict[str, Any]) -> str:
+    """What decides a sync run's rollouts: every backend and inference mode samples env i with seed
+    `seed + i` and its own noise generator, so only the env count, env, learner and schedule matter."""
+    backend = case["backend"]
+    config = {
+        "num_envs": backend["workers"] * backend["envs_per_worker"],
+        "schedule": backend.get("schedule", "sync"),
+        **{k: case.get(k) for k in ("env", "ppo", "algorithm")},
+    }
+    return json.dumps(config, sort_keys=True)
 
 
 def schedule_free_key(case: dict[str, Any]) -> str:
@@ -196,7 +210,8 @@ def _convergence(runs: list[dict[str, Any]], measure: dict[str, Any]) -> Converg
         seconds.append(first.get("train_wall_s") if first else None)
         if "final_evaluation" in run:
             finals.append(run["final_evaluation"]["mean_return"])
-    return Convergence(threshold, measure["total_steps"], steps, seconds, finals, curves)
+    trained = max((r["iterations"][-1]["steps_trained"] for r in runs if r.get("iterations")), default=measure["total_steps"])
+    return Convergence(threshold, trained, measure["eval_every"], steps, seconds, finals, curves)
 
 
 def run_stats(run: dict[str, Any]) -> dict[str, list[CaseStats]]:

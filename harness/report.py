@@ -8,12 +8,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from tabulate import tabulate
 
 from harness.analysis import CaseStats, baseline_case, run_stats, speedup
 from harness.results import load_run
-from harness.stats import Summary, summarize
+from harness.stats import Summary, censored_median, summarize
 
 REPORT_FILE = "report.md"
 
@@ -227,30 +226,36 @@ def convergence_table(cases: list[CaseStats], h: dict[str, str]) -> tuple[str, l
         conv = c.convergence
         if conv is None:
             continue
-        reached = conv.reached
-        seeds = len(conv.steps_to_threshold)
-        if reached:
-            steps = summarize(reached)
-            steps_cell = f"{steps.mean:,.0f} ± {steps.half_width:,.0f}" if steps.n > 1 else f"{steps.mean:,.0f}"
-            if len(reached) < seeds:
-                steps_cell += f" (of seeds that reached it; {seeds - len(reached)} not within {conv.budget:,})"
+        reached, seeds = conv.reached, len(conv.steps_to_threshold)
+        missed = seeds - len(reached)
+        median = censored_median(conv.steps_to_threshold)
+        if median is None:
+            steps_cell = f"not reached: {missed} of {seeds} seeds not within {conv.budget:,} steps"
         else:
-            steps_cell = f"not reached within {conv.budget:,} steps"
+            steps_cell = f"{median:,.0f} (evaluated every {conv.eval_every:,})"
+            if missed:
+                steps_cell += f"; {missed} seed(s) > {conv.budget:,}"
         final = summarize(conv.final_returns)
         final_cell = (
             "n/a" if final is None else (f"{final.mean:.1f} ± {final.half_width:.1f}" if final.n > 1 else f"{final.mean:.1f}")
         )
-        seconds = conv.reached_seconds
-        seconds_cell = f"{float(np.median(seconds)):,.1f}" if seconds else "n/a"
+        seconds = censored_median(conv.seconds_to_threshold)
+        seconds_cell = f"{seconds:,.1f}" if seconds is not None else ("not reached" if seeds else "n/a")
         rows.append(
             [_config(c), c.workers, steps_cell, final_cell, f"{len(reached)}/{seeds}", c.schedule, seconds_cell, _notes(c)]
         )
         lines.append(
-            f"{c.label}: {len(reached)} of {seeds} seeds reached {threshold:g}"
-            + (f", median {sorted(reached)[len(reached) // 2]:,} steps." if reached else f" within {conv.budget:,} steps.")
+            f"{c.label}: {len(reached)} of {seeds} seeds reached {threshold:g} within {conv.budget:,} steps"
+            + (f", median {median:,.0f} steps (over all seeds, the others counted as beyond the budget)." if median else ".")
         )
-    headers = [h["config"], h["workers"], h["steps_to"].format(threshold=threshold), h["final"], "Seeds reached", "Schedule",
-               f"Seconds to {threshold:g} (median of seeds that reached it)", "Notes"]  # fmt: skip
+    shown = [c for c in cases if c.convergence]
+    for key in dict.fromkeys(c.sampling_key for c in shown):
+        same = [c.label for c in shown if c.sampling_key == key]
+        if len(same) > 1:
+            lines.append(f"{', '.join(same)} sample identical rollouts by construction (same envs, seeds and learner): "
+                         "their rows are one experiment, and any difference between them is timing noise.")  # fmt: skip
+    headers = [h["config"], h["workers"], h["steps_to"].format(threshold=threshold) + " (median of seeds)", h["final"],
+               "Seeds reached", "Schedule", f"Seconds to {threshold:g} (median of seeds)", "Notes"]  # fmt: skip
     return tabulate(rows, headers, tablefmt="github", disable_numparse=True), lines
 
 
@@ -265,11 +270,10 @@ def overlap_table(cases: list[CaseStats], h: dict[str, str]) -> tuple[str, list[
                 conv = c.convergence
                 reached = conv.reached if conv else []
                 n = len(conv.steps_to_threshold) if conv else 0
-                steps.append(
-                    f"{float(np.median(reached)):,.0f} ({len(reached)}/{n})" if reached else ("not reached" if conv else "n/a")
-                )
-                secs = conv.reached_seconds if conv else []
-                seconds.append(f"{float(np.median(secs)):,.1f}" if secs else ("not reached" if conv else "n/a"))
+                median = censored_median(conv.steps_to_threshold) if conv else None
+                steps.append(f"{median:,.0f} ({len(reached)}/{n})" if median is not None else ("not reached" if conv else "n/a"))
+                secs = censored_median(conv.seconds_to_threshold) if conv else None
+                seconds.append(f"{secs:,.1f}" if secs is not None else ("not reached" if conv else "n/a"))
             rows.append([
                 _config(over), over.workers, _num(sync.fps.median if sync.fps else None), _num(over.fps.median if over.fps else None),
                 _num(ratio, 2), _num(over.lag_mean, 2), _num(over.initial_kl, 4), *steps, *seconds,
@@ -410,7 +414,7 @@ def render_markdown(run: dict[str, Any], lang: str = "en", plots: dict[str, list
             )
         else:
             out.append(
-                f"Convergence: {m['total_steps']:,} env steps per seed, seeds {list(m['seeds'])}, deterministic evaluation of "
+                f"Convergence: a budget of {m['total_steps']:,} env steps per seed, rounded up to whole iterations, seeds {list(m['seeds'])}, deterministic evaluation of "
                 f"{m['eval_episodes']} episodes every {m['eval_every']:,} steps and {m['final_eval_episodes']} at the end; ± is a 95% t-interval."
             )
         out.append("")

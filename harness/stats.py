@@ -45,3 +45,15 @@ def significant_change(a: Sequence[float], b: Sequence[float], alpha: float = 0.
     if len(a) < 2 or len(b) < 2:
         return None
     return bool(stats.ttest_ind(a, b, equal_var=False).pvalue < alpha)
+
+
+def censored_median(values: Sequence[float | None]) -> float | None:
+    """The median over every seed, a seed that never reached the threshold counting as beyond the budget.
+
+    None when the median itself is censored (half or more of the seeds did not get there). The one
+    definition of a median here: numpy's (the mean of the two middle values for an even count).
+    """
+    if not values:
+        return None
+    median = float(np.median([math.inf if v is None else v for v in values]))
+    return None if math.isinf(median) else median

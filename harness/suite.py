@@ -264,6 +264,10 @@ def _load_part(check: _Checker, data: dict[str, Any], name: str, description: st
     base_algorithm = _algorithm(check, check.table(data.get("algorithm", {}), "[algorithm]"), AlgorithmSpec(), "[algorithm]")
     measure_data = check.dataclass_fields(MeasureConfig, check.table(data.get("measure", {}), "[measure]"), "[measure]")
     measure = check.build(MeasureConfig, measure_data, "[measure]")
+    if measure.mode == "convergence" and "warmup_iterations" in measure_data:
+        check.fail(
+            "[measure]", "'warmup_iterations' does not apply in convergence mode (every iteration trains and counts); remove it"
+        )
     cases_data = data["cases"]
     if not isinstance(cases_data, list) or not cases_data:
         check.fail("[[cases]]", "must be an array of tables with at least one case")

@@ -116,6 +116,10 @@ def test_quick_shrinks_budgets():
         ),
         (("workers = [1, 2]", 'workers = [1, 2]\nschedule = "async"'), "unknown schedule 'async'; choose sync, overlap"),
         (("workers = [1, 2]", "workers = [1, 2]\nmax_lag = 0"), "'max_lag' must be at least 1"),
+        (
+            ("iterations = 1", 'mode = "convergence"\nwarmup_iterations = 1'),
+            "'warmup_iterations' does not apply in convergence mode",
+        ),
     ],
 )
 def test_mistakes_name_file_key_and_choices(tmp_path, change, message):

@@ -1,0 +1,57 @@
+"""The convergence table counts every seed: censored seeds enter the median as beyond the budget, the budget
+shown is what ran, steps carry their evaluation granularity, and two rows of one experiment are named so."""
+
+from __future__ import annotations
+
+from harness.analysis import case_stats
+from harness.report import HEADERS, convergence_table
+from harness.stats import censored_median
+
+STEPS, EVAL_EVERY, BUDGET = 2048, 8192, 30_000  # 15 iterations: 30,720 steps run
+
+
+def test_censored_median_counts_every_seed():
+    assert censored_median([8192, 24576, None]) == 24576  # the censored seed sorts last
+    assert censored_median([8192, None, None]) is None  # most seeds never got there: no median
+    assert censored_median([8192, 16384, 24576, None]) == 20480  # numpy's median, one definition
+    assert censored_median([]) is None
+
+
+def _run(reached_at: int | None, seed: int) -> dict:
+    iterations = [
+        {"steps": STEPS, "steps_trained": STEPS * (i + 1), "total_s": 0.5, "sync_s": 0.0, "collect_s": 0.2, "train_s": 0.3,
+         "warmup": False, "policy_lag": {"min": 0, "mean": 0.0, "max": 0}, "learner": {}}
+        for i in range(15)
+    ]  # fmt: skip
+    evaluations = [
+        {"steps": s, "train_wall_s": s / 4096, "mean_return": -150.0 if reached_at and s >= reached_at else -900.0}
+        for s in range(EVAL_EVERY, STEPS * 15 + 1, EVAL_EVERY)
+    ]
+    return {"status": "ok", "seed": seed, "iterations": iterations, "evaluations": evaluations,
+            "final_evaluation": {"mean_return": -160.0}}  # fmt: skip
+
+
+def _case(backend: str, reached: list[int | None], workers: int = 4) -> dict:
+    return {
+        "id": f"c/{backend}", "part": "c", "label": backend,
+        "backend": {"name": backend, "workers": workers, "envs_per_worker": 1, "inference": "worker", "options": {}, "schedule": "sync"},
+        "env": {"id": "Pendulum-v1"}, "ppo": {"preset": "tuned"}, "algorithm": {"name": "ppo"},
+        "runs": [_run(r, seed) for seed, r in enumerate(reached)],
+    }  # fmt: skip
+
+
+PART = {"measure": {"mode": "convergence", "threshold": -200.0, "total_steps": BUDGET, "eval_every": EVAL_EVERY}}
+
+
+def test_table_counts_censored_seeds_shows_granularity_and_the_budget_that_ran():
+    cases = [
+        case_stats(_case("multiprocessing", [8192, 24576, None]), PART, 2),
+        case_stats(_case("ray_local", [8192, 24576, None]), PART, 2),
+        case_stats(_case("serial", [8192, None, None], workers=1), PART, 2),  # 1 env: other rollouts
+    ]
+    table, lines = convergence_table(cases, HEADERS["en"])
+    assert "24,576 (evaluated every 8,192); 1 seed(s) > 30,720" in table
+    assert "not reached: 2 of 3 seeds not within 30,720 steps" in table
+    assert "| 6.0 " in table  # seconds to the threshold: the median seed's wall time, 24,576 / 4,096
+    assert any(line.startswith("multiprocessing, ray_local sample identical rollouts") for line in lines)
+    assert not any("serial" in line and "identical" in line for line in lines)
