@@ -17,6 +17,7 @@ them (`worker_compute_s`), never added in.
 from __future__ import annotations
 
 import time
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,14 +42,15 @@ class Iteration:
     """Per fragment: the learner's version when it trained on it minus the version it was sampled with."""
 
 
-class Schedule:
+class Schedule(ABC):
     """Drives a learner and a backend for `planned` iterations of `steps` env steps each."""
 
     def __init__(self, learner: Learner, backend: Backend, steps: int, planned: int) -> None:
         self.learner, self.backend, self.steps, self.planned = learner, backend, steps, planned
 
+    @abstractmethod
     def iteration(self, index: int) -> Iteration:
-        raise NotImplementedError
+        """Run iteration `index` (0-based) and say how long each phase took."""
 
     def _train(self, collected: Collected) -> tuple[dict[str, float], tuple[int, ...]]:
         rollout = collected.rollout
