@@ -20,7 +20,7 @@ import numpy as np
 
 from algorithms.policy import PolicySpec
 from algorithms.rollout import Rollout
-from backends.envs import EnvSpec
+from backends.envs import EnvCost, EnvSpec
 
 INFERENCE_MODES = ("worker", "central")
 SCHEDULES = ("sync", "overlap")
@@ -69,9 +69,42 @@ class BackendSpec:
 
 @dataclass(frozen=True)
 class SyncReport:
-    """What a weight broadcast moved. None: not applicable (no copy crosses a process)."""
+    """What one weight broadcast moved, as measured by the transport. None: not applicable (in-process backends)."""
 
     bytes_sent: int | None
+    """Serialized bytes that left the learner's process, counted once however many workers read them:
+    multiprocessing, the shared-memory slot written once plus every pickled control message on the pipes
+    (both ways); Ray, the size of the object `ray.put` stored (data + metadata). 0 for central inference."""
+    bytes_network: int | None = None
+    """Bytes that crossed a network between nodes: the stored object once per other node that hosts
+    workers (each node's object store fetches it once). 0 on one node."""
+    in_process: bool = False
+    """The policy copy lives in the learner's process (central inference): loading it is not communication."""
+
+
+@dataclass(frozen=True)
+class WorkerShare:
+    """One worker's part in one request. Times in seconds on the learner's clock (the worker's clock
+    corrected by its measured offset), counted from the moment the learner began dispatching the request."""
+
+    compute_s: float
+    """The worker's own sampling (worker inference) or env-stepping time (central inference, summed over steps)."""
+    bytes: int
+    """Serialized size of what crossed for this worker: its returned fragment message (worker inference),
+    or every per-step message both ways plus shared memory written (central inference)."""
+    env_cost_s: float = 0.0
+    """Wall seconds spent inside the synthetic step cost by this worker's envs."""
+    env_cost_steps: int = 0
+    """Env steps that paid that cost."""
+    sent_s: float | None = None
+    """When the learner began handing this worker its request (worker inference)."""
+    start_s: float | None = None
+    """When the worker began sampling (worker inference)."""
+    ready_s: float | None = None
+    """When the worker handed its fragment to the transport (worker inference)."""
+    clock_uncertainty_s: float = 0.0
+    """How far `start_s` and `ready_s` may be off: 0 on the learner's host (one clock), half the best
+    ping-pong round trip for a worker on another node."""
 
 
 @dataclass(frozen=True)
@@ -82,18 +115,34 @@ class Collected:
     worker_compute_s: float | None = None
     """The slowest worker's own sampling time (None for in-process backends)."""
     transfer_s: float | None = None
-    """From the last fragment being ready to the learner holding the joined rollout."""
+    """From the last fragment being ready (or the learner asking, if later) to the learner holding the
+    joined rollout; central inference: per-step round trips less dispatch and the slowest worker's stepping.
+    Never clamped: across nodes it may come out below zero by up to `transfer_uncertainty_s`."""
     transfer_bytes: int | None = None
-    """Bytes of trajectory data that crossed a process boundary."""
+    """Serialized bytes of trajectory data that crossed a process boundary (sum over `workers`)."""
     fragment_versions: tuple[int, ...] = ()
     """The policy version each fragment (each worker's share) was sampled with."""
+    dispatch_s: float | None = None
+    """The learner's time handing the sample request to every worker (central inference: the per-step
+    requests, summed). Neither worker compute nor transfer."""
+    transfer_uncertainty_s: float | None = None
+    """How far `transfer_s` may be off because worker clocks were corrected by an estimated offset."""
+    clock_violations: int | None = None
+    """Workers whose corrected times contradict causality (started before being asked, or ready after the
+    learner held their fragment) by more than their clock's uncertainty: a bad offset estimate."""
+    asked_s: float | None = None
+    """When the learner asked for the batch (`take`), from the request's dispatch."""
+    joined_s: float | None = None
+    """When the learner held the joined rollout, from the request's dispatch."""
+    workers: tuple[WorkerShare, ...] = ()
+    """Per worker, the figures the aggregates above come from (empty for in-process backends)."""
+    env_cost: EnvCost | None = None
+    """Measured synthetic step cost over the fragment, all envs (None: measured by the caller, in-process)."""
 
 
 class Backend(ABC):
-    """A way of sampling env steps. Subclasses: one file each, plus a registry line."""
-
-    #: Whether the policy copy is in another process (weight sync and transfer apply).
-    remote: bool = False
+    """A way of sampling env steps. Subclasses: one file each, plus a registry line
+    (whose `remote` says whether the policy copies live in other processes)."""
 
     def __init__(self, spec: BackendSpec) -> None:
         self.spec = spec

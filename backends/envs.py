@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,14 +26,55 @@ class EnvSpec:
     """`sleep` (a simulator waiting on I/O: frees the core) or `busy` (CPU-bound physics)."""
 
     def __post_init__(self) -> None:
-        if self.step_cost_ms < 0:
-            raise ValueError(f"step_cost_ms must be >= 0, got {self.step_cost_ms}")
+        if not (math.isfinite(self.step_cost_ms) and self.step_cost_ms >= 0):  # TOML has inf and nan
+            raise ValueError(f"step_cost_ms must be a finite number >= 0, got {self.step_cost_ms}")
         if self.step_cost_kind not in STEP_COST_KINDS:
             raise ValueError(f"step_cost_kind must be one of {', '.join(STEP_COST_KINDS)}, got {self.step_cost_kind!r}")
 
 
+@dataclass(frozen=True)
+class EnvCost:
+    """Wall seconds spent inside the synthetic step cost, summed, and how many steps paid it."""
+
+    seconds: float = 0.0
+    steps: int = 0
+
+    def __add__(self, other: EnvCost) -> EnvCost:
+        return EnvCost(self.seconds + other.seconds, self.steps + other.steps)
+
+    def __sub__(self, other: EnvCost) -> EnvCost:
+        return EnvCost(self.seconds - other.seconds, self.steps - other.steps)
+
+    @property
+    def mean_ms(self) -> float | None:
+        """Measured cost of one step in milliseconds; None when no step paid a cost (none configured)."""
+        return 1000.0 * self.seconds / self.steps if self.steps else None
+
+
+class CostMeter:
+    """What every `StepCost` in this process has spent so far; callers difference two readings.
+
+    One meter per process, not per env: a worker reads it around a fragment (or a step), an
+    in-process backend's caller around an iteration, and nobody has to reach into wrapped envs.
+    """
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self.steps = 0
+
+    def reading(self) -> EnvCost:
+        return EnvCost(self.seconds, self.steps)
+
+
+STEP_COST_METER = CostMeter()
+
+
 class StepCost(gym.Wrapper):
-    """Adds a fixed cost to every `step`: a sleep, or a busy-wait that holds a core."""
+    """Adds a fixed cost to every `step`: a sleep, or a busy-wait that holds a core.
+
+    The wall time actually spent goes to `STEP_COST_METER`: a sleep overshoots by 50-100 us, and a
+    busy-wait descheduled on an oversubscribed machine takes longer than its CPU time.
+    """
 
     def __init__(self, env: gym.Env, cost_ms: float, kind: str) -> None:
         super().__init__(env)
@@ -40,6 +82,7 @@ class StepCost(gym.Wrapper):
         self.busy = kind == "busy"
 
     def step(self, action):  # noqa: ANN001, ANN201 - gymnasium's signature
+        started = time.perf_counter()
         if self.busy:
             # Spin on this thread's own CPU time, not the wall clock: a worker descheduled on an
             # oversubscribed machine must still burn the CPU it was asked to (issue 10).
@@ -48,6 +91,8 @@ class StepCost(gym.Wrapper):
                 pass
         else:
             time.sleep(self.cost_s)
+        STEP_COST_METER.seconds += time.perf_counter() - started
+        STEP_COST_METER.steps += 1
         return self.env.step(action)
 
 

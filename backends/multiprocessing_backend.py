@@ -8,12 +8,17 @@ writes new weights while workers still sample, and a worker may be reading any
 of the last `max_lag + 1` versions, never a slot being written. Central inference:
 actions go out and observations come back through per-worker shared-memory
 arrays; the pipes carry only tiny control messages.
+
+Every message is pickled here (protocol 5) and sent with `send_bytes`, so the
+bytes that cross a pipe are counted exactly; shared memory counts the regions
+written. A weight broadcast is the slot written once plus the control messages.
 """
 
 from __future__ import annotations
 
 import contextlib
 import multiprocessing as mp
+import pickle
 import time
 import traceback
 from multiprocessing.connection import Connection, wait
@@ -22,17 +27,31 @@ from typing import Any
 
 import numpy as np
 
-from algorithms.rollout import Rollout
 from backends.base import PolicySpec
-from backends.envs import EnvSpec
+from backends.envs import EnvCost, EnvSpec
 from backends.remote import RemoteBackend
 from backends.sampling import StepResult
-from backends.workers import CentralStepper, RolloutWorker, WorkerError
+from backends.workers import CentralStepper, FragmentReply, RolloutWorker, StepReply, WorkerError
 
 START_METHODS = ("forkserver", "spawn", "fork")
 # forkserver: children fork from a clean server that imported torch once, so they start
 # fast without inheriting the learner's threads (fork after OpenMP use can deadlock).
 DEFAULT_START_METHOD = "forkserver"
+# What a worker writes into its shared memory after a central-inference step.
+STEP_OUTPUTS = (*StepResult.__dataclass_fields__, "step_s", "env_cost_s", "env_cost_steps")
+
+
+def send_message(conn: Connection, message: tuple) -> int:
+    """Pickle `message` and send it; returns its size in bytes (the 4-byte length header not counted)."""
+    payload = pickle.dumps(message, protocol=5)
+    conn.send_bytes(payload)
+    return len(payload)
+
+
+def receive_message(conn: Connection) -> tuple[tuple, int]:
+    """The next message on `conn` and its size in bytes."""
+    payload = conn.recv_bytes()
+    return pickle.loads(payload), len(payload)
 
 
 class SharedArrays:
@@ -69,6 +88,8 @@ def step_layout(num_envs: int, obs_dim: int, act_dim: int) -> dict[str, tuple[tu
         "truncations": ((num_envs,), "bool"),
         "final_obs": ((num_envs, obs_dim), "float32"),
         "step_s": ((1,), "float64"),
+        "env_cost_s": ((1,), "float64"),
+        "env_cost_steps": ((1,), "int64"),
     }
 
 
@@ -79,10 +100,10 @@ def worker_main(conn: Connection, index: int, env: EnvSpec, env_ids: np.ndarray,
     try:
         worker = RolloutWorker(index, env, env_ids, seed, policy, inference)
         shared = SharedArrays(shm_layout, name=shm_name)
-        conn.send(("ready", worker.info()))
+        send_message(conn, ("ready", worker.info()))
         while True:
             try:
-                request = conn.recv()
+                request, _ = receive_message(conn)
             except EOFError:  # the learner is gone
                 break
             kind = request[0]
@@ -97,23 +118,27 @@ def worker_main(conn: Connection, index: int, env: EnvSpec, env_ids: np.ndarray,
                     )
                 worker.load(shared["weights"][slot], version)
                 if reply:
-                    conn.send(("loaded", version))
+                    send_message(conn, ("loaded", version))
             elif kind == "sample":
-                conn.send(("fragment", worker.sample(request[1])))
+                send_message(conn, ("fragment", worker.sample(request[1])))
             elif kind == "reset":
                 shared["obs"][:] = worker.reset()
-                conn.send(("ok",))
+                send_message(conn, ("ok",))
             elif kind == "step":
-                result, seconds = worker.step(shared["actions"].copy())
+                step = worker.step(shared["actions"].copy())
                 for field in StepResult.__dataclass_fields__:
-                    shared[field][:] = getattr(result, field)
-                shared["step_s"][0] = seconds
-                conn.send(("ok",))
+                    shared[field][:] = getattr(step.result, field)
+                shared["step_s"][0] = step.seconds
+                shared["env_cost_s"][0] = step.env_cost.seconds
+                shared["env_cost_steps"][0] = step.env_cost.steps
+                send_message(conn, ("ok",))
+            elif kind == "clock":
+                send_message(conn, ("clock", worker.clock()))
             else:
                 raise ValueError(f"unknown request {kind!r}")
     except BaseException:  # everything goes back to the learner, with the traceback
         with contextlib.suppress(OSError, ValueError):
-            conn.send(("error", traceback.format_exc()))
+            send_message(conn, ("error", traceback.format_exc()))
     finally:
         if worker is not None:
             worker.close()
@@ -124,7 +149,7 @@ def worker_main(conn: Connection, index: int, env: EnvSpec, env_ids: np.ndarray,
 class MultiprocessingBackend(RemoteBackend):
     """N worker processes with k envs each."""
 
-    def _launch(self, env: EnvSpec, policy: PolicySpec, seed: int) -> None:
+    def _launch(self, env: EnvSpec, policy: PolicySpec, seed: int) -> list[dict[str, Any]]:
         method = self.spec.options.get("start_method", DEFAULT_START_METHOD)
         if method not in START_METHODS:
             raise ValueError(f"start_method must be one of {', '.join(START_METHODS)}, got {method!r}")
@@ -166,11 +191,11 @@ class MultiprocessingBackend(RemoteBackend):
             child.close()
             self.procs.append(proc)
             self.conns.append(parent)
-        self.placement = [msg[1] for msg in self._receive_all("ready")]
+        return [msg[1] for msg, _ in self._receive_all("ready")]
 
-    def _receive_all(self, expected: str) -> list[tuple]:
-        """One reply from every worker, in worker order; a dead or failed worker raises at once."""
-        replies: dict[int, tuple] = {}
+    def _receive_all(self, expected: str) -> list[tuple[tuple, int]]:
+        """One reply from every worker and its size in bytes, in worker order; a dead or failed worker raises at once."""
+        replies: dict[int, tuple[tuple, int]] = {}
         deadline = time.monotonic() + self.timeout_s
         while len(replies) < len(self.conns):
             pending = [i for i in range(len(self.conns)) if i not in replies]
@@ -184,48 +209,66 @@ class MultiprocessingBackend(RemoteBackend):
                 i = handles[handle]
                 if i in replies:
                     continue
-                reply = self._try_recv(i)
-                if reply is not None:
+                received = self._try_recv(i)
+                if received is not None:
+                    reply = received[0]
                     if reply[0] == "error":
                         raise WorkerError(
                             f"worker {i} (pid {self.procs[i].pid}) failed: {reply[1].strip().splitlines()[-1]}\n{reply[1]}"
                         )
                     if reply[0] != expected:
                         raise WorkerError(f"worker {i} sent '{reply[0]}' where '{expected}' was due (out of step)")
-                    replies[i] = reply
+                    replies[i] = received
                 elif not self.procs[i].is_alive():
                     raise WorkerError(f"worker {i} (pid {self.procs[i].pid}) died with exit code {self.procs[i].exitcode}")
         return [replies[i] for i in range(len(self.conns))]
 
-    def _try_recv(self, i: int) -> tuple | None:
-        """A waiting reply from worker i, or None (nothing yet, or its pipe closed)."""
+    def _try_recv(self, i: int) -> tuple[tuple, int] | None:
+        """A waiting reply from worker i and its size, or None (nothing yet, or its pipe closed)."""
         try:
-            return self.conns[i].recv() if self.conns[i].poll() else None
+            return receive_message(self.conns[i]) if self.conns[i].poll() else None
         except (EOFError, OSError):  # closed because the process died: reported by its sentinel
             self.procs[i].join(timeout=1)
             return None
 
-    def _send_all(self, request: tuple) -> None:
-        for i, conn in enumerate(self.conns):
-            try:
-                conn.send(request)
-            except (BrokenPipeError, ConnectionResetError):
-                raise WorkerError(f"worker {i} (pid {self.procs[i].pid}) is gone (exit code {self.procs[i].exitcode})") from None
+    def _send(self, i: int, request: tuple) -> int:
+        """Send `request` to worker i; returns its size in bytes."""
+        try:
+            return send_message(self.conns[i], request)
+        except (BrokenPipeError, ConnectionResetError):
+            raise WorkerError(f"worker {i} (pid {self.procs[i].pid}) is gone (exit code {self.procs[i].exitcode})") from None
 
-    def _broadcast(self, weights: np.ndarray, version: int, wait: bool) -> None:
+    def _send_all(self, request: tuple) -> list[int]:
+        """Send `request` to every worker; each message's size in bytes."""
+        return [self._send(i, request) for i in range(len(self.conns))]
+
+    def _broadcast(self, weights: np.ndarray, version: int, wait: bool) -> tuple[int, int]:
         slot = version % len(self.weights["version"])
         self.weights["weights"][slot] = weights
         self.weights["version"][slot] = version
-        self._send_all(("load", version, wait))
-        if wait:
-            self._receive_all("loaded")
+        # Written once, read by every worker in place; then a control message each way per worker.
+        written = self.weights["weights"][slot].nbytes + self.weights["version"][slot : slot + 1].nbytes
+        sent = sum(self._send_all(("load", version, wait)))
+        received = sum(size for _, size in self._receive_all("loaded")) if wait else 0
+        return written + sent + received, 0  # one host: nothing crosses a network
 
-    def _dispatch(self, steps_per_env: int) -> int:
-        self._send_all(("sample", steps_per_env))
-        return steps_per_env
+    def _dispatch_to(self, worker: int, steps_per_env: int) -> None:
+        self._send(worker, ("sample", steps_per_env))
 
-    def _receive(self, handle: int) -> list[tuple[Rollout, float, float]]:
-        return [reply[1] for reply in self._receive_all("fragment")]
+    def _receive(self, handles: list[None]) -> list[tuple[FragmentReply, int]]:
+        return [(reply[1], size) for reply, size in self._receive_all("fragment")]
+
+    def _clock_probe(self, worker: int) -> float:
+        self._send(worker, ("clock",))
+        deadline = time.monotonic() + self.timeout_s
+        while (received := self._try_recv(worker)) is None:
+            if not self.procs[worker].is_alive() or time.monotonic() > deadline:
+                raise WorkerError(f"worker {worker} (pid {self.procs[worker].pid}) did not answer a clock probe")
+            self.conns[worker].poll(0.05)
+        message, _ = received
+        if message[0] != "clock":
+            raise WorkerError(f"worker {worker} sent '{message[0]}' where 'clock' was due (out of step)")
+        return message[1]
 
     def _central_stepper(self, obs_dim: int) -> CentralStepper:
         return _SharedMemoryStepper(self, obs_dim)
@@ -234,7 +277,7 @@ class MultiprocessingBackend(RemoteBackend):
         procs = getattr(self, "procs", [])
         for conn in getattr(self, "conns", []):
             with contextlib.suppress(OSError, ValueError):
-                conn.send(("close",))
+                send_message(conn, ("close",))
         deadline = time.monotonic() + 5
         for proc in procs:
             proc.join(timeout=max(0.0, deadline - time.monotonic()))
@@ -268,10 +311,17 @@ class _SharedMemoryStepper(CentralStepper):
         self.backend._receive_all("ok")
         return [shared["obs"].copy() for shared in self.backend.shared]
 
-    def _step_all(self, actions: list[np.ndarray]) -> list[tuple[StepResult, float]]:
+    def _step_all(self, actions: list[np.ndarray]) -> list[tuple[StepReply, int]]:
         for shared, part in zip(self.backend.shared, actions, strict=True):
             shared["actions"][:] = part
-        self.backend._send_all(("step",))
-        self.backend._receive_all("ok")
+        sent = self.backend._send_all(("step",))
+        received = self.backend._receive_all("ok")
         fields = StepResult.__dataclass_fields__
-        return [(StepResult(*(shared[f].copy() for f in fields)), float(shared["step_s"][0])) for shared in self.backend.shared]
+        replies = []
+        for shared, out, (_, back) in zip(self.backend.shared, sent, received, strict=True):
+            cost = EnvCost(float(shared["env_cost_s"][0]), int(shared["env_cost_steps"][0]))
+            reply = StepReply(StepResult(*(shared[f].copy() for f in fields)), float(shared["step_s"][0]), cost)
+            # Shared memory written both ways (the actions, then everything the worker wrote), plus the two messages.
+            written = shared["actions"].nbytes + sum(shared[f].nbytes for f in STEP_OUTPUTS)
+            replies.append((reply, written + out + back))
+        return replies

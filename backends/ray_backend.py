@@ -4,17 +4,24 @@ Worker inference: weights are `ray.put` once per iteration and every actor
 fetches that one object; fragments come back as numpy arrays (no `ray.get`
 per env step). Central inference: one actor call per step, the report's
 `RayVecEnv`, kept because a user deciding how to parallelise needs its cost.
+
+Bytes are what Ray's serializer makes of each object: the weights as put (once;
+actors on the driver's node read them from its object store, every other node
+hosting workers fetches them once over the network), and each reply as the
+worker returns it, measured in the worker.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import secrets
 import shutil
 import tempfile
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import psutil
@@ -24,14 +31,61 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 import algorithms
 import backends
-from algorithms.rollout import Rollout
 from backends.base import PolicySpec
 from backends.envs import EnvSpec
 from backends.remote import RemoteBackend
-from backends.sampling import StepResult
-from backends.workers import CentralStepper, RolloutWorker, WorkerError
+from backends.workers import CentralStepper, FragmentReply, RolloutWorker, StepReply, WorkerError
 
-RemoteWorker = ray.remote(max_restarts=0)(RolloutWorker)
+Reply = TypeVar("Reply", FragmentReply, StepReply)
+
+
+def serialized_size(value: Any) -> int:
+    """Bytes Ray stores for `value` (serialized data plus metadata), as `ray.put` or a task return writes it.
+
+    ray 2.60 (pinned): `put_object` stores `SerializationContext.serialize(value)`, and Ray sizes such an
+    object as `total_bytes + len(metadata)` (ray/experimental/channel/shared_memory_channel.py); that is
+    the `object_size` `ray.experimental.get_object_locations` reports.
+    """
+    serialized = ray._private.worker.global_worker.get_serialization_context().serialize(value)
+    return serialized.total_bytes + len(serialized.metadata)
+
+
+def with_own_size(reply: Reply, extra: int = 0) -> Reply:
+    """`reply` with `message_bytes` = its own serialized size (that field included) + `extra`."""
+    size = extra
+    for _ in range(4):  # the size's own encoding grows at 256 and 65536: two or three rounds settle it
+        reply = dataclasses.replace(reply, message_bytes=size)
+        measured = serialized_size(reply) + extra
+        if measured == size:
+            break
+        size = measured
+    return reply
+
+
+class RayRolloutWorker(RolloutWorker):
+    """A `RolloutWorker` that measures what it returns: Ray serializes a reply only after the method returns."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.step_bytes: dict[tuple, int] = {}
+
+    def sample(self, steps_per_env: int) -> FragmentReply:
+        reply = with_own_size(super().sample(steps_per_env))
+        # Transfer starts now: measuring the size (a float replaced below keeps it) is neither compute nor transfer.
+        return dataclasses.replace(reply, ready=time.perf_counter())
+
+    def step(self, actions: np.ndarray) -> StepReply:
+        reply = super().step(actions)
+        # Every step's request and reply hold arrays of the same shapes and dtypes, so they serialize to the same
+        # size: measured on the first step of each shape rather than at every step, where it would add ~50 us
+        # (three serializations) to a round trip of about a millisecond.
+        key = (actions.shape, actions.dtype.str, reply.env_cost.steps)
+        if key not in self.step_bytes:
+            self.step_bytes[key] = with_own_size(reply, extra=serialized_size(actions)).message_bytes
+        return dataclasses.replace(reply, message_bytes=self.step_bytes[key])
+
+
+RemoteWorker = ray.remote(max_restarts=0)(RayRolloutWorker)
 
 
 def apply_ray_environment(env: dict[str, str]) -> dict[str, str | None]:
@@ -80,7 +134,7 @@ class RayBackend(RemoteBackend):
         """Actor options for worker `index` (CPU share, node)."""
         return {}
 
-    def _launch(self, env: EnvSpec, policy: PolicySpec, seed: int) -> None:
+    def _launch(self, env: EnvSpec, policy: PolicySpec, seed: int) -> list[dict[str, Any]]:
         self.actors: list[Any] = []
         self.unconfirmed_loads: list[Any] = []  # weight loads sent with wait=False
         if ray.is_initialized():
@@ -91,8 +145,19 @@ class RayBackend(RemoteBackend):
                 index, env, self.spec.worker_env_ids(index), seed, policy, self.spec.inference
             )
             self.actors.append(actor)
-        self.placement = self._get([a.info.remote() for a in self.actors], "start")
-        self.nodes = sorted({p.get("node", "") for p in self.placement})
+        placement = self._get([a.info.remote() for a in self.actors], "start")
+        self.nodes = sorted({p.get("node", "") for p in placement})
+        self.driver_node = ray.get_runtime_context().get_node_id()
+        # Nodes whose object store fetches the weights over the network, once each.
+        self.remote_nodes = sorted({p.get("node", "") for p in placement} - {self.driver_node})
+        return placement
+
+    def _shares_learner_clock(self, worker: int) -> bool:
+        # Another Ray node is treated as another host (its offset measured) even when it runs on this one.
+        return self.placement[worker].get("node") == self.driver_node
+
+    def _clock_probe(self, worker: int) -> float:
+        return self._get([self.actors[worker].clock.remote()], "clock probe")[0]
 
     def _get(self, refs: list[Any], what: str) -> list[Any]:
         """`ray.get` with the backend's timeout; failures name the worker."""
@@ -121,26 +186,28 @@ class RayBackend(RemoteBackend):
                 continue
         return WorkerError(f"a worker failed during '{what}': {str(exc).splitlines()[0]}")
 
-    def _broadcast(self, weights: np.ndarray, version: int, wait: bool) -> None:
+    def _broadcast(self, weights: np.ndarray, version: int, wait: bool) -> tuple[int, int]:
         ref = ray.put(weights)  # once; every actor fetches the same object
+        size = serialized_size(weights)
         # An actor runs one caller's calls in order: the load runs after the samples already asked for.
         loads = [a.load.remote(ref, version) for a in self.actors]
         if wait:
             self._get(loads, "load weights")
         else:
             self.unconfirmed_loads += loads
+        return size, size * len(self.remote_nodes)
 
-    def _dispatch(self, steps_per_env: int) -> list[Any]:
-        return [a.sample.remote(steps_per_env) for a in self.actors]
+    def _dispatch_to(self, worker: int, steps_per_env: int) -> Any:
+        return self.actors[worker].sample.remote(steps_per_env)
 
-    def _receive(self, handle: list[Any]) -> list[tuple[Rollout, float, float]]:
-        fragments = self._get(handle, "sample")
+    def _receive(self, handles: list[Any]) -> list[tuple[FragmentReply, int]]:
+        replies = self._get(handles, "sample")
         # Loads sent without waiting: raise the errors of those that ran, keep the others for later.
         if self.unconfirmed_loads:
             loads = self.unconfirmed_loads
             done, self.unconfirmed_loads = ray.wait(loads, num_returns=len(loads), timeout=0)
             self._get(done, "load weights")
-        return fragments
+        return [(reply, reply.message_bytes) for reply in replies]
 
     def _central_stepper(self, obs_dim: int) -> CentralStepper:
         return _RayStepper(self, obs_dim)
@@ -166,6 +233,8 @@ class RayBackend(RemoteBackend):
             else "one actor call per env step (RayVecEnv style)",
             "placement": getattr(self, "placement", []),
             "nodes": getattr(self, "nodes", []),
+            "driver_node": getattr(self, "driver_node", None),
+            "remote_worker_nodes": len(getattr(self, "remote_nodes", [])),
         }
 
 
@@ -246,5 +315,6 @@ class _RayStepper(CentralStepper):
     def _reset_all(self) -> list[np.ndarray]:
         return self.backend._get([a.reset.remote() for a in self.backend.actors], "reset")
 
-    def _step_all(self, actions: list[np.ndarray]) -> list[tuple[StepResult, float]]:
-        return self.backend._get([a.step.remote(part) for a, part in zip(self.backend.actors, actions, strict=True)], "step")
+    def _step_all(self, actions: list[np.ndarray]) -> list[tuple[StepReply, int]]:
+        replies = self.backend._get([a.step.remote(part) for a, part in zip(self.backend.actors, actions, strict=True)], "step")
+        return [(reply, reply.message_bytes) for reply in replies]

@@ -3,6 +3,11 @@
 `RolloutWorker` hosts envs `env_ids` and, for worker inference, a policy copy.
 `CentralStepper` is the learner's side of central inference: it looks like one
 big `Stepper` to `FragmentSampler`, and fans each step out to the workers.
+
+Workers stamp their replies with `time.perf_counter()`: on Linux that is the
+system-wide CLOCK_MONOTONIC, one clock for every process on a host, so the
+learner compares the stamps with its own directly there, and corrects them by
+a measured offset for a worker on another node (`backends.remote`).
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 import socket
 import time
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -17,12 +23,42 @@ import numpy as np
 from algorithms.model import InferencePolicy
 from algorithms.rollout import Rollout
 from backends.base import BackendSpec, PolicySpec
-from backends.envs import EnvSpec
+from backends.envs import STEP_COST_METER, EnvCost, EnvSpec
+from backends.host import usable_cpus
 from backends.sampling import EnvBlock, FragmentSampler, NoiseSource, StepResult
 
 
 class WorkerError(RuntimeError):
     """A worker failed or died; the message names the worker, then its traceback follows."""
+
+
+@dataclass(frozen=True)
+class FragmentReply:
+    """A worker's fragment and what it measured; times are the worker's `time.perf_counter()`."""
+
+    fragment: Rollout
+    started: float
+    """Sampling began."""
+    sampled: float
+    """Sampling ended: `sampled - started` is the worker's compute time."""
+    ready: float
+    """Handed to the transport (after any measuring the transport asked for): transfer starts here."""
+    env_cost: EnvCost
+    """Synthetic step cost this fragment's envs paid."""
+    message_bytes: int = 0
+    """Serialized size of this reply, where the worker measures it (Ray); 0 where the learner does (pipes)."""
+
+
+@dataclass(frozen=True)
+class StepReply:
+    """One central-inference step of a worker's envs."""
+
+    result: StepResult
+    seconds: float
+    """The worker's own stepping time."""
+    env_cost: EnvCost
+    message_bytes: int = 0
+    """Serialized bytes of this step's request and reply, where the worker measures them (Ray)."""
 
 
 class RolloutWorker:
@@ -40,7 +76,8 @@ class RolloutWorker:
         """Where this worker runs (recorded in results)."""
         import os
 
-        node = {"worker": self.index, "pid": os.getpid(), "host": socket.gethostname()}
+        # CPUs usable on this host: what oversubscription is judged against, per host, on a cluster.
+        node = {"worker": self.index, "pid": os.getpid(), "host": socket.gethostname(), "cpus": usable_cpus()}
         try:
             import ray
 
@@ -54,22 +91,28 @@ class RolloutWorker:
         self.policy.load_flat(weights, version)
         return version
 
-    def sample(self, steps_per_env: int) -> tuple[Rollout, float, float]:
-        """A fragment, the seconds it took, and the wall-clock time it was ready."""
+    def clock(self) -> float:
+        """This process's `perf_counter`, for the learner's clock-offset ping-pong."""
+        return time.perf_counter()
+
+    def sample(self, steps_per_env: int) -> FragmentReply:
+        """A fragment, stamped with when it started and was ready, and the step cost it paid."""
         assert self.sampler is not None, "sample() needs worker inference"
+        cost_before = STEP_COST_METER.reading()
         started = time.perf_counter()
         fragment = self.sampler.sample(steps_per_env)
-        # time.time(), not perf_counter: the learner compares it with its own clock,
-        # possibly on another node (clocks are assumed NTP-synced there).
-        return fragment, time.perf_counter() - started, time.time()
+        sampled = time.perf_counter()
+        return FragmentReply(fragment, started, sampled, sampled, STEP_COST_METER.reading() - cost_before)
 
     def reset(self) -> np.ndarray:
         return self.block.reset()
 
-    def step(self, actions: np.ndarray) -> tuple[StepResult, float]:
+    def step(self, actions: np.ndarray) -> StepReply:
+        cost_before = STEP_COST_METER.reading()
         started = time.perf_counter()
         result = self.block.step(actions)
-        return result, time.perf_counter() - started
+        seconds = time.perf_counter() - started
+        return StepReply(result, seconds, STEP_COST_METER.reading() - cost_before)
 
     def close(self) -> None:
         self.block.close()
@@ -80,7 +123,9 @@ class CentralStepper(ABC):
 
     Subclasses move actions out and results back; this class splits, joins and
     accounts: `comm_s` is each step's round trip minus the slowest worker's own
-    stepping time, summed; `worker_s` is that slowest stepping time, summed.
+    stepping time, summed (handing out the actions included); `worker_s` is that
+    slowest stepping time, summed. Per worker: its own stepping time, the bytes
+    its steps moved both ways, and the step cost its envs paid, summed.
     """
 
     def __init__(self, spec: BackendSpec, obs_dim: int) -> None:
@@ -92,15 +137,18 @@ class CentralStepper(ABC):
     def reset_counters(self) -> None:
         self.comm_s = 0.0
         self.worker_s = 0.0
-        self.bytes_moved = 0
+        workers = self.spec.workers
+        self.compute_s = [0.0] * workers
+        self.bytes = [0] * workers
+        self.env_cost = [EnvCost()] * workers
 
     @abstractmethod
     def _reset_all(self) -> list[np.ndarray]:
         """Each worker's first observations."""
 
     @abstractmethod
-    def _step_all(self, actions: list[np.ndarray]) -> list[tuple[StepResult, float]]:
-        """Each worker's step result and its own stepping seconds."""
+    def _step_all(self, actions: list[np.ndarray]) -> list[tuple[StepReply, int]]:
+        """Each worker's step reply, and the serialized bytes that crossed for it (request and reply)."""
 
     def reset(self) -> np.ndarray:
         return np.concatenate(self._reset_all())
@@ -108,12 +156,14 @@ class CentralStepper(ABC):
     def step(self, actions: np.ndarray) -> StepResult:
         per_worker = np.split(actions, self.spec.workers)
         started = time.perf_counter()
-        results = self._step_all(per_worker)
+        replies = self._step_all(per_worker)
         round_trip = time.perf_counter() - started
-        slowest = max(seconds for _, seconds in results)
+        slowest = max(reply.seconds for reply, _ in replies)
         self.worker_s += slowest
         self.comm_s += round_trip - slowest
-        steps = [r for r, _ in results]
-        joined = StepResult(*(np.concatenate([getattr(s, f) for s in steps]) for f in StepResult.__dataclass_fields__))
-        self.bytes_moved += actions.nbytes + sum(getattr(joined, f).nbytes for f in StepResult.__dataclass_fields__)
-        return joined
+        for i, (reply, size) in enumerate(replies):
+            self.compute_s[i] += reply.seconds
+            self.bytes[i] += size
+            self.env_cost[i] += reply.env_cost
+        steps = [reply.result for reply, _ in replies]
+        return StepResult(*(np.concatenate([getattr(s, f) for s in steps]) for f in StepResult.__dataclass_fields__))

@@ -1,17 +1,24 @@
-"""Derive per-case statistics from a run record (pure data in, data out; no rendering)."""
+"""Derive per-case statistics from a run record (pure data in, data out; no rendering).
+
+The unit of every interval is an independent sample: a fresh-process repeat (throughput) or a seed
+(convergence). Per-iteration values are first reduced within their run, then summarised over runs.
+"""
 
 from __future__ import annotations
 
 import json
+import math
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from harness.stats import Summary, summarize
+from algorithms.config import PRESETS
+from backends import REGISTRY
+from harness.stats import Estimate, geometric_mean, mean
 
 PHASES = ("sync", "collect", "train")  # train: the learner's whole call (PPO: GAE + update)
-REMOTE_BACKENDS = ("multiprocessing", "ray_local", "ray_cluster")
 
 
 @dataclass(frozen=True)
@@ -30,6 +37,7 @@ class Convergence:
     final_returns: list[float]
     curves: list[list[tuple[int, float]]]
     """Per seed: (env steps, mean evaluation return)."""
+    seeds: list[int] = field(default_factory=list)
 
     @property
     def reached(self) -> list[int]:
@@ -46,23 +54,38 @@ class CaseStats:
     backend: str
     inference: str
     workers: int
-    envs: int
+    envs_per_worker: int
     remote: bool
     oversubscribed: bool
     runs_ok: int
     errors: list[str]
-    fps: Summary | None
+    fps: Estimate | None
+    """Env steps per second end to end: geometric mean over repeats (see harness.stats)."""
     fps_samples: list[float]
-    sampling_fps: Summary | None
+    sampling_fps: Estimate | None
     phase_seconds: dict[str, float]
     """Total seconds per phase over measured iterations of all runs (plus `transfer`, `worker_compute`)."""
     total_seconds: float
     measured_iterations: int = 0
-    sync_ms: Summary | None = None
-    transfer_ms: Summary | None = None
+    sync_ms: Estimate | None = None
+    """Weight sync per iteration, ms: the mean within each run, then the mean over runs. None in-process."""
+    transfer_ms: Estimate | None = None
+    dispatch_ms: Estimate | None = None
+    """Sending the sample request to every worker, per iteration (in neither compute nor transfer)."""
+    clock_violations: int = 0
+    """Worker times that broke causality by more than their clock uncertainty (see backends/remote.py)."""
+    sync_share: Estimate | None = None
+    """Fraction of each run's iteration time spent in weight sync, mean over runs (interval clipped to [0, 1])."""
+    transfer_share: Estimate | None = None
+    communication_share: Estimate | None = None
+    """Weight sync + trajectory transfer, per run, then the mean over runs: what the report's 13.8% is."""
     sync_bytes: float | None = None
+    """Bytes serialized per weight broadcast (measured), mean over iterations."""
+    sync_network_bytes: float | None = None
+    """Bytes of each broadcast that crossed the network (other nodes fetching it), mean over iterations."""
     transfer_bytes: float | None = None
-    startup_s: Summary | None = None
+    """Bytes serialized of the fragments per iteration (measured), mean over iterations."""
+    startup_s: Estimate | None = None
     nodes: list[str] = field(default_factory=list)
     convergence: Convergence | None = None
     claims: dict[str, float] = field(default_factory=dict)
@@ -77,11 +100,27 @@ class CaseStats:
     """Mean KL of each batch from the policy about to train on it (PPO's `initial_kl`), if the learner reports it."""
     worker_compute_ms: float | None = None
     """Mean of the slowest worker's own sampling time per iteration (remote backends)."""
+    env_cost_ms: tuple[float, float | None] | None = None
+    """(configured, measured mean) synthetic per-step env cost in ms; None without one."""
+    busy_per_host: dict[str, tuple[int, float | None]] = field(default_factory=dict)
+    """Host -> (CPU-busy processes there, CPUs usable there if known): what `oversubscribed` is judged on."""
+    deviations: dict[str, tuple[Any, Any]] = field(default_factory=dict)
+    """PPO settings that differ from the research report's: name -> (report's value, this case's)."""
+
+    @property
+    def envs(self) -> int:
+        return self.workers * self.envs_per_worker
 
     @property
     def parallelism(self) -> int:
         """What a scaling sweep varies: worker processes, or envs for an in-process vector env."""
         return self.workers if self.remote else self.envs
+
+    @property
+    def name(self) -> str:
+        """The case's label plus its shape: unique within a part (its id is part/label/shape)."""
+        shape = f"{self.workers}w×{self.envs_per_worker}e" if self.remote else f"{self.envs} env{'s' * (self.envs > 1)}"
+        return f"{self.label} · {shape}"
 
     def share(self, phase: str) -> float | None:
         if not self.total_seconds or phase not in self.phase_seconds:
@@ -93,50 +132,69 @@ def _measured(run: dict[str, Any]) -> list[dict[str, Any]]:
     return [it for it in run.get("iterations", []) if not it.get("warmup")]
 
 
-def _ms_summary(values: list[float | None]) -> Summary | None:
-    present = [v * 1000 for v in values if v is not None]
-    return summarize(present) if present else None
+def is_remote(backend_name: str) -> bool:
+    """From the registry; a backend no longer registered counts as in-process."""
+    entry = REGISTRY.get(backend_name)
+    return bool(entry and entry.remote)
 
 
-def case_stats(case: dict[str, Any], part: dict[str, Any], logical_cores: float) -> CaseStats:
-    """Statistics of one case of a run record."""
+def case_stats(case: dict[str, Any], part: dict[str, Any], cpus: float, host: str | None = None) -> CaseStats:
+    """Statistics of one case of a run record; `cpus` and `host`: the learner's machine."""
     ok_runs = [r for r in case["runs"] if r.get("status") == "ok"]
-    errors = [r.get("error", "unknown error") for r in case["runs"] if r.get("status") != "ok"]
+    errors = [r.get("error") or "unknown error" for r in case["runs"] if r.get("status") != "ok"]
     backend = case["backend"]
-    remote = backend["name"] in REMOTE_BACKENDS
-    fps, sampling, startup = [], [], []
+    remote = is_remote(backend["name"])
+    central = backend["inference"] == "central"
+    overlapped = backend.get("schedule") == "overlap"
+    per_run: dict[str, list[float]] = {k: [] for k in ("fps", "sampling", "startup", "sync_ms", "transfer_ms",
+                                                       "sync_share", "transfer_share", "comm_share", "dispatch_ms")}  # fmt: skip
     phase_seconds = dict.fromkeys((*PHASES, "transfer", "worker_compute"), 0.0)
     iterations = []
     nodes: set[str] = set()
+    placements: list[list[dict[str, Any]]] = []
     for run in ok_runs:
         measured = _measured(run)
         if not measured:
             continue
         iterations += measured
         steps = sum(it["steps"] for it in measured)
-        fps.append(steps / sum(it["total_s"] for it in measured))
+        total = sum(it["total_s"] for it in measured)
+        per_run["fps"].append(steps / total if total > 0 else None)
         # Sampling FPS: the batch over the time it took to sample. Under overlap the learner's collect_s is
         # only its wait, so the workers' own (slowest) sampling time stands in.
-        overlapped = backend.get("schedule") == "overlap"
-        sampling.append(steps / sum(it["worker_compute_s"] if overlapped else it["collect_s"] for it in measured))
+        sampling_s = sum((it.get("worker_compute_s") or 0.0) if overlapped else it["collect_s"] for it in measured)
+        per_run["sampling"].append(steps / sampling_s if sampling_s > 0 else None)
         # Start-up: the backend's workers plus building the learner (a compiled learner compiles then).
-        startup.append((run.get("startup_s") or 0.0) + (run.get("learner") or {}).get("startup_s", 0.0))
+        per_run["startup"].append((run.get("startup_s") or 0.0) + (run.get("learner") or {}).get("startup_s", 0.0))
+        if remote:
+            # Central inference: the policy never leaves the learner, so its weight load is not communication.
+            sync = 0.0 if central else sum(it["sync_s"] for it in measured)
+            transfer = sum(it.get("transfer_s") or 0.0 for it in measured)
+            if not central:
+                per_run["sync_ms"].append(1000 * sync / len(measured))
+            per_run["transfer_ms"].append(1000 * transfer / len(measured))
+            dispatch = [it["dispatch_s"] for it in measured if it.get("dispatch_s") is not None]
+            if dispatch:
+                per_run["dispatch_ms"].append(1000 * sum(dispatch) / len(dispatch))
+            if total > 0:
+                per_run["sync_share"].append(sync / total)
+                per_run["transfer_share"].append(transfer / total)
+                per_run["comm_share"].append((sync + transfer) / total)
         for phase in PHASES:
             phase_seconds[phase] += sum(it[f"{phase}_s"] for it in measured)
         for key in ("transfer", "worker_compute"):
             phase_seconds[key] += sum(it.get(f"{key}_s") or 0.0 for it in measured)
-        nodes.update(w.get("node", "") for w in run.get("backend", {}).get("placement", []))
+        placement = (run.get("backend") or {}).get("placement") or []
+        placements.append(placement)
+        nodes.update(w.get("node", "") for w in placement)
     if not remote:
         phase_seconds.pop("transfer")
         phase_seconds.pop("worker_compute")
     lags = [it["policy_lag"]["mean"] for it in iterations if "policy_lag" in it]
     kls = [it["learner"]["initial_kl"] for it in iterations if "initial_kl" in it.get("learner", {})]
-    total = sum(phase_seconds[p] for p in PHASES)
-    # CPU-busy processes: each worker, plus the learner when it does the inference itself. Workers whose
-    # env mostly sleeps (a synthetic sleep cost) wait rather than contend: they do not count.
-    sleeping = case["env"].get("step_cost_ms", 0) > 0 and case["env"].get("step_cost_kind") == "sleep"
-    busy = (0 if sleeping else backend["workers"]) + (1 if backend["inference"] == "central" else 0) if remote else 1
+    busy = _busy_per_host(case, placements, cpus, host)
     measure = part["measure"]
+    unit = (0.0, 1.0)
     return CaseStats(
         id=case["id"],
         part=case["part"],
@@ -144,24 +202,28 @@ def case_stats(case: dict[str, Any], part: dict[str, Any], logical_cores: float)
         backend=backend["name"],
         inference=backend["inference"],
         workers=backend["workers"],
-        envs=backend["workers"] * backend["envs_per_worker"],
+        envs_per_worker=backend["envs_per_worker"],
         remote=remote,
-        oversubscribed=busy > logical_cores,
+        oversubscribed=any(cap is not None and n > cap for n, cap in busy.values()),
         runs_ok=len(ok_runs),
         errors=errors,
-        fps=summarize(fps),
-        fps_samples=fps,
-        sampling_fps=summarize(sampling),
+        fps=geometric_mean(per_run["fps"]),
+        fps_samples=[v for v in per_run["fps"] if v is not None],
+        sampling_fps=geometric_mean(per_run["sampling"]),
         phase_seconds=phase_seconds,
-        total_seconds=total,
+        total_seconds=sum(phase_seconds[p] for p in PHASES),
         measured_iterations=len(iterations),
-        sync_ms=_ms_summary([it["sync_s"] for it in iterations])
-        if remote and iterations and iterations[0].get("sync_bytes") is not None
-        else None,
-        transfer_ms=_ms_summary([it.get("transfer_s") for it in iterations]) if remote else None,
-        sync_bytes=_mean([it.get("sync_bytes") for it in iterations]),
+        sync_ms=mean(per_run["sync_ms"], (0.0, math.inf)),
+        transfer_ms=mean(per_run["transfer_ms"], (0.0, math.inf)),
+        dispatch_ms=mean(per_run["dispatch_ms"], (0.0, math.inf)),
+        clock_violations=sum(it.get("clock_violations") or 0 for it in iterations),
+        sync_share=mean(per_run["sync_share"], unit) if not central else None,
+        transfer_share=mean(per_run["transfer_share"], unit),
+        communication_share=mean(per_run["comm_share"], unit),
+        sync_bytes=_mean([_first(it, "sync_bytes_serialized", "sync_bytes") for it in iterations]) if not central else None,
+        sync_network_bytes=_mean([it.get("sync_bytes_network") for it in iterations]) if not central else None,
         transfer_bytes=_mean([it.get("transfer_bytes") for it in iterations]),
-        startup_s=summarize([s for s in startup if s is not None]),
+        startup_s=geometric_mean(per_run["startup"]),
         nodes=sorted(n for n in nodes if n),
         convergence=_convergence(ok_runs, measure) if measure["mode"] == "convergence" else None,
         claims=case.get("claims", {}),
@@ -171,7 +233,55 @@ def case_stats(case: dict[str, Any], part: dict[str, Any], logical_cores: float)
         lag_mean=_mean(lags),
         initial_kl=_mean(kls),
         worker_compute_ms=1000 * phase_seconds["worker_compute"] / len(iterations) if remote and iterations else None,
+        env_cost_ms=_env_cost(case, iterations),
+        busy_per_host=busy,
+        deviations=report_deviations(case.get("ppo") or {}),
     )
+
+
+def report_deviations(ppo: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """Where a case's PPO settings leave the research report's (the `report` preset)."""
+    report = PRESETS["report"]
+    return {k: (getattr(report, k), v) for k, v in ppo.items() if hasattr(report, k) and getattr(report, k) != v}
+
+
+def _first(record: dict[str, Any], *keys: str) -> Any:
+    return next((record[k] for k in keys if record.get(k) is not None), None)
+
+
+def _env_cost(case: dict[str, Any], iterations: list[dict[str, Any]]) -> tuple[float, float | None] | None:
+    configured = case["env"].get("step_cost_ms") or 0.0
+    if not configured:
+        return None
+    return configured, _mean([it.get("env_cost_ms_mean") for it in iterations])
+
+
+def _busy_per_host(
+    case: dict[str, Any], placements: list[list[dict[str, Any]]], cpus: float, host: str | None
+) -> dict[str, tuple[int, float | None]]:
+    """CPU-busy processes on each host against the CPUs usable there (known for the learner's host, and
+    for worker hosts that reported theirs). Workers whose env mostly sleeps (a synthetic sleep cost)
+    wait rather than contend: they do not count. The learner counts when it samples (in-process
+    backends, central inference); while remote workers sample, it waits."""
+    backend = case["backend"]
+    learner_host = host or "learner host"
+    env = case["env"]
+    sleeping = (env.get("step_cost_ms") or 0) > 0 and env.get("step_cost_kind") == "sleep"
+    if not is_remote(backend["name"]):
+        return {learner_host: (1, cpus)}
+    placement = max(placements, key=len, default=[])
+    counts: Counter[str] = Counter()
+    capacity: dict[str, float | None] = {learner_host: cpus}
+    if placement:
+        for worker in placement:
+            where = worker.get("host") or learner_host
+            counts[where] += 0 if sleeping else 1
+            capacity.setdefault(where, worker.get("cpus"))
+    else:  # no placement recorded (the run failed early): all workers on the learner's host
+        counts[learner_host] += 0 if sleeping else backend["workers"]
+    if backend["inference"] == "central":
+        counts[learner_host] += 1
+    return {h: (counts[h], capacity.get(h)) for h in sorted(set(counts) | {learner_host})}
 
 
 def sampling_key(case: dict[str, Any]) -> str:
@@ -201,27 +311,28 @@ def _mean(values: list[float | None]) -> float | None:
 
 def _convergence(runs: list[dict[str, Any]], measure: dict[str, Any]) -> Convergence:
     threshold = measure["threshold"]
-    steps, seconds, finals, curves = [], [], [], []
+    steps, seconds, finals, curves, seeds = [], [], [], [], []
     for run in runs:
         evaluations = run.get("evaluations", [])
         curves.append([(e["steps"], e["mean_return"]) for e in evaluations])
         first = next((e for e in evaluations if e["mean_return"] >= threshold), None)
         steps.append(first["steps"] if first else None)
         seconds.append(first.get("train_wall_s") if first else None)
+        seeds.append(run.get("seed"))
         if "final_evaluation" in run:
             finals.append(run["final_evaluation"]["mean_return"])
     trained = max((r["iterations"][-1]["steps_trained"] for r in runs if r.get("iterations")), default=measure["total_steps"])
-    return Convergence(threshold, trained, measure["eval_every"], steps, seconds, finals, curves)
+    return Convergence(threshold, trained, measure["eval_every"], steps, seconds, finals, curves, seeds)
 
 
 def run_stats(run: dict[str, Any]) -> dict[str, list[CaseStats]]:
     """Case statistics grouped by part name, in suite order."""
     machine = run["machine"]
-    cores = machine.get("usable_cpus") or machine.get("logical_cores") or 1  # older runs lack usable_cpus
+    cpus = machine.get("usable_cpus") or machine.get("logical_cores") or 1  # older runs lack usable_cpus
     parts = {p["name"]: p for p in run["parts"]}
     grouped: dict[str, list[CaseStats]] = {name: [] for name in parts}
     for case in run["cases"]:
-        grouped[case["part"]].append(case_stats(case, parts[case["part"]], cores))
+        grouped[case["part"]].append(case_stats(case, parts[case["part"]], cpus, machine.get("hostname")))
     return grouped
 
 
@@ -229,9 +340,3 @@ def baseline_case(cases: list[CaseStats], label: str | None) -> CaseStats | None
     """The named baseline (its smallest worker and env count), or the first case with a result."""
     candidates = [c for c in cases if (label is None or c.label == label) and c.fps is not None]
     return min(candidates, key=lambda c: (c.workers, c.envs)) if candidates else None
-
-
-def speedup(case: CaseStats, baseline: CaseStats | None) -> float | None:
-    if case.fps is None or baseline is None or baseline.fps is None:
-        return None
-    return case.fps.median / baseline.fps.median

@@ -23,39 +23,32 @@ import numpy as np
 import psutil
 import torch
 
-from algorithms.base import AlgorithmSpec, Learner, LearnerSetup
-from algorithms.config import PPOConfig
+from algorithms.base import Learner, LearnerSetup
 from algorithms.evaluate import evaluate, evaluation_seeds
 from algorithms.model import InferencePolicy
 from algorithms.registry import create_learner
 from backends import create_backend
-from backends.base import BackendSpec, PolicySpec
-from backends.envs import EnvSpec, env_dims, make_env
+from backends.base import Backend, PolicySpec
+from backends.envs import STEP_COST_METER, env_dims, make_env
+from backends.remote import RemoteBackend
 from harness.errors import HarnessError
 from harness.monitor import ResourceMonitor
 from harness.schedule import SCHEDULE_CLASSES, Schedule, lag_summary
-from harness.suite import CaseConfig, MeasureConfig
+from harness.suite import CaseConfig, MeasureConfig, from_json
 
 PROGRESS_PREFIX = "@@progress"
 
 
-def case_from_dict(data: dict[str, Any]) -> CaseConfig:
-    """Rebuild a `CaseConfig` from `dataclasses.asdict` output (as stored in run.json)."""
-    return CaseConfig(
-        id=data["id"],
-        part=data["part"],
-        label=data["label"],
-        backend=BackendSpec(**data["backend"]),
-        env=EnvSpec(**data["env"]),
-        ppo=PPOConfig(**data["ppo"]),
-        preset=data["preset"],
-        claims=data.get("claims", {}),
-        algorithm=AlgorithmSpec(**data.get("algorithm", {})),
-    )
-
-
-def measure_from_dict(data: dict[str, Any]) -> MeasureConfig:
-    return MeasureConfig(**{**data, "seeds": tuple(data["seeds"])})
+def sync_fields(backend: Backend) -> dict[str, Any]:
+    """This iteration's weight broadcasts, summed (the schedule hands on only their serialized bytes)."""
+    if not isinstance(backend, RemoteBackend):  # the policy copy is the learner's own: nothing crosses
+        return {"sync_bytes_serialized": 0, "sync_bytes_network": 0, "sync_in_process": True}
+    reports = backend.drain_sync_reports()
+    return {
+        "sync_bytes_serialized": sum(r.bytes_sent or 0 for r in reports),
+        "sync_bytes_network": sum(r.bytes_network or 0 for r in reports),
+        "sync_in_process": bool(reports) and all(r.in_process for r in reports),
+    }
 
 
 class CaseRun:
@@ -120,8 +113,11 @@ class CaseRun:
         return self.result
 
     def _iteration(self, index: int, schedule: Schedule) -> dict[str, Any]:
+        cost_before = STEP_COST_METER.reading()
         done = schedule.iteration(index)
         collected, rollout = done.collected, done.collected.rollout
+        # Workers measure their envs' step cost; an in-process backend's envs step here, on this process's meter.
+        env_cost = collected.env_cost if collected.env_cost is not None else STEP_COST_METER.reading() - cost_before
         self.train_wall_s += done.total_s
         return {
             "index": index,
@@ -134,9 +130,18 @@ class CaseRun:
             "train_wall_s": self.train_wall_s,
             "policy_lag": lag_summary(done.lags),
             "sync_bytes": done.sync_bytes,
+            **sync_fields(schedule.backend),
+            "dispatch_s": collected.dispatch_s,
             "worker_compute_s": collected.worker_compute_s,
             "transfer_s": collected.transfer_s,
+            "transfer_uncertainty_s": collected.transfer_uncertainty_s,
+            "clock_violations": collected.clock_violations,
             "transfer_bytes": collected.transfer_bytes,
+            "asked_s": collected.asked_s,
+            "joined_s": collected.joined_s,
+            "workers": [dataclasses.asdict(share) for share in collected.workers] if collected.workers else None,
+            "env_cost_ms_mean": env_cost.mean_ms,
+            "env_cost_steps": env_cost.steps,
             "policy_version": rollout.policy_version,
             "episodes": len(rollout.episode_returns),
             "episode_return_mean": float(rollout.episode_returns.mean()) if len(rollout.episode_returns) else None,
@@ -177,7 +182,8 @@ def main(argv: list[str]) -> int:
     spec_path, result_path = Path(argv[0]), Path(argv[1])
     signal.signal(signal.SIGTERM, _terminate)
     spec = json.loads(spec_path.read_text())
-    run = CaseRun(case_from_dict(spec["case"]), measure_from_dict(spec["measure"]), spec["seed"], result_path)
+    # The spec is `harness.suite.to_json` output (harness/runner.py); `from_json` runs the configs' checks again.
+    run = CaseRun(from_json(CaseConfig, spec["case"]), from_json(MeasureConfig, spec["measure"]), spec["seed"], result_path)
     try:
         run.run()
         return 0

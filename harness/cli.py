@@ -76,10 +76,11 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
 
 
 def _with_cluster_address(suite, cli_address: str | None):  # noqa: ANN001, ANN202 - Suite in, Suite out
-    """Fill `address` for ray_cluster cases: the suite's own, else RAY_ADDRESS, else --address,
+    """Fill `address` for cases of a cluster backend (ray_cluster): the suite's own, else RAY_ADDRESS, else --address,
     else the cluster `cluster up` recorded."""
     import dataclasses
 
+    from backends import REGISTRY
     from harness.cluster import read_state
 
     recorded = read_state()  # the cluster `python -m harness cluster up` started, if any
@@ -88,7 +89,7 @@ def _with_cluster_address(suite, cli_address: str | None):  # noqa: ANN001, ANN2
     for part in suite.parts:
         cases = []
         for case in part.cases:
-            if case.backend.name == "ray_cluster" and "address" not in case.backend.options:
+            if REGISTRY[case.backend.name].cluster and "address" not in case.backend.options:
                 if not fallback:
                     raise HarnessError(
                         f"case {case.id} needs a Ray cluster address: set `address` in the suite, RAY_ADDRESS, or --address "
@@ -101,7 +102,7 @@ def _with_cluster_address(suite, cli_address: str | None):  # noqa: ANN001, ANN2
     # Fail now, in one line, rather than once per case after minutes of other cases.
     from harness.cluster import probe_address
 
-    for address in sorted({c.backend.options["address"] for p in parts for c in p.cases if c.backend.name == "ray_cluster"}):
+    for address in sorted({c.backend.options["address"] for p in parts for c in p.cases if REGISTRY[c.backend.name].cluster}):
         probe_address(address, timeout_s=10)
     return dataclasses.replace(suite, parts=tuple(parts))
 
@@ -148,27 +149,41 @@ def cmd_compare(args: argparse.Namespace, console: Console) -> int:
 
     from harness.analysis import run_stats
     from harness.results import load_run
-    from harness.stats import significant_change
+    from harness.stats import EFFECT_THRESHOLD, compare
 
     run_a, run_b = load_run(args.run_a), load_run(args.run_b)
     stats_a = {c.id: c for cases in run_stats(run_a).values() for c in cases}
     stats_b = {c.id: c for cases in run_stats(run_b).values() for c in cases}
-    rows = []
+    configs_a = {c["id"]: _case_config(c) for c in run_a["cases"]}
+    configs_b = {c["id"]: _case_config(c) for c in run_b["cases"]}
+    rows, differing = [], []
     for case_id, a in stats_a.items():
         b = stats_b.get(case_id)
         if b is None or a.fps is None or b.fps is None:
             continue
-        significant = significant_change(a.fps_samples, b.fps_samples)
-        verdict = {True: "changed", False: "not significant", None: "too few repeats"}[significant]
-        rows.append([case_id, f"{a.fps.median:,.0f}", f"{b.fps.median:,.0f}", f"{b.fps.median / a.fps.median:.3f}", verdict])
+        if configs_a[case_id] != configs_b[case_id]:
+            differing.append(case_id)
+        result = compare(a.fps_samples, b.fps_samples)
+        ratio = result.ratio
+        span = f"{ratio.low:.3f} – {ratio.high:.3f}" if ratio.has_interval else f"n={ratio.n}: too few"
+        mark = " (config differs)" if case_id in differing else ""
+        rows.append([case_id + mark, f"{a.fps.value:,.0f}", f"{b.fps.value:,.0f}", f"{ratio.value:.3f}", span, result.verdict()])
     if not rows:
         raise HarnessError(f"{args.run_a} and {args.run_b} have no measured case in common; compare runs of the same suite")
     if run_a["machine"].get("cpu_model") != run_b["machine"].get("cpu_model"):
         console.print("[yellow]warning[/]: the runs come from different machines; ratios mix hardware and code")
-    console.print(
-        tabulate(rows, ["case", "FPS A", "FPS B", "B / A", "Welch t-test (5%)"], tablefmt="github", disable_numparse=True)
-    )
+    if differing:
+        console.print(f"[yellow]warning[/]: {len(differing)} case(s) share a name but not their configuration "
+                      f"(env, PPO, backend or learner): {', '.join(differing)}; their ratio is not a like-for-like change")  # fmt: skip
+    headers = ["case", "FPS A (geometric mean)", "FPS B", "B / A", "95% CI of B / A",
+               f"Welch on log FPS, 5%, change >= {EFFECT_THRESHOLD:.0%}"]  # fmt: skip
+    console.print(tabulate(rows, headers, tablefmt="github", disable_numparse=True))
     return 0
+
+
+def _case_config(case: dict) -> dict:
+    """What decides a case's numbers, without its results or the report's claims."""
+    return {k: v for k, v in case.items() if k not in ("runs", "claims")}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,6 +12,8 @@ from typing import Any
 
 import psutil
 
+from backends.host import usable_cpus
+
 PACKAGES = (
     "torch", "ray", "gymnasium", "numpy", "psutil", "nvidia-ml-py", "tabulate",
     "matplotlib", "rich", "scipy", "pytest", "pytest-benchmark",
@@ -51,18 +53,6 @@ def gpus() -> list[dict[str, Any]]:
             pynvml.nvmlShutdown()
     except Exception:  # no library, no driver or no device all mean: no GPU
         return []
-
-
-def usable_cpus() -> float:
-    """CPUs this process may run on: its affinity mask, capped by a cgroup v2 CPU quota if one is set."""
-    cpus = float(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
-    try:
-        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
-        if quota != "max":
-            cpus = min(cpus, int(quota) / int(period))
-    except (OSError, ValueError):
-        pass
-    return cpus
 
 
 def machine_info() -> dict[str, Any]:

@@ -1,4 +1,8 @@
-"""PNG plots for report.md: learning curves, scaling curves, time breakdown."""
+"""PNG plots for report.md: learning curves, scaling curves, time breakdown.
+
+Each plot is built by a `*_figure` function that returns the figure, so tests can check its labels;
+every case is named by `CaseStats.name`, unique within a part.
+"""
 
 from __future__ import annotations
 
@@ -11,8 +15,8 @@ matplotlib.use("Agg")  # files only; no display on a CI machine
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from harness.analysis import CaseStats, baseline_case, run_stats, speedup  # noqa: E402
-from harness.stats import summarize  # noqa: E402
+from harness.analysis import CaseStats, baseline_case, run_stats  # noqa: E402
+from harness.stats import compare, mean  # noqa: E402
 
 BREAKDOWN = (
     ("sync", "weight sync"),
@@ -32,70 +36,64 @@ def render_plots(run: dict[str, Any], run_dir: Path) -> dict[str, list[str]]:
         if not cases:
             continue
         plot_dir.mkdir(exist_ok=True)
-        images = []
         slug = part["name"].replace("/", "_")
+        figures = []
         if any(c.convergence for c in cases):
-            images.append(_learning_curves(cases, plot_dir / f"{slug}-learning.png"))
+            figures.append((learning_figure(cases), f"{slug}-learning.png"))
         if "scaling" in part["tables"]:
-            images.append(_scaling(cases, part.get("baseline"), plot_dir / f"{slug}-scaling.png"))
+            figures.append((scaling_figure(cases, part.get("baseline")), f"{slug}-scaling.png"))
         if any(c.total_seconds for c in cases) and part["measure"]["mode"] == "throughput":
-            images.append(_breakdown(cases, plot_dir / f"{slug}-breakdown.png"))
-        out[part["name"]] = [str(Path(p).relative_to(run_dir)) for p in images]
+            figures.append((breakdown_figure(cases), f"{slug}-breakdown.png"))
+        out[part["name"]] = [str(_save(fig, plot_dir / name).relative_to(run_dir)) for fig, name in figures]
     return out
 
 
-def _learning_curves(cases: list[CaseStats], path: Path) -> Path:
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+def learning_figure(cases: list[CaseStats]) -> plt.Figure:
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    threshold = None
     for case in cases:
         conv = case.convergence
         if conv is None or not any(conv.curves):
             continue
         steps = sorted({s for curve in conv.curves for s, _ in curve})
-        means, lows, highs = [], [], []
-        for step in steps:
-            summary = summarize([r for curve in conv.curves for s, r in curve if s == step])
-            means.append(summary.mean)
-            lows.append(summary.ci_low)
-            highs.append(summary.ci_high)
-        ax.plot(steps, means, label=f"{case.label} ({case.workers}w)")
-        ax.fill_between(steps, lows, highs, alpha=0.2)
+        summaries = [mean([r for curve in conv.curves for s, r in curve if s == step]) for step in steps]
+        ax.plot(steps, [s.value for s in summaries], label=case.name)
+        with_interval = [(x, s) for x, s in zip(steps, summaries, strict=True) if s.has_interval]
+        if with_interval:
+            ax.fill_between([x for x, _ in with_interval], [s.low for _, s in with_interval],
+                            [s.high for _, s in with_interval], alpha=0.2)  # fmt: skip
         threshold = conv.threshold
-    ax.axhline(threshold, color="grey", linestyle="--", linewidth=1, label=f"threshold {threshold:g}")
-    ax.set(
-        xlabel="env steps (summed over envs)",
-        ylabel="deterministic evaluation return",
-        title="Learning curves (mean, 95% CI over seeds)",
-    )
-    ax.legend(fontsize=8)
-    return _save(fig, path)
+    if threshold is not None:
+        ax.axhline(threshold, color="grey", linestyle="--", linewidth=1, label=f"threshold {threshold:g}")
+    ax.set(xlabel="env steps (summed over envs)", ylabel="deterministic evaluation return",
+           title="Learning curves (mean of seeds, 95% t-interval)")  # fmt: skip
+    _legend_outside(ax)
+    return fig
 
 
-def _scaling(cases: list[CaseStats], baseline_label: str | None, path: Path) -> Path:
+def scaling_figure(cases: list[CaseStats], baseline_label: str | None) -> plt.Figure:
     base = baseline_case(cases, baseline_label)
-    fig, ax = plt.subplots(figsize=(6, 4.5))
+    fig, ax = plt.subplots(figsize=(8, 4.5))
     groups: dict[str, list[CaseStats]] = {}
     for case in cases:
         groups.setdefault(case.label, []).append(case)
-    max_workers = max(c.parallelism for c in cases)
+    max_count = max(c.parallelism for c in cases)
     for label, members in groups.items():
-        members = sorted((c for c in members if c.fps), key=lambda c: c.parallelism)
-        if len(members) > 1:
-            ax.plot([c.parallelism for c in members], [speedup(c, base) for c in members], marker="o", label=label)
-    ax.plot([1, max_workers], [1, max_workers], color="grey", linestyle="--", label="ideal (linear)")
-    ax.set(
-        xscale="log",
-        yscale="log",
-        xlabel="workers (vecenv: envs)",
-        ylabel=f"speedup vs {base.label if base else 'baseline'}",
-        title="Scaling",
-    )
-    ax.legend(fontsize=8)
-    return _save(fig, path)
+        members = sorted((c for c in members if c.fps_samples), key=lambda c: c.parallelism)
+        if len(members) > 1 and base is not None:
+            ratios = [compare(base.fps_samples, c.fps_samples).ratio for c in members]
+            ax.plot([c.parallelism for c in members], [r.value for r in ratios], marker="o", label=label)
+    ax.plot([1, max_count], [1, max_count], color="grey", linestyle="--", label="ideal (linear)")
+    ax.set(xscale="log", yscale="log", xlabel="workers (vecenv: envs)",
+           ylabel=f"speedup vs {base.name if base else 'baseline'}", title="Scaling (ratio of geometric means)")  # fmt: skip
+    _legend_outside(ax)
+    return fig
 
 
-def _breakdown(cases: list[CaseStats], path: Path) -> Path:
-    fig, ax = plt.subplots(figsize=(max(6, len(cases) * 0.9), 4.5))
-    names = [f"{c.label}\n{c.workers}w" for c in cases]
+def breakdown_figure(cases: list[CaseStats]) -> plt.Figure:
+    """Stacked ms per iteration, one bar per case, named uniquely; the axis always holds the tallest bar."""
+    fig, ax = plt.subplots(figsize=(max(8, len(cases) * 1.1), 5))
+    positions = np.arange(len(cases))
     bottom = np.zeros(len(cases))
     for key, label in BREAKDOWN:
         ms = []
@@ -103,17 +101,22 @@ def _breakdown(cases: list[CaseStats], path: Path) -> Path:
             seconds = c.phase_seconds.get(key, 0.0)
             if key == "worker_compute":  # collect time not accounted for by transfer
                 seconds = c.phase_seconds["collect"] - c.phase_seconds.get("transfer", 0.0)
-            ms.append(1000 * seconds / c.measured_iterations if c.measured_iterations else 0.0)
-        ax.bar(names, ms, bottom=bottom, label=label)
+            ms.append(1000 * max(seconds, 0.0) / c.measured_iterations if c.measured_iterations else 0.0)
+        ax.bar(positions, ms, bottom=bottom, label=label)
         bottom += ms
-    ax.set(ylabel="ms per iteration", title="Time breakdown per iteration")
-    ax.tick_params(axis="x", labelsize=7)
-    ax.legend(fontsize=8)
-    return _save(fig, path)
+    ax.set_xticks(positions, [c.name.replace(" · ", "\n") for c in cases], rotation=30, ha="right", fontsize=7)
+    ax.set_ylim(0, max(float(bottom.max()), 1e-9) * 1.08)
+    ax.set(ylabel="ms per iteration (mean)", title="Time breakdown per iteration")
+    _legend_outside(ax)
+    return fig
+
+
+def _legend_outside(ax: plt.Axes) -> None:
+    """Beside the axes, never over the data."""
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
 
 
 def _save(fig: plt.Figure, path: Path) -> Path:
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path

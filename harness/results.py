@@ -1,8 +1,10 @@
-"""Run folders and `run.json`: self-describing, written as each case finishes, never overwritten."""
+"""Run folders and `run.json`: self-describing, written as each case finishes, never overwritten.
+
+The record's layout is described once, in harness/records.py.
+"""
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import json
 import os
@@ -12,12 +14,10 @@ from typing import Any
 
 from harness.errors import HarnessError
 from harness.machine import commit_info, machine_info, package_versions
-from harness.suite import Suite
+from harness.records import SCHEMA_VERSION, RunRecord, check_record
+from harness.suite import Suite, to_json
 
-# 2: iterations time one learner phase (`train_s`) and keep the learner's statistics as a named map (issue 8).
-SCHEMA_VERSION = 2
 RUN_FILE = "run.json"
-REQUIRED_KEYS = ("schema_version", "suite", "machine", "packages", "commit", "parts", "cases")
 
 
 def new_run_dir(out: Path, suite_name: str) -> Path:
@@ -36,7 +36,7 @@ def new_run_dir(out: Path, suite_name: str) -> Path:
     raise HarnessError(f"too many runs named {base} in {out}")
 
 
-def new_run(suite: Suite, quick: bool, command: list[str]) -> dict[str, Any]:
+def new_run(suite: Suite, quick: bool, command: list[str]) -> RunRecord:
     """The run record before any case has run."""
     return {
         "schema_version": SCHEMA_VERSION,
@@ -59,13 +59,13 @@ def new_run(suite: Suite, quick: bool, command: list[str]) -> dict[str, Any]:
             {
                 "name": p.name,
                 "description": p.description,
-                "measure": dataclasses.asdict(p.measure),
+                "measure": to_json(p.measure),
                 "tables": list(p.tables),
                 "baseline": p.baseline,
             }
             for p in suite.parts
         ],
-        "cases": [dataclasses.asdict(c) | {"runs": []} for c in suite.cases],
+        "cases": [to_json(c) | {"runs": []} for c in suite.cases],
     }
 
 
@@ -91,13 +91,14 @@ def read_run_json(run_dir: str | Path) -> tuple[Any, Path]:
         raise HarnessError(f"{path} is not valid JSON ({exc}); was the run interrupted while writing?") from None
 
 
-def load_run(run_dir: Path) -> dict[str, Any]:
-    """Read and check a run.json (folder or file path)."""
+def load_run(run_dir: str | Path) -> dict[str, Any]:
+    """Read a run.json (folder or file path) and check it against the record's models; one-line errors."""
     run, path = read_run_json(run_dir)
     if not isinstance(run, dict) or run.get("schema_version") != SCHEMA_VERSION:
         found = run.get("schema_version") if isinstance(run, dict) else None
         raise HarnessError(f"{path} has results schema version {found!r}; this harness reads version {SCHEMA_VERSION}")
-    missing = [k for k in REQUIRED_KEYS if k not in run]
-    if missing:
-        raise HarnessError(f"{path} lacks {', '.join(missing)}; it was not written by this harness")
+    try:
+        check_record(run)  # against the schema the record's models generate
+    except ValueError as exc:
+        raise HarnessError(f"{path}: {exc}; was it written by this harness, and completely?") from None
     return run

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import datetime as dt
 import json
 import os
@@ -20,7 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from harness.case import PROGRESS_PREFIX
 from harness.results import new_run, new_run_dir, save_run
-from harness.suite import CaseConfig, MeasureConfig, Suite
+from harness.suite import CaseConfig, MeasureConfig, Suite, to_json
 
 
 @dataclass(frozen=True)
@@ -101,7 +100,7 @@ def run_suite(
 def _run_job(job: Job, run_dir: Path, log_path: Path, timeout_s: float, on_progress: Any) -> dict[str, Any]:
     spec_path = log_path.with_suffix(".spec.json")
     result_path = log_path.with_suffix(".result.json")
-    spec = {"case": dataclasses.asdict(job.case), "measure": dataclasses.asdict(job.measure), "seed": job.seed}
+    spec = {"case": to_json(job.case), "measure": to_json(job.measure), "seed": job.seed}  # harness.case reads it
     spec_path.write_text(json.dumps(spec))
     command = [sys.executable, "-m", "harness.case", str(spec_path), str(result_path)]
     env = os.environ | {"PYTHONUNBUFFERED": "1"}

@@ -1,41 +1,65 @@
-"""Suite files: TOML read with `tomllib` into frozen dataclasses, checked in one place.
+"""Suite files: TOML read with `tomllib` into the frozen dataclasses below, which are the one
+description of the format.
 
-A suite has parts; a plain file is one part, and `include = [...]` in `[suite]`
-appends the parts of other suite files (how `report.toml` runs all four studies).
-Every mistake raises `HarnessError` naming the file, the key and the valid choices.
+`SuiteFile`, `SuiteTable` and `CaseTable` describe a file's tables; `MeasureConfig` and `CaseConfig`
+(with `EnvSpec`, `PPOConfig`, `AlgorithmSpec`, `BackendSpec` and each backend's options TypedDict)
+what a part and a case are. From them pydantic derives the checks of a file (strict types: no "5"
+for 5 or true for 1; unknown keys refused; each class's `__post_init__` run), the JSON round trip of
+a case to its subprocess (`to_json`, `from_json`) and the run record's JSON Schema
+(harness/records.py). Every mistake raises `HarnessError` in one line naming the file, the table and
+key, and the valid keys or choices.
+
+A suite has parts; a plain file is one part, and `include = [...]` in `[suite]` appends the parts of
+other suite files (how `report.toml` runs all four studies).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import itertools
+import json
 import tomllib
 import types
 import typing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal, TypeVar
+
+from annotated_types import Ge, Gt
+from pydantic import BeforeValidator, TypeAdapter, ValidationError
+from typing_extensions import TypedDict, is_typeddict  # pydantic needs typing_extensions' TypedDict before Python 3.12
 
 from algorithms.base import AlgorithmSpec
 from algorithms.config import PRESETS, PPOConfig
 from algorithms.registry import learner_class
 from backends import REGISTRY
-from backends.base import SCHEDULES, BackendSpec
-from backends.envs import STEP_COST_KINDS, EnvSpec, registered_env_ids
+from backends.base import INFERENCE_MODES, SCHEDULES, BackendSpec
+from backends.envs import EnvSpec, registered_env_ids
 from harness.errors import HarnessError
+from harness.report import CLAIMS, TABLES  # the registries: a suite may name their tables and claims
 
-TABLES = ("speed", "phases", "convergence", "scaling", "communication", "overlap")
-# What a case may record as the research report's own figure, to be checked against ours.
-CLAIMS = ("fps", "speedup", "steps_to_threshold", "final_return", "communication_share")
-MODES = ("throughput", "convergence")
+Mode = Literal["throughput", "convergence"]
+MODES: tuple[str, ...] = typing.get_args(Mode)
+
+T = TypeVar("T")
+
+
+def _one_or_many(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list) else (value,)
+
+
+OneOrMany = Annotated[tuple[T, ...], BeforeValidator(_one_or_many)]
+"""A value, or an array of them: `workers = 4` is `workers = [4]`."""
+Positive = Annotated[int, Gt(0)]
 
 
 @dataclass(frozen=True)
 class MeasureConfig:
-    """How a part measures its cases."""
+    """How a part measures its cases: its `[measure]` table."""
 
-    mode: str = "throughput"
+    mode: Mode = "throughput"
     """`throughput`: warm-up then measured iterations. `convergence`: train to a step budget, evaluating."""
     warmup_iterations: int = 1
     """Iterations run first and excluded from every statistic (start-up transients, JIT, caches)."""
@@ -43,7 +67,7 @@ class MeasureConfig:
     """Measured iterations per repeat (throughput mode)."""
     repeats: int = 3
     """Fresh-process repeats of each throughput case, for a confidence interval."""
-    seeds: tuple[int, ...] = (0,)
+    seeds: OneOrMany[int] = (0,)
     """Training seeds; convergence runs one training per seed."""
     total_steps: int = 150_000
     """Env-step budget per training run (convergence mode)."""
@@ -71,13 +95,14 @@ class MeasureConfig:
             raise ValueError("seeds must name at least one seed")
 
     def quick(self) -> MeasureConfig:
-        """The `--quick` version: a fast look, not a measurement to publish."""
+        """The `--quick` version: a fast look, not a measurement to publish. It keeps up to three repeats
+        and seeds, the fewest that give an interval (harness.stats.MIN_SAMPLES_FOR_INTERVAL)."""
         return dataclasses.replace(
             self,
             warmup_iterations=min(self.warmup_iterations, 1),
             iterations=min(self.iterations, 2),
-            repeats=1,
-            seeds=self.seeds[:2],
+            repeats=min(self.repeats, 3),
+            seeds=self.seeds[:3],
             total_steps=max(self.total_steps // 10, 1),
             eval_every=max(self.eval_every // 5, 1),
             eval_episodes=min(self.eval_episodes, 3),
@@ -90,14 +115,17 @@ class CaseConfig:
     """One cell of a sweep: a backend configuration with its env and PPO settings."""
 
     id: str
+    """`part/label/wWORKERSxeENVS`, unique in the suite."""
     part: str
     label: str
+    """The case's name in tables: `label` of its `[[cases]]` table, or one made from its settings."""
     backend: BackendSpec
     env: EnvSpec
     ppo: PPOConfig
     preset: str
-    claims: dict[str, float] = dataclasses.field(default_factory=dict)
-    """The research report's figures for this case (keys from CLAIMS), shown beside ours."""
+    """The `[ppo]` preset the case's PPO settings start from."""
+    claims: dict[str, float] = field(default_factory=dict)
+    """The research report's figures for this case (names from harness.report.CLAIMS), shown beside ours."""
     algorithm: AlgorithmSpec = AlgorithmSpec()
     """The learner that trains the case, and its device."""
 
@@ -137,112 +165,265 @@ class Suite:
         return dataclasses.replace(self, parts=tuple(dataclasses.replace(p, measure=p.measure.quick()) for p in self.parts))
 
 
-# --- checking tables -----------------------------------------------------------------------------
+# --- the tables of a suite file --------------------------------------------------------------------
+
+Claims = TypedDict("Claims", {name: float for name in CLAIMS}, total=False)
+Claims.__doc__ = "A case's `claims` table: the research report's figures, by name."
+
+
+@dataclass(frozen=True)
+class SuiteTable:
+    """The `[suite]` table."""
+
+    name: str | None = None
+    """The suite's name in reports and folder names (default: the file's stem)."""
+    description: str = ""
+    tables: OneOrMany[Literal[tuple(TABLES)]] = ("speed", "phases")
+    """The report's tables for this part."""
+    baseline: str | None = None
+    """Label of the case speedups are measured against."""
+    include: OneOrMany[str] = ()
+    """Suite files, next to this one, whose parts are appended to it."""
+
+
+@dataclass(frozen=True)
+class CaseTable:
+    """A `[[cases]]` table: a backend and the values it is swept over (every combination of `workers`,
+    `envs_per_worker`, `inference` and `schedule` is a case). Its `env`, `ppo` and `algorithm` tables
+    override the part's key by key; `options` are the backend's own (`options_model` of its registry entry)."""
+
+    backend: Literal[tuple(REGISTRY)]
+    workers: OneOrMany[Positive] = (1,)
+    envs_per_worker: OneOrMany[Positive] = (1,)
+    inference: OneOrMany[Literal[INFERENCE_MODES]] = ("worker",)
+    schedule: OneOrMany[Literal[SCHEDULES]] = ("sync",)
+    max_lag: Annotated[int, Ge(1)] = 1
+    label: str = ""
+    """The case's name in tables (default: made from the backend and the settings it changes)."""
+    options: dict[str, Any] = field(default_factory=dict)
+    env: dict[str, Any] = field(default_factory=dict)
+    ppo: dict[str, Any] = field(default_factory=dict)
+    algorithm: dict[str, Any] = field(default_factory=dict)
+    claims: Claims = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        entry = REGISTRY[self.backend]
+        for mode in self.inference:
+            if mode not in entry.inference_modes:
+                modes = ", ".join(entry.inference_modes)
+                raise ValueError(f"backend '{self.backend}' has no inference mode '{mode}'; choose {modes}")
+        for schedule in self.schedule:
+            if schedule not in entry.schedules:
+                able = ", ".join(name for name, e in REGISTRY.items() if schedule in e.schedules)
+                raise ValueError(f"backend '{self.backend}' cannot overlap sampling with training (it samples in "
+                                 f"the learner's process); use one of {able}")  # fmt: skip
+            if schedule == "overlap" and "central" in self.inference:
+                raise ValueError(
+                    "schedule 'overlap' needs inference = \"worker\": with central inference the learner does the sampling"
+                )
+        if not entry.multi_worker and self.workers != (1,):
+            raise ValueError(f"backend '{self.backend}' runs in one process: set workers = 1 and sweep 'envs_per_worker' instead")
+
+
+@dataclass(frozen=True)
+class SuiteFile:
+    """A suite file: one part (its `[[cases]]` and the tables they share), or only `[suite] include`."""
+
+    suite: SuiteTable = SuiteTable()
+    env: dict[str, Any] = field(default_factory=dict)
+    """`EnvSpec` keys every case starts from (checked once merged: see `_env`)."""
+    ppo: dict[str, Any] = field(default_factory=dict)
+    """`preset` and `PPOConfig` keys every case starts from."""
+    algorithm: dict[str, Any] = field(default_factory=dict)
+    """`AlgorithmSpec` keys every case starts from."""
+    measure: MeasureConfig = MeasureConfig()
+    cases: tuple[CaseTable, ...] = ()
+
+
+# --- the JSON round trip of a config -----------------------------------------------------------------
+
+
+@functools.cache
+def _adapter(model: Any) -> TypeAdapter:
+    return TypeAdapter(model)
+
+
+def to_json(config: Any) -> Any:
+    """A suite dataclass (`CaseConfig`, `MeasureConfig`, ...) as JSON data: what run.json and a case's
+    subprocess get."""
+    return _adapter(type(config)).dump_python(config, mode="json")
+
+
+def from_json(model: type[T], data: Any) -> T:
+    """The dataclass back from `to_json`'s data; its own checks run again."""
+    return _adapter(model).validate_python(data)
+
+
+# --- checking a file ------------------------------------------------------------------------------
+
+Loc = tuple[str | int, ...]
+"""A key path: ('cases', 1, 'env', 'step_cost_ms') is `step_cost_ms` in the env table of the second case."""
+
+_EXPECTED = {
+    "int_type": "an integer",
+    "float_type": "a number",
+    "string_type": "a string",
+    "bool_type": "true or false",
+    "tuple_type": "an array",
+    "list_type": "an array",
+    "dict_type": "a table",
+    "dataclass_type": "a table",
+}
 
 
 class _Checker:
-    """Checks keys and types of TOML tables, naming the file in every error."""
+    """Validates a file's tables against the dataclasses; every error names the file and the key path."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
 
-    def fail(self, where: str, message: str) -> typing.NoReturn:
-        raise HarnessError(f"{self.path}: {where}: {message}")
+    def fail(self, loc: Loc, message: str) -> typing.NoReturn:
+        raise HarnessError(f"{self.path}: {_where(loc)}: {message}")
 
-    def table(self, data: Any, where: str) -> dict[str, Any]:
-        if not isinstance(data, dict):
-            self.fail(where, f"must be a table, got {type(data).__name__}")
-        return data
-
-    def known_keys(self, data: dict[str, Any], valid: typing.Iterable[str], where: str) -> None:
-        valid = sorted(valid)
-        for key in data:
-            if key not in valid:
-                self.fail(where, f"unknown key '{key}'; valid keys: {', '.join(valid)}")
-
-    def value(self, value: Any, expected: Any, where: str, key: str) -> Any:
-        """Check `value` against a type hint (int, float, str, bool, tuple[int, ...])."""
-        origin = typing.get_origin(expected)
-        if origin is tuple:
-            items = value if isinstance(value, list) else [value]
-            return tuple(self.value(v, typing.get_args(expected)[0], where, key) for v in items)
-        if origin in (typing.Union, types.UnionType):
-            expected = next(t for t in typing.get_args(expected) if t is not type(None))
-        if origin is dict:
-            expected = dict
-        ok = {
-            bool: isinstance(value, bool),
-            int: isinstance(value, int) and not isinstance(value, bool),
-            float: isinstance(value, int | float) and not isinstance(value, bool),
-            str: isinstance(value, str),
-            dict: isinstance(value, dict),
-        }.get(expected, True)
-        if not ok:
-            self.fail(where, f"'{key}' must be {getattr(expected, '__name__', expected)}, got {value!r}")
-        return float(value) if expected is float else value
-
-    def dataclass_fields(self, cls: type, data: dict[str, Any], where: str, skip: tuple[str, ...] = ()) -> dict[str, Any]:
-        hints = typing.get_type_hints(cls)
-        names = [f.name for f in dataclasses.fields(cls) if f.name not in skip]
-        self.known_keys(data, names, where)
-        return {k: self.value(v, hints[k], where, k) for k, v in data.items()}
-
-    def build(self, cls: type, kwargs: dict[str, Any], where: str) -> Any:
+    def validate(self, model: type[T], data: Any, loc: Loc = (), also_valid: tuple[str, ...] = ()) -> T:
+        """`data` (a TOML table) as a `model`: strict types, unknown keys refused, the model's own checks run."""
         try:
-            return cls(**kwargs)
-        except ValueError as exc:
-            self.fail(where, str(exc))
+            # TOML's values are JSON's (dates aside: checked as the text they print as), and pydantic's strict
+            # JSON mode is the strictness a config file wants: no "5" for 5 or true for 1, but arrays for
+            # tuples and an integer where a float is wanted.
+            return _adapter(model).validate_json(json.dumps(data, default=str), strict=True, extra="forbid")
+        except ValidationError as exc:
+            where, message = _explain(exc.errors(include_url=False)[0], model, also_valid)
+            self.fail((*loc, *where), message)
 
 
-def _as_list(value: Any) -> list[Any]:
-    return value if isinstance(value, list) else [value]
+def _explain(error: Any, model: Any, also_valid: tuple[str, ...]) -> tuple[Loc, str]:
+    """One pydantic error as (the table it is in, what is wrong and how to fix it)."""
+    loc, kind, value = tuple(error["loc"]), error["type"], error.get("input")
+    if kind in ("unexpected_keyword_argument", "extra_forbidden"):
+        valid = sorted([*_keys(_hint_at(model, loc[:-1])), *(also_valid if len(loc) == 1 else ())])
+        return loc[:-1], f"unknown key '{loc[-1]}'; " + (f"valid keys: {', '.join(valid)}" if valid else "it takes no keys")
+    if kind == "value_error":  # a class's own check (`__post_init__`): about the table as a whole
+        return loc, str(error["ctx"]["error"])
+    if kind in _EXPECTED and _EXPECTED[kind] == "a table" and loc and isinstance(loc[-1], int):
+        return loc, f"must be a table, got {_show(value)}"  # an item of an array of tables: [[cases]] #2
+    table = loc
+    while table and isinstance(table[-1], int):  # an item of an array: the key and the value name it
+        table = table[:-1]
+    if not table:
+        return (), error["msg"]
+    key, table = table[-1], table[:-1]
+    if kind == "missing":
+        hint = _hint_at(model, loc)
+        choices = typing.get_args(hint) if typing.get_origin(hint) is Literal else ()
+        return table, f"missing '{key}'" + (f"; choose one of {', '.join(choices)}" if choices else "")
+    if kind in _EXPECTED:
+        problem = f"must be {_EXPECTED[kind]}"
+    elif kind == "literal_error":
+        problem = f"must be {error['ctx']['expected']}"
+    elif kind in ("greater_than", "greater_than_equal"):
+        bound = error["ctx"].get("gt", error["ctx"].get("ge"))
+        problem = f"must be {'greater than' if kind == 'greater_than' else 'at least'} {bound}"
+    else:
+        problem = f"is refused: {error['msg'][:1].lower()}{error['msg'][1:]}"
+    return table, f"'{key}' {problem}, got {_show(value)}"
+
+
+def _hint_at(model: Any, path: Loc) -> Any:
+    """The type a key path leads to in `model`: (SuiteFile, ('cases', 0)) -> CaseTable."""
+    hint = model
+    for key in path:
+        hint = _unwrap(hint)
+        if isinstance(key, str):
+            if not (dataclasses.is_dataclass(hint) or is_typeddict(hint)):
+                return None
+            hint = typing.get_type_hints(hint, include_extras=True).get(key)
+    return _unwrap(hint)
+
+
+def _unwrap(hint: Any) -> Any:
+    """Annotated[X, ...] -> X, X | None -> X, tuple[X, ...] -> X."""
+    while typing.get_origin(hint) in (Annotated, typing.Union, types.UnionType, tuple):
+        hint = next(arg for arg in typing.get_args(hint) if arg is not type(None))
+    return hint
+
+
+def _keys(hint: Any) -> list[str]:
+    if dataclasses.is_dataclass(hint):
+        return [f.name for f in dataclasses.fields(hint)]
+    return list(hint.__annotations__) if is_typeddict(hint) else []
+
+
+def _where(loc: Loc) -> str:
+    """('cases', 1, 'env') -> '[[cases]] #2 env'; () -> 'top level'."""
+    if not loc:
+        return "top level"
+    head, *rest = loc
+    if head != "cases":
+        return " ".join([f"[{head}]", *map(str, rest)])
+    if rest and isinstance(rest[0], int):
+        return " ".join([f"[[cases]] #{rest[0] + 1}", *map(str, rest[1:])])
+    return " ".join(["[[cases]]", *map(str, rest)])
+
+
+def _show(value: Any) -> str:
+    """A value as the error shows it: Python's repr, but TOML's true and false."""
+    text = str(value).lower() if isinstance(value, bool) else repr(value)
+    return text if len(text) <= 60 else text[:59] + "…"
 
 
 # --- reading suites -----------------------------------------------------------------------------
 
-TOP_KEYS = ("suite", "env", "ppo", "algorithm", "measure", "cases")
-SUITE_KEYS = ("name", "description", "tables", "baseline", "include")
-CASE_KEYS = ("backend", "workers", "envs_per_worker", "inference", "schedule", "max_lag", "label", "options", "env", "ppo",
-             "algorithm", "claims")  # fmt: skip
-
 
 def load_suite(path: str | Path) -> Suite:
     """Read and check a suite file (and the files it includes)."""
-    path = Path(path)
+    return _load(Path(path), ())
+
+
+def _load(path: Path, including: tuple[Path, ...]) -> Suite:
     text = _read(path)
     check = _Checker(path)
     data = _parse(path, text)
-    meta = check.table(data.get("suite", {}), "[suite]")
-    check.known_keys(meta, SUITE_KEYS, "[suite]")
-    name = check.value(meta.get("name", path.stem), str, "[suite]", "name")
-    description = check.value(meta.get("description", ""), str, "[suite]", "description")
+    file = check.validate(SuiteFile, data)
+    name = path.stem if file.suite.name is None else file.suite.name
+    description = file.suite.description
     parts: list[SuitePart] = []
-    if "cases" in data:
-        parts.append(_load_part(check, data, name, description))
-    else:
-        check.known_keys(
-            {k: v for k, v in data.items() if k != "suite"}, (), "top level (a suite without [[cases]] only includes)"
-        )
-    for included in check.value(meta.get("include", []), tuple[str, ...], "[suite]", "include"):
-        child_path = path.parent / included
-        if not child_path.is_file():
-            check.fail("[suite] include", f"no suite file '{included}' next to it")
-        parts.extend(load_suite(child_path).parts)
+    if file.cases:
+        parts.append(_load_part(check, file, data, name, description))
+    elif stray := sorted(key for key in data if key != "suite"):
+        check.fail((), f"[{stray[0]}] applies to no case: a file without [[cases]] only includes others; add [[cases]]")
+    chain = (*including, path.resolve())
+    for included in file.suite.include:
+        child = path.parent / included
+        if child.resolve() in chain:
+            loop = [*chain[chain.index(child.resolve()) :], child.resolve()]
+            check.fail(("suite", "include"), f"include cycle: {' -> '.join(p.name for p in loop)}; remove one of these includes")
+        if not child.is_file():
+            check.fail(("suite", "include"), f"no suite file '{included}' next to it")
+        parts.extend(_load(child, chain).parts)
     if not parts:
-        check.fail("[suite]", "no [[cases]] and nothing included; add a [[cases]] table")
+        check.fail(("suite",), "no [[cases]] and nothing included; add a [[cases]] table")
     names = [p.name for p in parts]
     if len(set(names)) != len(names):
-        check.fail("[suite]", f"two parts share a name: {names}")
+        check.fail(("suite",), f"two parts share a name: {names}")
     return Suite(name, description, str(path), text, tuple(parts))
 
 
 def _read(path: Path) -> str:
     try:
-        return path.read_text()
+        raw = path.read_bytes()
     except FileNotFoundError:
         raise HarnessError(f"suite file not found: {path}; `python -m harness list` shows the suites") from None
     except OSError as exc:
         raise HarnessError(f"cannot read suite file {path}: {exc.strerror}") from None
+    try:
+        # TOML is UTF-8; a byte-order mark (some Windows editors write one) is skipped, not an error.
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise HarnessError(
+            f"{path}: not UTF-8 text (byte 0x{raw[exc.start]:02x} on line {line}); TOML files must be saved as UTF-8"
+        ) from None
 
 
 def _parse(path: Path, text: str) -> dict[str, Any]:
@@ -252,150 +433,89 @@ def _parse(path: Path, text: str) -> dict[str, Any]:
         raise HarnessError(f"{path}: not valid TOML: {exc}") from None
 
 
-def _load_part(check: _Checker, data: dict[str, Any], name: str, description: str) -> SuitePart:
-    check.known_keys(data, TOP_KEYS, "top level")
-    meta = data.get("suite", {})
-    tables = check.value(meta.get("tables", ["speed", "phases"]), tuple[str, ...], "[suite]", "tables")
-    for table in tables:
-        if table not in TABLES:
-            check.fail("[suite] tables", f"unknown table '{table}'; choose from {', '.join(TABLES)}")
-    base_env = _env(check, check.table(data.get("env", {}), "[env]"), EnvSpec(), "[env]")
-    preset, base_ppo = _ppo(check, check.table(data.get("ppo", {}), "[ppo]"), "report", PRESETS["report"], "[ppo]")
-    base_algorithm = _algorithm(check, check.table(data.get("algorithm", {}), "[algorithm]"), AlgorithmSpec(), "[algorithm]")
-    measure_data = check.dataclass_fields(MeasureConfig, check.table(data.get("measure", {}), "[measure]"), "[measure]")
-    measure = check.build(MeasureConfig, measure_data, "[measure]")
-    if measure.mode == "convergence" and "warmup_iterations" in measure_data:
+def _load_part(check: _Checker, file: SuiteFile, data: dict[str, Any], name: str, description: str) -> SuitePart:
+    if file.measure.mode == "convergence" and "warmup_iterations" in data.get("measure", {}):
         check.fail(
-            "[measure]", "'warmup_iterations' does not apply in convergence mode (every iteration trains and counts); remove it"
+            ("measure",), "'warmup_iterations' does not apply in convergence mode (every iteration trains and counts); remove it"
         )
-    cases_data = data["cases"]
-    if not isinstance(cases_data, list) or not cases_data:
-        check.fail("[[cases]]", "must be an array of tables with at least one case")
+    base_env = _env(check, file.env, EnvSpec(), ("env",))
+    preset, base_ppo = _ppo(check, file.ppo, "report", PRESETS["report"], ("ppo",))
+    base_algorithm = _algorithm(check, file.algorithm, AlgorithmSpec(), ("algorithm",))
     cases: list[CaseConfig] = []
-    for index, case in enumerate(cases_data, start=1):
+    for index, table in enumerate(file.cases):
         bases = (base_env, preset, base_ppo, base_algorithm)
-        cases.extend(_expand_case(check, check.table(case, f"[[cases]] #{index}"), index, name, *bases))
+        cases.extend(_expand_case(check, table, data["cases"][index], ("cases", index), name, *bases))
     ids = [c.id for c in cases]
     duplicates = sorted({i for i in ids if ids.count(i) > 1})
     if duplicates:
-        check.fail("[[cases]]", f"cases repeat: {', '.join(duplicates)}; give them distinct labels")
-    baseline = meta.get("baseline")
-    if baseline is not None:
-        baseline = check.value(baseline, str, "[suite]", "baseline")
-        labels = sorted({c.label for c in cases})
-        if baseline not in labels:
-            check.fail("[suite] baseline", f"'{baseline}' is not a case label; labels: {', '.join(labels)}")
-    for case in cases:
-        if case.ppo.steps_per_iteration % case.backend.num_envs:
-            check.fail(
-                f"case {case.id}",
-                f"steps_per_iteration {case.ppo.steps_per_iteration} does not split over {case.backend.num_envs} envs; "
-                "choose envs that divide it",
-            )
-    return SuitePart(name, description, measure, tuple(cases), tables, baseline)
+        check.fail(("cases",), f"cases repeat: {', '.join(duplicates)}; give them distinct labels")
+    baseline = file.suite.baseline
+    labels = sorted({c.label for c in cases})
+    if baseline is not None and baseline not in labels:
+        check.fail(("suite", "baseline"), f"'{baseline}' is not a case label; labels: {', '.join(labels)}")
+    return SuitePart(name, description, file.measure, tuple(cases), file.suite.tables, baseline)
 
 
-def _env(check: _Checker, data: dict[str, Any], base: EnvSpec, where: str) -> EnvSpec:
-    fields = check.dataclass_fields(EnvSpec, data, where)
-    spec = check.build(EnvSpec, {**dataclasses.asdict(base), **fields}, where)
+def _env(check: _Checker, table: dict[str, Any], base: EnvSpec, loc: Loc) -> EnvSpec:
+    spec = check.validate(EnvSpec, {**dataclasses.asdict(base), **table}, loc)
     if spec.id not in registered_env_ids():
-        check.fail(where, f"'{spec.id}' is not a registered gymnasium env id (e.g. Pendulum-v1)")
-    if spec.step_cost_kind not in STEP_COST_KINDS:  # pragma: no cover - EnvSpec checks too
-        check.fail(where, f"step_cost_kind must be one of {', '.join(STEP_COST_KINDS)}")
+        check.fail(loc, f"'{spec.id}' is not a registered gymnasium env id (e.g. Pendulum-v1)")
     return spec
 
 
-def _ppo(check: _Checker, data: dict[str, Any], preset: str, base: PPOConfig, where: str) -> tuple[str, PPOConfig]:
-    data = dict(data)
-    if "preset" in data:
-        preset = check.value(data.pop("preset"), str, where, "preset")
-        if preset not in PRESETS:
-            check.fail(where, f"unknown preset '{preset}'; choose from {', '.join(PRESETS)}")
+def _ppo(check: _Checker, table: dict[str, Any], preset: str, base: PPOConfig, loc: Loc) -> tuple[str, PPOConfig]:
+    table = dict(table)
+    if "preset" in table:
+        preset = table.pop("preset")
+        if not isinstance(preset, str) or preset not in PRESETS:
+            check.fail(loc, f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
         base = PRESETS[preset]
-    hints = typing.get_type_hints(PPOConfig)
-    check.known_keys(data, ["preset", *hints], where)
-    overrides = {k: check.value(v, hints[k], where, k) for k, v in data.items()}
-    return preset, check.build(PPOConfig, {**dataclasses.asdict(base), **overrides}, where)
+    return preset, check.validate(PPOConfig, {**dataclasses.asdict(base), **table}, loc, also_valid=("preset",))
 
 
-def _algorithm(check: _Checker, data: dict[str, Any], base: AlgorithmSpec, where: str) -> AlgorithmSpec:
-    fields = check.dataclass_fields(AlgorithmSpec, data, where)
-    spec = check.build(AlgorithmSpec, {**dataclasses.asdict(base), **fields}, where)
+def _algorithm(check: _Checker, table: dict[str, Any], base: AlgorithmSpec, loc: Loc) -> AlgorithmSpec:
+    spec = check.validate(AlgorithmSpec, {**dataclasses.asdict(base), **table}, loc)
     try:
         learner_class(spec.name)
     except ValueError as exc:
-        check.fail(where, str(exc))
+        check.fail(loc, str(exc))
     if spec.device == "cuda":
         import torch  # only now: a suite that asks for no GPU loads without torch
 
         if not torch.cuda.is_available():
-            check.fail(where, "device 'cuda' asked for, but torch sees no CUDA GPU (or is a CPU build); use 'auto' or 'cpu'")
+            check.fail(loc, "device 'cuda' asked for, but torch sees no CUDA GPU (or is a CPU build); use 'auto' or 'cpu'")
     return spec
 
 
 def _expand_case(
     check: _Checker,
+    table: CaseTable,
     data: dict[str, Any],
-    index: int,
+    loc: Loc,
     part: str,
     base_env: EnvSpec,
     base_preset: str,
     base_ppo: PPOConfig,
     base_algorithm: AlgorithmSpec,
 ) -> list[CaseConfig]:
-    where = f"[[cases]] #{index}"
-    check.known_keys(data, CASE_KEYS, where)
-    if "backend" not in data:
-        check.fail(where, f"missing 'backend'; choose one of {', '.join(REGISTRY)}")
-    backend = check.value(data["backend"], str, where, "backend")
-    if backend not in REGISTRY:
-        check.fail(where, f"unknown backend '{backend}'; choose one of {', '.join(REGISTRY)}")
-    entry = REGISTRY[backend]
-    workers = check.value(data.get("workers", 1), tuple[int, ...], where, "workers")
-    envs = check.value(data.get("envs_per_worker", 1), tuple[int, ...], where, "envs_per_worker")
-    modes = check.value(data.get("inference", "worker"), tuple[str, ...], where, "inference")
-    if any(n <= 0 for n in workers + envs):
-        check.fail(where, "'workers' and 'envs_per_worker' must be positive")
-    for mode in modes:
-        if mode not in entry.inference_modes:
-            check.fail(where, f"backend '{backend}' has no inference mode '{mode}'; choose {', '.join(entry.inference_modes)}")
-    schedules = check.value(data.get("schedule", "sync"), tuple[str, ...], where, "schedule")
-    max_lag = check.value(data.get("max_lag", 1), int, where, "max_lag")
-    if max_lag < 1:
-        check.fail(where, f"'max_lag' must be at least 1, got {max_lag}")
-    for schedule in schedules:
-        if schedule not in SCHEDULES:
-            check.fail(where, f"unknown schedule '{schedule}'; choose {', '.join(SCHEDULES)}")
-        if schedule not in entry.schedules:
-            able = [name for name, e in REGISTRY.items() if schedule in e.schedules]
-            check.fail(where, f"backend '{backend}' cannot overlap sampling with training (it samples in the learner's "
-                              f"process); use one of {', '.join(able)}")  # fmt: skip
-        if schedule == "overlap" and "central" in modes:
-            check.fail(
-                where, "schedule 'overlap' needs inference = \"worker\": with central inference the learner does the sampling"
-            )
-    if not entry.multi_worker and workers != (1,):
-        check.fail(where, f"backend '{backend}' runs in one process: set workers = 1 and sweep 'envs_per_worker' instead")
-    options = check.table(data.get("options", {}), f"{where} options")
-    check.known_keys(options, entry.options, f"{where} options for '{backend}'")
-    env = _env(check, check.table(data.get("env", {}), f"{where} env"), base_env, f"{where} env")
-    preset, ppo = _ppo(check, check.table(data.get("ppo", {}), f"{where} ppo"), base_preset, base_ppo, f"{where} ppo")
-    algorithm = _algorithm(
-        check, check.table(data.get("algorithm", {}), f"{where} algorithm"), base_algorithm, f"{where} algorithm"
-    )
-    claims = check.table(data.get("claims", {}), f"{where} claims")
-    check.known_keys(claims, CLAIMS, f"{where} claims")
-    claims = {k: check.value(v, float, f"{where} claims", k) for k, v in claims.items()}
-    label = data.get("label") or _default_label(backend, data)
-    label = check.value(label, str, where, "label")
+    """Every case of one `[[cases]]` table (`data` is the table as written, for its default label)."""
+    options = check.validate(REGISTRY[table.backend].options_model, table.options, (*loc, f"options ({table.backend})"))
+    env = _env(check, table.env, base_env, (*loc, "env"))
+    preset, ppo = _ppo(check, table.ppo, base_preset, base_ppo, (*loc, "ppo"))
+    algorithm = _algorithm(check, table.algorithm, base_algorithm, (*loc, "algorithm"))
+    label = table.label or _default_label(table.backend, data)
     cases = []
-    for n_workers, n_envs, mode, schedule in itertools.product(workers, envs, modes, schedules):
-        spec = BackendSpec(backend, n_workers, n_envs, mode, dict(options), schedule, max_lag)
-        case_label = label if len(modes) == 1 or "label" in data else f"{label}/{mode}"
-        if schedule == "overlap" and (len(schedules) > 1 or "label" not in data):
-            case_label += " overlap" + (f" lag {max_lag}" if max_lag > 1 else "")
+    sweep = itertools.product(table.workers, table.envs_per_worker, table.inference, table.schedule)
+    for n_workers, n_envs, mode, schedule in sweep:
+        spec = BackendSpec(table.backend, n_workers, n_envs, mode, dict(options), schedule, table.max_lag)
+        case_label = label if len(table.inference) == 1 or "label" in data else f"{label}/{mode}"
+        if schedule == "overlap" and (len(table.schedule) > 1 or "label" not in data):
+            case_label += " overlap" + (f" lag {table.max_lag}" if table.max_lag > 1 else "")
         case_id = f"{part}/{case_label}/w{n_workers}xe{n_envs}"
-        cases.append(CaseConfig(case_id, part, case_label, spec, env, ppo, preset, dict(claims), algorithm))
+        if ppo.steps_per_iteration % spec.num_envs:
+            check.fail(loc, f"case {case_id}: steps_per_iteration {ppo.steps_per_iteration} does not split over "
+                            f"{spec.num_envs} envs; choose envs that divide it")  # fmt: skip
+        cases.append(CaseConfig(case_id, part, case_label, spec, env, ppo, preset, dict(table.claims), algorithm))
     return cases
 
 
@@ -403,12 +523,11 @@ def _default_label(backend: str, data: dict[str, Any]) -> str:
     label = backend
     if data.get("inference", "worker") == "central":
         label += "/central"
-    if isinstance(data.get("ppo"), dict) and "preset" in data["ppo"]:
+    if "preset" in data.get("ppo", {}):
         label += f" {data['ppo']['preset']}"
-    env = data.get("env")
-    if isinstance(env, dict) and env.get("step_cost_ms"):
+    env = data.get("env", {})
+    if env.get("step_cost_ms"):
         label += f" +{env['step_cost_ms']}ms {env.get('step_cost_kind', 'sleep')}"
-    algorithm = data.get("algorithm")
-    if isinstance(algorithm, dict):
-        label += "".join(f" {algorithm[key]}" for key in ("name", "device") if key in algorithm)
+    algorithm = data.get("algorithm", {})
+    label += "".join(f" {algorithm[key]}" for key in ("name", "device") if key in algorithm)
     return label

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from backends import REGISTRY
 from harness.results import SCHEMA_VERSION, load_run
 from tests.conftest import REPO
 
@@ -62,10 +63,10 @@ def test_smoke_suite_writes_run_json_and_report(smoke_run):
         assert all(it["collect_s"] > 0 and it["train_s"] > 0 for it in measured)
         assert all(it["learner"]["update_s"] > 0 and "approx_kl" in it["learner"] for it in measured)
         assert result["resources"]["samples"] >= 1 and result["resources"]["gpu_present"] in (True, False)
-        remote = case["backend"]["name"] in ("multiprocessing", "ray_local")
+        remote = REGISTRY[case["backend"]["name"]].remote
         assert (measured[0]["transfer_bytes"] is not None) == remote
     report = (smoke_run / "report.md").read_text()
-    assert "| Config" in report and "Mean FPS (steps/s)" in report and "Speedup" in report
+    assert "| Config" in report and "FPS (steps/s), geometric mean of repeats" in report and "Speedup" in report
     assert "### Where the time goes" in report and "### Communication overhead" in report
     assert "Intel" in report or "cores" in report
     assert (smoke_run / "plots" / "smoke-breakdown.png").stat().st_size > 1000
@@ -89,14 +90,57 @@ def test_report_in_chinese_uses_the_reports_headers(smoke_run, tmp_path):
     shutil.copytree(smoke_run, copy)
     assert harness("report", str(copy), "--lang", "zh").returncode == 0
     text = (copy / "report.zh.md").read_text()
-    for header in ("配置", "工作器数量", "平均FPS（步/秒）", "相对加速比", "通信类型", "平均时间（毫秒）", "占总时间比例"):
+    # The report's own words; FPS names our estimator (a geometric mean), not the report's "平均" (mean).
+    for header in (
+        "配置",
+        "工作器数量",
+        "FPS（步/秒）, 重复运行的几何平均",
+        "相对加速比",
+        "通信类型",
+        "平均时间（毫秒）",
+        "占总时间比例",
+    ):
         assert header in text
 
 
-def test_compare_two_runs(smoke_run, tmp_path):
+def test_compare_one_repeat_says_it_cannot_test(smoke_run):
     proc = harness("compare", str(smoke_run), str(smoke_run))
     assert proc.returncode == 0, proc.stderr
     assert "1.000" in proc.stdout and "too few repeats" in proc.stdout
+
+
+def _with_repeats(run: dict, scale: dict[str, float]) -> dict:
+    """Each case's one run as three repeats, 2% apart, its iteration times multiplied by scale[case id] (default 1)."""
+    out = json.loads(json.dumps(run))
+    for case in out["cases"]:
+        (result,) = case["runs"]
+        case["runs"] = []
+        for jitter in (1.0, 1.02, 0.98):
+            copy = json.loads(json.dumps(result))
+            for it in copy["iterations"]:
+                it["total_s"] *= jitter * scale.get(case["id"], 1.0)
+            case["runs"].append(copy)
+    return out
+
+
+def test_compare_tests_the_change_and_warns_on_different_configs(smoke_run, tmp_path):
+    run = load_run(smoke_run)
+    ids = [c["id"] for c in run["cases"]]
+    faster, same, reconfigured = ids[0], ids[1], ids[2]
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    (a / "run.json").write_text(json.dumps(_with_repeats(run, {})))
+    changed = _with_repeats(run, {faster: 0.5, same: 1.01})
+    next(c for c in changed["cases"] if c["id"] == reconfigured)["ppo"]["learning_rate"] = 0.01
+    (b / "run.json").write_text(json.dumps(changed))
+    proc = harness("compare", str(a), str(b))
+    assert proc.returncode == 0, proc.stderr
+    rows = {line.split("|")[1].strip(): line for line in proc.stdout.splitlines() if line.startswith("| ")}
+    assert "2.000" in rows[faster] and "faster (p=" in rows[faster]
+    assert "no significant change" in rows[same] or "under 5%" in rows[same]
+    assert f"{reconfigured} (config differs)" in rows
+    assert "share a name but not their configuration" in proc.stdout
 
 
 def test_failed_case_is_recorded_and_others_kept(tmp_path):

@@ -21,6 +21,7 @@ import pytest
 
 from harness import cluster as cl
 from harness.errors import HarnessError
+from tests.conftest import REPO
 
 pytestmark = pytest.mark.ray_cluster
 
@@ -28,6 +29,38 @@ _JOIN = """
 import ray
 ray.init(log_to_driver=False, logging_level="ERROR")  # RAY_ADDRESS comes from the env
 print(sum(1 for node in ray.nodes() if node["Alive"]))
+"""
+
+# The ray_cluster backend across the cluster's two nodes: one worker per node, one sync and one batch.
+_MEASURE = """
+import dataclasses, json, sys
+import numpy as np
+from backends import create_backend
+from backends.base import BackendSpec, PolicySpec
+from backends.envs import EnvSpec
+
+
+def main():
+    from backends.ray_backend import serialized_size
+
+    policy = PolicySpec(3, 1, 64)
+    backend = create_backend(BackendSpec("ray_cluster", 2, 2, "worker", {"timeout_s": 60, "address": sys.argv[1]}))
+    try:
+        backend.start(EnvSpec(), policy, 7)
+        weights = np.random.default_rng(0).normal(0.0, 0.3, policy.num_params).astype(np.float32)
+        report = backend.set_weights(weights, 1)
+        collected = backend.collect(64)
+        fields = {f.name: getattr(collected, f.name) for f in dataclasses.fields(collected) if f.name != "rollout"}
+        fields["workers"] = [dataclasses.asdict(w) for w in collected.workers]
+        out = {"report": dataclasses.asdict(report), "serialized": serialized_size(weights),
+               "describe": backend.describe(), "collected": fields}
+    finally:
+        backend.close()
+    print(json.dumps(out, default=str))
+
+
+if __name__ == "__main__":
+    main()
 """
 
 
@@ -126,6 +159,34 @@ def test_second_up_is_refused(cluster):
     with pytest.raises(HarnessError, match=f"already up at {info.address}; run `python -m harness cluster down --state-file"):
         cl.cluster_up(2, cpus_per_node=1, state_file=state_file)
     assert state_file.read_text() == before  # the running cluster's record is untouched
+
+
+def test_worker_on_another_node_gets_a_measured_clock_offset_and_network_bytes(cluster):
+    # Both nodes run on this host, so the true offset is 0: the estimate must say so within its uncertainty.
+    info, state_file = cluster
+    env = _client_env(info) | {cl.STATE_ENV_VAR: str(state_file)}
+    measured = subprocess.run([sys.executable, "-c", _MEASURE, info.address], env=env, capture_output=True, text=True,
+                              timeout=180, cwd=REPO)  # fmt: skip
+    assert measured.returncode == 0, measured.stderr[-3000:]
+    out = json.loads(measured.stdout.strip().splitlines()[-1])
+    described, collected, report = out["describe"], out["collected"], out["report"]
+    placement = described["placement"]
+    assert len({w["node"] for w in placement}) == 2 and described["remote_worker_nodes"] == 1
+    clocks = {w["node"] == described["driver_node"]: w["clock"] for w in placement}
+    assert clocks[True]["method"] == "shared" and clocks[True]["offset_s"] == 0
+    remote = clocks[False]
+    assert remote["method"] == "cristian" and 0 < remote["round_trip_s"] < 1.0
+    assert remote["uncertainty_s"] == remote["round_trip_s"] / 2
+    assert abs(remote["offset_s"]) <= remote["uncertainty_s"] + 1e-3
+    # The weights are stored once and fetched once by the other node's object store.
+    assert report["bytes_sent"] == out["serialized"] and report["bytes_network"] == out["serialized"]
+    assert collected["clock_violations"] == 0
+    assert collected["transfer_s"] >= -collected["transfer_uncertainty_s"]
+    assert collected["transfer_uncertainty_s"] in (0.0, remote["uncertainty_s"])
+    for worker in collected["workers"]:
+        assert worker["start_s"] >= worker["sent_s"] - worker["clock_uncertainty_s"]
+        assert worker["ready_s"] <= collected["joined_s"] + worker["clock_uncertainty_s"]
+    assert sorted(w["clock_uncertainty_s"] for w in collected["workers"]) == [0.0, remote["uncertainty_s"]]
 
 
 def test_down_stops_only_this_cluster_and_cleans_up(cluster):

@@ -4,7 +4,7 @@ shown is what ran, steps carry their evaluation granularity, and two rows of one
 from __future__ import annotations
 
 from harness.analysis import case_stats
-from harness.report import HEADERS, convergence_table
+from harness.report import HEADERS, TABLES, TableContext
 from harness.stats import censored_median
 
 STEPS, EVAL_EVERY, BUDGET = 2048, 8192, 30_000  # 15 iterations: 30,720 steps run
@@ -49,9 +49,9 @@ def test_table_counts_censored_seeds_shows_granularity_and_the_budget_that_ran()
         case_stats(_case("ray_local", [8192, 24576, None]), PART, 2),
         case_stats(_case("serial", [8192, None, None], workers=1), PART, 2),  # 1 env: other rollouts
     ]
-    table, lines = convergence_table(cases, HEADERS["en"])
+    table, lines = TABLES["convergence"].render(TableContext(cases, None, HEADERS["en"]))
     assert "24,576 (evaluated every 8,192); 1 seed(s) > 30,720" in table
     assert "not reached: 2 of 3 seeds not within 30,720 steps" in table
     assert "| 6.0 " in table  # seconds to the threshold: the median seed's wall time, 24,576 / 4,096
-    assert any(line.startswith("multiprocessing, ray_local sample identical rollouts") for line in lines)
+    assert any(line.startswith("multiprocessing · 4w×1e, ray_local · 4w×1e sample identical rollouts") for line in lines)
     assert not any("serial" in line and "identical" in line for line in lines)

@@ -50,9 +50,9 @@ def _case(kind: str, workers: int) -> dict:
 
 def test_sleeping_workers_are_not_cpu_contention():
     part = {"measure": {"mode": "throughput"}}
-    assert not case_stats(_case("sleep", 16), part, logical_cores=2).oversubscribed
-    assert case_stats(_case("busy", 16), part, logical_cores=2).oversubscribed
-    assert not case_stats(_case("busy", 2), part, logical_cores=2).oversubscribed
+    assert not case_stats(_case("sleep", 16), part, cpus=2).oversubscribed
+    assert case_stats(_case("busy", 16), part, cpus=2).oversubscribed
+    assert not case_stats(_case("busy", 2), part, cpus=2).oversubscribed
 
 
 def test_usable_cpus_is_the_affinity_mask_at_most():

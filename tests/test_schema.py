@@ -1,9 +1,9 @@
-"""`harness/run_schema.json` against a fresh run, and broken copies of it failing with the JSON path named."""
+"""`harness/run_schema.json`, generated from the run record's models, against a fresh run; broken copies
+of it failing with the JSON path named, both in the schema check and in `load_run`."""
 
 from __future__ import annotations
 
 import copy
-import dataclasses
 import json
 import subprocess
 import sys
@@ -14,14 +14,10 @@ from typing import Any
 import pytest
 from jsonschema import Draft202012Validator
 
-from algorithms.base import AlgorithmSpec
-from algorithms.config import PPOConfig
-from backends.base import BackendSpec
-from backends.envs import EnvSpec
+from harness import schema
 from harness.errors import HarnessError
-from harness.results import RUN_FILE, SCHEMA_VERSION
-from harness.schema import load_schema, validate_run
-from harness.suite import MeasureConfig
+from harness.results import RUN_FILE, SCHEMA_VERSION, load_run
+from harness.schema import SCHEMA_PATH, WRITE_COMMAND, load_schema, schema_text, validate_run
 from tests.conftest import REPO
 
 # A tiny run that takes every branch of the schema: a throughput part with a case that
@@ -97,17 +93,17 @@ def test_schema_is_valid_draft_2020_12():
     Draft202012Validator.check_schema(schema)
 
 
-def test_schema_names_every_config_field():
-    """A renamed config field must show up here, not in a reader of old results."""
-    defs = load_schema()["$defs"]
-    classes = (PPOConfig, MeasureConfig, BackendSpec, EnvSpec, AlgorithmSpec)
-    field_names = {cls: [f.name for f in dataclasses.fields(cls)] for cls in classes}
-    assert defs["ppo"]["required"] == field_names[PPOConfig]
-    assert defs["measure"]["required"] == field_names[MeasureConfig]
-    assert defs["backend_spec"]["required"] == field_names[BackendSpec]
-    assert defs["env_spec"]["required"] == field_names[EnvSpec]
-    assert set(field_names[PPOConfig]) == set(defs["ppo"]["properties"])
-    assert defs["algorithm"]["required"] == field_names[AlgorithmSpec]
+def test_checked_in_schema_is_the_one_the_models_generate():
+    """harness/run_schema.json is generated from harness/records.py (and the suite's dataclasses), never edited."""
+    if SCHEMA_PATH.read_text() != schema_text():
+        pytest.fail(f"{SCHEMA_PATH} differs from what the run-record models generate; run `{WRITE_COMMAND}`")
+    assert load_schema()["properties"]["schema_version"]["const"] == SCHEMA_VERSION
+
+
+def test_write_regenerates_the_schema(tmp_path, monkeypatch):
+    monkeypatch.setattr(schema, "SCHEMA_PATH", tmp_path / "run_schema.json")
+    assert schema.main(["--write"]) == 0
+    assert (tmp_path / "run_schema.json").read_text() == SCHEMA_PATH.read_text()
 
 
 def test_fresh_run_validates(run_dir, run):
@@ -117,6 +113,18 @@ def test_fresh_run_validates(run_dir, run):
     assert any(r.get("evaluations") for r in runs) and any("final_evaluation" in r for r in runs)
     validate_run(run_dir)
     validate_run(run_dir / RUN_FILE)
+    assert load_run(run_dir) == run
+
+
+def test_extra_keys_need_no_new_schema_version(run, tmp_path):
+    """A new field (here one per iteration, one per run, one in a config) is accepted by both checks."""
+    extended = copy.deepcopy(run)
+    _ok_run(extended)["iterations"][0]["new_figure_s"] = 0.5
+    _ok_run(extended)["new_note"] = "x"
+    extended["cases"][0]["ppo"]["new_setting"] = 1
+    (tmp_path / RUN_FILE).write_text(json.dumps(extended))
+    validate_run(tmp_path)
+    assert load_run(tmp_path) == extended
 
 
 def test_cli_accepts_a_valid_run(run_dir):
@@ -141,7 +149,7 @@ def _set(keys: list[Any], value: Any) -> Callable[[dict[str, Any]], None]:
 
 BROKEN: list[tuple[str, Callable[[dict[str, Any]], None], str]] = [
     ("top-level key missing", lambda run: run.pop("machine"), "$.machine: required key is missing"),
-    ("wrong schema version", _set(["schema_version"], 1), "$.schema_version: must be 2, got 1"),
+    ("wrong schema version", _set(["schema_version"], 1), f"$.schema_version: must be {SCHEMA_VERSION}, got 1"),
     ("case config missing a field", lambda run: run["cases"][0]["ppo"].pop("gamma"), "$.cases[0].ppo.gamma: required key is missing"),
     ("wrong type in case config", _set(["cases", 0, "backend", "workers"], "2"), "$.cases[0].backend.workers: expected integer, got string"),
     ("run without status", lambda run: run["cases"][0]["runs"][0].pop("status"), "$.cases[0].runs[0].status: required key is missing"),
@@ -161,6 +169,22 @@ def test_broken_copy_fails_naming_the_path(run, tmp_path, change, expected):
         validate_run(tmp_path)
     message = str(caught.value)
     assert expected in message and message.startswith(str(tmp_path / RUN_FILE))
+    assert "\n" not in message and len(message) < 300
+
+
+# load_run checks the version first, in words of its own; every other problem it words as the schema check does.
+LOAD_RUN_SAYS = {"wrong schema version": f"has results schema version 1; this harness reads version {SCHEMA_VERSION}"}
+
+
+@pytest.mark.parametrize(("name", "change", "expected"), [pytest.param(n, c, e, id=n) for n, c, e in BROKEN])
+def test_load_run_refuses_a_broken_copy_in_one_line(run, tmp_path, name, change, expected):
+    broken = copy.deepcopy(run)
+    change(broken)
+    (tmp_path / RUN_FILE).write_text(json.dumps(broken))
+    with pytest.raises(HarnessError) as caught:
+        load_run(tmp_path)
+    message = str(caught.value)
+    assert LOAD_RUN_SAYS.get(name, expected) in message and message.startswith(str(tmp_path / RUN_FILE))
     assert "\n" not in message and len(message) < 300
 
 

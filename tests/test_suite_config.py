@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -9,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from harness.errors import HarnessError
-from harness.suite import load_suite
+from harness.suite import CaseConfig, MeasureConfig, from_json, load_suite, to_json
 from tests.conftest import REPO
 
 MINIMAL = """
@@ -70,6 +71,7 @@ def test_include_collects_parts():
     assert [p.name for p in suite.parts] == [
         "speed",
         "convergence",
+        "convergence-tuned",
         "convergence-overlap",
         "scaling-pendulum",
         "scaling-env-cost",
@@ -86,13 +88,20 @@ def test_quick_shrinks_budgets():
     ("change", "message"),
     [
         (("iterations = 1", "iteratons = 1"), "unknown key 'iteratons'; valid keys: eval_episodes"),
-        (("iterations = 1", 'iterations = "five"'), "'iterations' must be int, got 'five'"),
-        (('backend = "serial"', 'backend = "rayy"'), "unknown backend 'rayy'; choose one of serial, vecenv, multiprocessing"),
+        (("iterations = 1", 'iterations = "five"'), "[measure]: 'iterations' must be an integer, got 'five'"),
+        (
+            ('backend = "serial"', 'backend = "rayy"'),
+            "[[cases]] #1: 'backend' must be 'serial', 'vecenv', 'multiprocessing', 'ray_local' or 'ray_cluster', got 'rayy'",
+        ),
         (('preset = "report"', 'preset = "fast"'), "unknown preset 'fast'; choose from report, tuned"),
         (("steps_per_iteration = 64", "learning_rate = -1.0"), "learning_rate=-1.0"),
-        (('name = "t"', 'name = "t"\ntables = ["speed", "speeed"]'), "unknown table 'speeed'"),
+        (('name = "t"', 'name = "t"\ntables = ["speed", "speeed"]'), ("[suite]: 'tables' must be 'speed', ", "got 'speeed'")),
         (('baseline = "serial"', 'baseline = "nope"'), "'nope' is not a case label"),
-        (('inference = ["worker", "central"]', 'inference = "remote"'), "has no inference mode 'remote'"),
+        (
+            ('inference = ["worker", "central"]', 'inference = "remote"'),
+            "[[cases]] #2: 'inference' must be 'worker' or 'central', got 'remote'",
+        ),
+        (('backend = "serial"', 'backend = "serial"\ninference = "central"'), "backend 'serial' has no inference mode 'central'"),
         (("steps_per_iteration = 64", "steps_per_iteration = 63"), "does not split over 2 envs"),
         (("[measure]", '[env]\nid = "NoSuchEnv-v9"\n[measure]'), "'NoSuchEnv-v9' is not a registered gymnasium env id"),
         (("[measure]", '[env]\nstep_cost_kind = "spin"\n[measure]'), "step_cost_kind must be one of sleep, busy"),
@@ -114,7 +123,10 @@ def test_quick_shrinks_budgets():
             ('inference = ["worker", "central"]', 'inference = ["worker", "central"]\nschedule = "overlap"'),
             'needs inference = "worker"',
         ),
-        (("workers = [1, 2]", 'workers = [1, 2]\nschedule = "async"'), "unknown schedule 'async'; choose sync, overlap"),
+        (
+            ("workers = [1, 2]", 'workers = [1, 2]\nschedule = "async"'),
+            "[[cases]] #2: 'schedule' must be 'sync' or 'overlap', got 'async'",
+        ),
         (("workers = [1, 2]", "workers = [1, 2]\nmax_lag = 0"), "'max_lag' must be at least 1"),
         (
             ("iterations = 1", 'mode = "convergence"\nwarmup_iterations = 1'),
@@ -129,7 +141,8 @@ def test_mistakes_name_file_key_and_choices(tmp_path, change, message):
     with pytest.raises(HarnessError) as error:
         load_suite(path)
     text = str(error.value)
-    assert message in text
+    for fragment in message if isinstance(message, tuple) else (message,):
+        assert fragment in text
     assert str(path) in text and "\n" not in text
 
 
@@ -138,6 +151,91 @@ def test_missing_file_and_bad_toml(tmp_path):
         load_suite(tmp_path / "absent.toml")
     with pytest.raises(HarnessError, match="not valid TOML"):
         load_suite(write(tmp_path, "[suite\nname = 1"))
+
+
+OPTIONS_SUITE = """
+[ppo]
+steps_per_iteration = 64
+[[cases]]
+backend = "{backend}"
+workers = 2
+options = {{ {options} }}
+"""
+
+
+@pytest.mark.parametrize(
+    ("backend", "options", "messages"),
+    [
+        ("multiprocessing", 'start_method = "thread"', ("[[cases]] #1 options (multiprocessing): 'start_method' must be ", "got 'thread'")),
+        ("multiprocessing", "timeout_s = -1", ("'timeout_s' must be greater than 0.0, got -1",)),
+        ("multiprocessing", "timeout_s = nan", ("'timeout_s' must be greater than 0.0, got nan",)),
+        ("multiprocessing", "timeout_s = inf", ("'timeout_s' is refused: predicate 'isfinite' failed, got inf",)),
+        ("ray_local", 'timeout_s = "60"', ("[[cases]] #1 options (ray_local): 'timeout_s' must be a number, got '60'",)),
+        ("ray_local", "num_cpus = 0", ("'num_cpus' must be greater than 0, got 0",)),
+        ("ray_local", "num_cpus = 1.5", ("'num_cpus' must be an integer, got 1.5",)),
+        ("ray_cluster", "address = 6379", ("[[cases]] #1 options (ray_cluster): 'address' must be a string, got 6379",)),
+    ],
+)  # fmt: skip
+def test_backend_options_are_checked_by_the_registry_entry(tmp_path, backend, options, messages):
+    path = write(tmp_path, OPTIONS_SUITE.format(backend=backend, options=options))
+    with pytest.raises(HarnessError) as error:
+        load_suite(path)
+    text = str(error.value)
+    assert all(m in text for m in messages), text
+    assert text.startswith(f"{path}: ") and "\n" not in text
+
+
+def test_valid_backend_options_load(tmp_path):
+    options = 'start_method = "spawn", timeout_s = 30'
+    (case, *_) = load_suite(write(tmp_path, OPTIONS_SUITE.format(backend="multiprocessing", options=options))).cases
+    assert case.backend.options == {"start_method": "spawn", "timeout_s": 30.0}
+
+
+@pytest.mark.parametrize("value", ["inf", "nan", "-inf"])
+def test_step_cost_must_be_finite(tmp_path, value):
+    path = write(tmp_path, MINIMAL.replace("[measure]", f"[env]\nstep_cost_ms = {value}\n[measure]"))
+    with pytest.raises(HarnessError, match=r"\[env\]: step_cost_ms must be a finite number >= 0"):
+        load_suite(path)
+
+
+@pytest.mark.parametrize("self_include", [True, False])
+def test_include_cycle_is_one_line_naming_the_cycle(tmp_path, self_include):
+    other = "a.toml" if self_include else "b.toml"
+    write(tmp_path, f'[suite]\ninclude = ["{other}"]\n', "a.toml")
+    write(tmp_path, '[suite]\ninclude = ["a.toml"]\n', "b.toml")
+    with pytest.raises(HarnessError) as error:
+        load_suite(tmp_path / "a.toml")
+    text = str(error.value)
+    cycle = "a.toml -> a.toml" if self_include else "a.toml -> b.toml -> a.toml"
+    assert f"[suite] include: include cycle: {cycle}" in text and "\n" not in text
+
+
+def test_suite_that_is_not_utf8_is_one_line(tmp_path):
+    path = tmp_path / "latin1.toml"
+    path.write_bytes(MINIMAL.replace('name = "t"', 'name = "t"\ndescription = "caf\u00e9"').encode("latin-1"))
+    with pytest.raises(HarnessError) as error:
+        load_suite(path)
+    assert str(error.value) == f"{path}: not UTF-8 text (byte 0xe9 on line 4); TOML files must be saved as UTF-8"
+
+
+def test_utf8_byte_order_mark_is_accepted(tmp_path):
+    path = tmp_path / "bom.toml"
+    path.write_bytes(MINIMAL.encode("utf-8-sig"))
+    assert [c.id for c in load_suite(path).cases] == [c.id for c in load_suite(write(tmp_path, MINIMAL)).cases]
+
+
+def test_cases_round_trip_through_json():
+    """What the case subprocess is given is the case itself: dump, JSON text, validate, equal."""
+    import torch
+
+    for path in sorted((REPO / "suites").glob("*.toml")):
+        if 'device = "cuda"' in path.read_text() and not torch.cuda.is_available():
+            continue
+        suite = load_suite(path)
+        for part in suite.parts:
+            assert from_json(MeasureConfig, json.loads(json.dumps(to_json(part.measure)))) == part.measure
+            for case in part.cases:
+                assert from_json(CaseConfig, json.loads(json.dumps(to_json(case)))) == case, case.id
 
 
 @pytest.mark.parametrize("bad", ["iteratons = 1", 'iterations = "five"'])

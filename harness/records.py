@@ -1,0 +1,493 @@
+"""The run record, `run.json`, described once: TypedDicts over the suite's own dataclasses.
+
+A record is written as plain dicts (`harness.results.new_run`, `harness.runner`, `harness.case`) and
+read as plain dicts (analysis, report), so its parts are TypedDicts: `NotRequired` marks the keys only
+some runs carry. The configs in it (`MeasureConfig`, `CaseConfig` and what it holds) are the suite's
+dataclasses themselves, as `harness.suite.to_json` writes them.
+
+From these comes `run_schema()`, their JSON Schema: `load_run` checks a record against it
+(`check_record`), and `harness/run_schema.json` holds a copy, which `python -m harness.schema RUN_DIR`
+checks runs against without the code. After a change here, `python -m harness.schema --write`
+regenerates that file (a test compares the two).
+
+Keys are required where the harness always writes them, and types are enforced; extra keys are allowed
+everywhere, so a new field needs no new schema version. Add it here all the same (a per-iteration
+figure: `Iteration`), with a line saying what it measures, and regenerate the schema.
+"""
+
+import functools
+import json
+import re
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal, NotRequired
+
+import jsonschema
+from annotated_types import Ge, Gt, Len, MinLen
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import best_match
+from pydantic import ConfigDict, Field, TypeAdapter, with_config
+from pydantic.json_schema import GenerateJsonSchema
+from typing_extensions import TypedDict  # pydantic needs typing_extensions' TypedDict before 3.12
+
+from backends.base import INFERENCE_MODES
+from harness.suite import CaseConfig, MeasureConfig
+
+SCHEMA_VERSION = 3
+"""The version of the record's layout; a reader refuses any other. 2: iterations time one learner
+phase (`train_s`) and keep the learner's statistics as a named map (issue 8). 3: bytes are measured
+serialized sizes, not formulas; times are on one clock (offsets across nodes), never clamped; each
+iteration keeps its per-worker times, the request dispatch and the measured env step cost (issue 10)."""
+
+# Every part of a record: extra keys allowed (a new field needs no new version); field docstrings become
+# the schema's descriptions.
+_record = with_config(ConfigDict(extra="allow", use_attribute_docstrings=True))
+
+Seconds = Annotated[float, Ge(0)]
+Count = Annotated[int, Ge(0)]
+Positive = Annotated[int, Ge(1)]
+Name = Annotated[str, MinLen(1)]
+Timestamp = Annotated[str, Field(pattern=r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}", description="ISO 8601, UTC.")]
+
+
+# --- about the run as a whole ---------------------------------------------------------------------
+
+
+@_record
+class SuiteRecord(TypedDict):
+    """The suite file the run ran."""
+
+    name: Name
+    description: str
+    path: str
+    sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+    text: str
+    """The suite file's text, so the run can be repeated from the record alone."""
+
+
+@_record
+class Gpu(TypedDict):
+    name: str
+    memory_mib: Count
+
+
+@_record
+class Machine(TypedDict):
+    """harness.machine.machine_info(): cores, memory, load and GPUs, what a reader needs to judge a number."""
+
+    hostname: str
+    platform: str
+    python: str
+    cpu_model: str
+    physical_cores: Positive | None
+    """null where psutil cannot tell."""
+    logical_cores: Positive | None
+    usable_cpus: NotRequired[Annotated[float, Gt(0)]]
+    """CPUs this run could use: the affinity mask, capped by a cgroup CPU quota. What oversubscription is
+    counted against."""
+    memory_gib: Annotated[float, Ge(0)]
+    load_average: Annotated[list[float], Len(3, 3)]
+    gpus: list[Gpu]
+    torch_threads: Positive
+    omp_num_threads: str | None
+
+
+@_record
+class Packages(TypedDict, extra_items=str | None):
+    """harness.machine.package_versions(): the installed version of each package that shapes the
+    numbers, null when not installed."""
+
+    torch: str | None
+    ray: str | None
+    gymnasium: str | None
+    numpy: str | None
+
+
+@_record
+class Commit(TypedDict):
+    """harness.machine.commit_info(), collected without ever raising: id and dirty are null, and `error`
+    says why, where git cannot tell."""
+
+    id: Annotated[str, Field(pattern=r"^[0-9a-f]{40,64}$")] | None
+    branch: NotRequired[str]
+    dirty: bool | None
+    error: NotRequired[str]
+    changed_files: NotRequired[list[str]]
+    """Tracked files with uncommitted changes (untracked files do not make a run dirty)."""
+
+
+@_record
+class PartRecord(TypedDict):
+    """A part of the suite (harness.suite.SuitePart) without its cases, which `cases` lists."""
+
+    name: Name
+    description: str
+    measure: MeasureConfig
+    tables: list[str]
+    """The report tables of this part."""
+    baseline: str | None
+    """Label of the case speedups are measured against."""
+
+
+# --- one run of one case: what harness.case writes, and the runner adds to ------------------------
+
+
+@_record
+class LearnerInfo(TypedDict):
+    """Learner.describe() plus the harness's own: name, startup_s (building the learner, compile
+    included), device."""
+
+    name: str
+    startup_s: Seconds
+    device: NotRequired[str]
+
+
+@_record
+class ClockInfo(TypedDict):
+    """How the worker's perf_counter relates to the learner's: learner time = worker time - offset_s."""
+
+    method: Literal["shared", "cristian"]
+    """`shared`: one system-wide CLOCK_MONOTONIC on the learner's host; `cristian`: estimated at start-up by
+    ping-pong (Cristian's method), keeping the smallest round trip."""
+    offset_s: float
+    uncertainty_s: Seconds
+    """Half the best round trip: the true offset lies within offset_s +- this."""
+    round_trip_s: Seconds | None
+
+
+@_record
+class Placement(TypedDict):
+    """Where one worker runs (pid, host, Ray node, ...)."""
+
+    worker: int
+    host: NotRequired[str]
+    cpus: NotRequired[Annotated[float, Gt(0)]]
+    """CPUs usable on the worker's host (affinity mask, cgroup quota): oversubscription is judged per host."""
+    clock: NotRequired[ClockInfo]
+
+
+@_record
+class BackendDescription(TypedDict):
+    """Backend.describe(): the spec as the backend ran it, plus its own fields (transport, placement, nodes)."""
+
+    backend: str
+    workers: Positive
+    envs_per_worker: Positive
+    num_envs: Positive
+    inference: Literal[INFERENCE_MODES]
+    autoreset_mode: str
+    options: dict[str, Any]
+    placement: NotRequired[list[Placement]]
+    nodes: NotRequired[list[str]]
+    learner_clock: NotRequired[str]
+    """time.get_clock_info("perf_counter").implementation on the learner (remote backends)."""
+    remote_worker_nodes: NotRequired[Count]
+    """Ray nodes other than the driver's that host workers: each fetches a weight broadcast over the network."""
+
+
+@_record
+class PolicyLag(TypedDict):
+    """Over the iteration's fragments: the learner's version when it trained on the batch minus the
+    version each fragment was sampled with."""
+
+    min: Count
+    mean: Annotated[float, Ge(0)]
+    max: Count
+
+
+@_record
+class WorkerTimes(TypedDict):
+    """One worker's share of a batch; times in seconds after the learner began dispatching, on its clock."""
+
+    compute_s: Seconds
+    """The worker's own sampling (central inference: its stepping, summed)."""
+    bytes: Count
+    """Serialized size of its reply."""
+    env_cost_s: Seconds
+    env_cost_steps: Count
+    sent_s: float | None
+    """When the learner began handing it the request (null with central inference)."""
+    start_s: float | None
+    """When it began sampling, after the clock offset."""
+    ready_s: float | None
+    """When it handed the fragment to the transport."""
+    clock_uncertainty_s: Seconds
+
+
+@_record
+class Iteration(TypedDict):
+    """One iteration of the learner/backend loop, each phase timed by the harness with time.perf_counter()."""
+
+    index: Count
+    warmup: bool
+    """Excluded from every statistic."""
+    steps: Positive
+    sync_s: Seconds
+    """The learner's time sending weights (sync: until every copy loaded them; overlap: handing them over
+    without waiting, plus the first barrier broadcast in iteration 0)."""
+    collect_s: Seconds
+    """The learner's time getting this iteration's batch (sync: sampling it; overlap: waiting for it, plus
+    dispatching the next request)."""
+    train_s: Seconds
+    """Learner.train(rollout): for PPO, GAE plus the update."""
+    total_s: Seconds
+    """Wall time of the iteration on the learner's timeline: sync_s + collect_s + train_s. Under overlap the
+    workers' sampling runs during train_s and is not added in."""
+    train_wall_s: Seconds
+    """Wall time of this run's iterations so far, this one included (evaluations excluded)."""
+    policy_lag: PolicyLag
+    sync_bytes: Count | None
+    """Serialized bytes of this iteration's weight broadcasts, measured (stored once however many workers
+    read them); 0 with central inference, null in-process."""
+    sync_bytes_serialized: Count
+    """As sync_bytes, but 0 rather than null in-process."""
+    sync_bytes_network: Count
+    """Of those, bytes fetched over the network: serialized size times the Ray nodes other than the driver's
+    that host workers (0 on one node and for multiprocessing)."""
+    sync_in_process: bool
+    """True when no policy copy left the learner's process (in-process backends, central inference)."""
+    dispatch_s: Seconds | None
+    """The learner sending this batch's sample request to every worker (in neither compute nor transfer;
+    under overlap it was sent during the previous iteration). Null in-process and with central inference."""
+    worker_compute_s: Seconds | None
+    """The slowest worker's own sampling time for this batch (null in-process); under overlap it runs in
+    parallel with the learner."""
+    transfer_s: float | None
+    """From the last fragment being ready to the learner holding the joined rollout (null in-process).
+    Across nodes, worker clocks are corrected by an estimated offset, so it may come out slightly negative."""
+    transfer_bytes: Count | None
+    """Serialized bytes of the workers' replies (multiprocessing: pickled message sizes; Ray: serialized
+    object sizes), summed; central inference: every step's messages both ways. Null in-process."""
+    transfer_uncertainty_s: Seconds | None
+    """Largest clock-offset uncertainty among workers that may have been ready after the learner asked (0 on one host)."""
+    clock_violations: Count | None
+    """Workers whose corrected times broke causality by more than their uncertainty: suspect, kept as measured."""
+    asked_s: float | None
+    """When the learner asked for the batch, seconds after it began dispatching the request."""
+    joined_s: float | None
+    """When the learner held the joined rollout, on the same scale."""
+    workers: list[WorkerTimes] | None
+    """Per worker, the times and sizes the aggregates above come from (null in-process)."""
+    env_cost_ms_mean: Annotated[float, Ge(0)] | None
+    """Measured wall time per env step inside the synthetic step cost, over all envs; null without one."""
+    env_cost_steps: Count
+    policy_version: Count
+    episodes: Count
+    episode_return_mean: float | None
+    steps_trained: Count
+    learner: dict[str, float]
+    """The named statistics Learner.train returned (PPO: policy_loss, value_loss, entropy, approx_kl,
+    clip_fraction, learning_rate, gae_s, update_s). Names ending in _s are durations the learner measured
+    inside the call."""
+
+
+@_record
+class Evaluation(TypedDict):
+    """Deterministic evaluation (mean action) on seeds disjoint from training."""
+
+    steps: Count
+    mean_return: float
+    returns: Annotated[list[float], MinLen(1)]
+    seconds: Seconds
+    train_wall_s: Seconds
+    """Wall time of the iterations before this evaluation: what 'seconds to the threshold' counts."""
+
+
+@_record
+class MeanMax(TypedDict):
+    mean: float
+    max: float
+
+
+@_record
+class Resources(TypedDict, extra_items=MeanMax):
+    """harness.monitor.ResourceMonitor.summary(): mean and max of every sampled quantity."""
+
+    interval_s: Annotated[float, Gt(0)]
+    samples: Count
+    gpu_present: bool
+
+
+OK_RUN_KEYS = ("torch_threads", "startup_s", "shutdown_s", "learner", "backend", "iterations", "evaluations", "resources")
+"""What a run with status `ok` always has; a run with status `error` has `error` instead."""
+
+
+@with_config(
+    ConfigDict(
+        extra="allow",
+        use_attribute_docstrings=True,
+        json_schema_extra={
+            "if": {"properties": {"status": {"const": "ok"}}},
+            "then": {"required": list(OK_RUN_KEYS)},
+            "else": {"required": ["error"]},
+        },
+    )
+)
+class RunResult(TypedDict):
+    """One fresh-process run of a case. An `error` run keeps whatever iterations finished before the failure."""
+
+    seed: int
+    repeat: Count
+    status: Literal["ok", "error"]
+    log: str
+    """The case process's stderr, relative to the run folder."""
+    error: NotRequired[str]
+    traceback: NotRequired[str]
+    torch_threads: NotRequired[Positive]
+    startup_s: NotRequired[Seconds]
+    """Backend.start: launching workers and making their envs."""
+    learner: NotRequired[LearnerInfo]
+    shutdown_s: NotRequired[Seconds]
+    backend: NotRequired[BackendDescription]
+    iterations: NotRequired[list[Iteration]]
+    evaluations: NotRequired[list[Evaluation]]
+    final_evaluation: NotRequired[Evaluation]
+    resources: NotRequired[Resources]
+
+
+@dataclass(frozen=True, kw_only=True)
+class CaseRecord(CaseConfig):
+    """harness.suite.CaseConfig plus its runs, one per repeat (throughput) or seed (convergence)."""
+
+    runs: list[RunResult]
+
+
+@_record
+class RunRecord(TypedDict):
+    """The raw record `python -m harness run` writes (harness/results.py, harness/runner.py,
+    harness/case.py). Keys are required where the harness always writes them; extra keys are allowed, so
+    adding a field does not need a new schema version. Generated from harness/records.py by `python -m
+    harness.schema --write`; `python -m harness.schema RUN_DIR` checks a run against it."""
+
+    schema_version: Literal[SCHEMA_VERSION]
+    """harness.records.SCHEMA_VERSION; a reader refuses any other."""
+    status: Literal["running", "complete", "interrupted"]
+    """`running` while cases run (the file is rewritten after each) or if the harness itself died."""
+    created: Timestamp
+    finished: Timestamp | None
+    """ISO 8601, UTC; null until the run ends."""
+    command: list[str]
+    """sys.argv of the run."""
+    quick: bool
+    """`--quick`: budgets shrunk, not for publishing."""
+    suite: SuiteRecord
+    machine: Machine
+    packages: Packages
+    commit: Commit
+    parts: Annotated[list[PartRecord], MinLen(1)]
+    cases: list[CaseRecord]
+
+
+# --- checking a record, and its JSON Schema -------------------------------------------------------
+
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_JSON_TYPES = ((bool, "boolean"), (int, "integer"), (float, "number"), (str, "string"), (list, "array"), (dict, "object"))
+
+
+def check_record(run: Any, schema: dict[str, Any] | None = None) -> None:
+    """Check a parsed run.json against `schema` (by default the one the models generate); raise
+    ValueError naming the JSON path of the first problem, on one line:
+    `$.cases[0].runs[0].iterations[1].sync_s: expected number, got string`."""
+    validator = _models_validator() if schema is None else Draft202012Validator(schema)
+    errors = list(validator.iter_errors(run))
+    if errors:
+        more = f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
+        raise ValueError(_describe(best_match(errors)) + more)
+
+
+@functools.cache
+def _models_validator() -> Draft202012Validator:
+    return Draft202012Validator(run_schema())
+
+
+def _describe(error: jsonschema.ValidationError) -> str:
+    """`PATH: problem` on one line, short whatever the offending value is."""
+    path = list(error.absolute_path)
+    kind, expected, value = error.validator, error.validator_value, error.instance
+    if kind == "required" and isinstance(value, dict):
+        missing = [key for key in expected if key not in value]
+        return f"{json_path([*path, missing[0]])}: required key is missing"
+    if kind == "type":
+        wanted = " or ".join(expected) if isinstance(expected, list) else expected
+        problem = f"expected {wanted}, got {json_type(value)}"
+    elif kind == "const":
+        problem = f"must be {json.dumps(expected)}, got {_short(value)}"
+    elif kind == "enum":
+        problem = f"must be one of {', '.join(json.dumps(v) for v in expected)}, got {_short(value)}"
+    elif kind == "pattern":
+        problem = f"{_short(value)} does not match {expected}"
+    elif kind in ("minItems", "maxItems"):
+        problem = f"has {len(value)} items, {'at least' if kind == 'minItems' else 'at most'} {expected} expected"
+    else:
+        problem = _short(error.message, 160)
+    return f"{json_path(path)}: {problem}"
+
+
+def json_path(parts: Any) -> str:
+    """`$.cases[0].runs[1]` from a sequence of keys and indices."""
+    out = "$"
+    for part in parts:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif _IDENTIFIER.match(part):
+            out += f".{part}"
+        else:
+            out += f"[{json.dumps(part)}]"
+    return out
+
+
+def json_type(value: Any) -> str:
+    """The JSON type of a parsed value: null, boolean, integer, number, string, array or object."""
+    if value is None:
+        return "null"
+    return next((name for cls, name in _JSON_TYPES if isinstance(value, cls)), type(value).__name__)
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = value if isinstance(value, str) and limit > 60 else json.dumps(value, default=str)
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+class _RecordSchema(GenerateJsonSchema):
+    """The JSON Schema of a record, not of an input: every dataclass field is required (`to_json` writes
+    them all) and shows no default; no per-field titles; `X | None` is `"type": [X, "null"]`."""
+
+    def field_is_required(self, field: Any, total: bool) -> bool:
+        return super().field_is_required(field, total) if field["type"] == "typed-dict-field" else True
+
+    def default_schema(self, schema: Any) -> Any:
+        return self.generate_inner(schema["schema"])
+
+    def field_title_should_be_set(self, schema: Any) -> bool:
+        return False
+
+    def nullable_schema(self, schema: Any) -> Any:
+        inner = self.generate_inner(schema["schema"])
+        if isinstance(inner.get("type"), str) and not {"$ref", "const", "enum"} & inner.keys():
+            return {**inner, "type": [inner["type"], "null"]}
+        return self.get_union_of_schemas([inner, {"type": "null"}])
+
+
+def run_schema() -> dict[str, Any]:
+    """The JSON Schema (draft 2020-12) of run.json, generated from `RunRecord`."""
+    schema = TypeAdapter(RunRecord).json_schema(schema_generator=_RecordSchema)
+    return _unwrapped(
+        {
+            "$schema": "https://json-schema.org/draft/2020-12/schema",
+            "$id": f"urn:ppo-harness:run-schema:{SCHEMA_VERSION}",
+            **schema,
+            "title": f"run.json, schema version {SCHEMA_VERSION}",
+        }
+    )
+
+
+def _unwrapped(schema: Any) -> Any:
+    """Descriptions on one line each: docstrings are wrapped at the code's line length."""
+    if isinstance(schema, list):
+        return [_unwrapped(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    return {
+        key: " ".join(value.split()) if key == "description" and isinstance(value, str) else _unwrapped(value)
+        for key, value in schema.items()
+    }

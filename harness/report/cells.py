@@ -1,0 +1,130 @@
+"""How numbers become table cells, and what every table receives: one place for formats and wording."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tabulate import tabulate
+
+from harness.analysis import CaseStats, baseline_case
+from harness.stats import MIN_SAMPLES_FOR_INTERVAL, Comparison, Estimate, compare
+
+# The research report's own column headers (section 4), and the words around them, for `--lang zh`.
+HEADERS = {
+    "en": {
+        "config": "Config",
+        "workers": "Workers",
+        "fps": "FPS (steps/s)",
+        "speedup": "Speedup",
+        "steps_to": "Steps to {threshold:g}",
+        "final": "Final mean return",
+        "comm_type": "Type",
+        "mean_ms": "Mean time (ms)",
+        "share": "Share of total time (%)",
+        "weight_sync": "Weight sync",
+        "transfer": "Trajectory transfer",
+        "dispatch": "Request dispatch",
+        "geomean": "geometric mean of repeats",
+        "ratio": "ratio of geometric means",
+        "of_runs": "mean of runs",
+        "report": "Report's figure",
+    },
+    "zh": {
+        "config": "配置",
+        "workers": "工作器数量",
+        "fps": "FPS（步/秒）",
+        "speedup": "相对加速比",
+        "steps_to": "达到{threshold:g}分阈值的步数",
+        "final": "最终性能（平均奖励）",
+        "comm_type": "通信类型",
+        "mean_ms": "平均时间（毫秒）",
+        "share": "占总时间比例（%）",
+        "weight_sync": "权重同步",
+        "transfer": "轨迹传输",
+        "dispatch": "请求分发",
+        "geomean": "重复运行的几何平均",
+        "ratio": "几何平均之比",
+        "of_runs": "各次运行的平均",
+        "report": "报告数值",
+    },
+}
+
+
+@dataclass(frozen=True)
+class TableContext:
+    """What a table or claim check may use: the part's cases, its baseline and the header words."""
+
+    cases: list[CaseStats]
+    baseline_label: str | None
+    h: dict[str, str]
+
+    @property
+    def baseline(self) -> CaseStats | None:
+        return baseline_case(self.cases, self.baseline_label)
+
+    def speedup(self, case: CaseStats) -> Comparison | None:
+        """The case's FPS over the baseline's, with the interval of the ratio (both cases' repeats count)."""
+        base = self.baseline
+        if base is None or not case.fps_samples or not base.fps_samples:
+            return None
+        return compare(base.fps_samples, case.fps_samples)
+
+
+def num(value: float | None, digits: int = 0) -> str:
+    return "n/a" if value is None else f"{value:,.{digits}f}"
+
+
+def pct(value: float | None, digits: int = 1) -> str:
+    return "n/a" if value is None else f"{100 * value:.{digits}f}"
+
+
+def value(estimate: Estimate | None, digits: int = 0, scale: float = 1.0) -> str:
+    return "n/a" if estimate is None else f"{scale * estimate.value:,.{digits}f}"
+
+
+def interval(estimate: Estimate | None, digits: int = 0, scale: float = 1.0) -> str:
+    """`low – high`, or why there is none."""
+    if estimate is None:
+        return "n/a"
+    if not estimate.has_interval:
+        return f"n={estimate.n}: too few for an interval"
+    return f"{scale * estimate.low:,.{digits}f} – {scale * estimate.high:,.{digits}f}"  # type: ignore[operator]
+
+
+def with_interval(estimate: Estimate | None, digits: int = 0, scale: float = 1.0) -> str:
+    """`value (low – high)` in one cell, or `value (n=2)` without an interval."""
+    if estimate is None:
+        return "n/a"
+    if not estimate.has_interval:
+        return f"{value(estimate, digits, scale)} (n={estimate.n})"
+    return f"{value(estimate, digits, scale)} ({interval(estimate, digits, scale)})"
+
+
+def config(case: CaseStats) -> str:
+    """The case's unique name, marked when it is oversubscribed."""
+    return case.name + (" ⚠" if case.oversubscribed else "")
+
+
+def notes(case: CaseStats) -> str:
+    out = []
+    if case.oversubscribed:
+        crowded = [f"{n} busy on {host} ({cap:g} CPUs)" for host, (n, cap) in case.busy_per_host.items() if cap and n > cap]
+        out.append("oversubscribed: " + "; ".join(crowded))
+    if case.errors:
+        out.append(f"{len(case.errors)} run(s) failed: {case.errors[0]}")
+    return "; ".join(out)
+
+
+def claimed(case: CaseStats, *keys: str, digits: int = 0, suffix: str = "") -> str:
+    """The report's own figure(s) for this cell, or empty."""
+    return " / ".join(f"{case.claims[k]:,.{digits}f}{suffix}" for k in keys if k in case.claims)
+
+
+def table(rows: list[list[object]], headers: list[str]) -> str:
+    return tabulate(rows, headers, tablefmt="github", disable_numparse=True)
+
+
+INTERVAL_RULE = (
+    f"an interval needs at least {MIN_SAMPLES_FOR_INTERVAL} independent runs (with 2, Student's t-quantile is 12.7 and "
+    "the interval spans an order of magnitude)"
+)

@@ -1,0 +1,59 @@
+"""Communication overhead (report 4.4): weight sync and trajectory transfer, time, share and bytes."""
+
+from __future__ import annotations
+
+from harness.report.cells import TableContext, claimed, config, interval, num, table, value
+
+
+def communication_table(ctx: TableContext) -> tuple[str, list[str]]:
+    h, rows, lines = ctx.h, [], []
+    remote = [c for c in ctx.cases if c.remote]
+    multi_node = any(c.sync_network_bytes for c in remote)
+    for c in remote:
+        central = c.inference == "central"
+        kinds = (
+            (h["weight_sync"], c.sync_ms, c.sync_share, c.sync_bytes, c.sync_network_bytes, ("sync_ms", "sync_share")),
+            (h["transfer"], c.transfer_ms, c.transfer_share, c.transfer_bytes, None, ("transfer_ms", "transfer_share")),
+        )
+        for kind, ms, share, nbytes, network, claim_keys in kinds:
+            if central and kind == h["weight_sync"]:
+                rows.append(
+                    [kind, "n/a: in-process", "", "0.0", "", config(c), c.workers, "0", *([""] if multi_node else []), ""]
+                )
+                continue
+            report = " / ".join(
+                x
+                for x in (claimed(c, claim_keys[0], digits=1, suffix=" ms"), claimed(c, claim_keys[1], digits=1, suffix="%"))
+                if x
+            )
+            rows.append([kind, value(ms, 2), interval(ms, 2), value(share, 1, 100), interval(share, 1, 100), config(c), c.workers,
+                         num(nbytes), *([num(network)] if multi_node else []), report])  # fmt: skip
+        if c.dispatch_ms:
+            rows.append([h["dispatch"], value(c.dispatch_ms, 2), interval(c.dispatch_ms, 2), "", "", config(c), c.workers,
+                         "", *([""] if multi_node else []), ""])  # fmt: skip
+        if c.clock_violations:
+            lines.append(f"{c.name}: {c.clock_violations} worker time(s) broke causality by more than the clock offset's "
+                         "uncertainty; those transfer times are suspect (kept as measured, never clamped).")  # fmt: skip
+        if c.communication_share:
+            what = "trajectory transfer (weight loads stay in-process)" if central else "weight sync + trajectory transfer"
+            share = c.communication_share
+            span = f" (95% CI {interval(share, 1, 100)})" if share.has_interval else f" (n={share.n}: no interval)"
+            lines.append(f"{c.name}: {what} is {100 * share.value:.1f}%{span} of iteration time.")
+    if not rows:
+        return "No process backend in this part: weight sync and transfer do not apply in-process.", []
+    headers = [h["comm_type"], f"{h['mean_ms']}, {h['of_runs']}", "95% CI (ms)", f"{h['share']}, {h['of_runs']}", "95% CI (%)",
+               h["config"], h["workers"], "Bytes serialized / iteration", *(["Bytes over the network / iteration"] if multi_node else []),
+               f"{h['report']} (ms / %)"]  # fmt: skip
+    lines.append(
+        "Request dispatch: the learner sending the sample request to every worker, counted in neither sampling nor "
+        "transfer (under overlap it happens inside the previous iteration's collect). "
+        "Times: each run's mean per iteration, then the mean over runs with a 95% t-interval (shares clipped to 0–100%). "
+        "Bytes: what was serialized for the move, measured (a weight broadcast is stored once and read by every worker on "
+        "its node)"
+        + (
+            "; over the network: what nodes other than the learner's fetched."
+            if multi_node
+            else "; every worker ran on the learner's node, so nothing crossed a network."
+        )
+    )
+    return table(rows, headers), lines
