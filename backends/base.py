@@ -50,6 +50,8 @@ class BackendSpec:
             raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
         if self.max_lag < 1:
             raise ValueError(f"max_lag must be at least 1, got {self.max_lag}")
+        if self.workers < 1 or self.envs_per_worker < 1:
+            raise ValueError(f"workers and envs_per_worker must be positive, got {self.workers} and {self.envs_per_worker}")
 
     @property
     def pipeline_depth(self) -> int:

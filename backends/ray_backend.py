@@ -238,6 +238,13 @@ class RayBackend(RemoteBackend):
         }
 
 
+def _short_temp_root() -> str:
+    """The temp folder (TMPDIR: the harness gives each case its own, removed after it) when short enough for
+    Ray's unix socket paths (107 bytes, about 60 of them Ray's own), else /tmp."""
+    root = tempfile.gettempdir()
+    return root if len(root) <= 40 else "/tmp"
+
+
 class RayLocalBackend(RayBackend):
     """Ray embedded in the learner's process (`ray.init`), on this machine's cores."""
 
@@ -246,7 +253,7 @@ class RayLocalBackend(RayBackend):
         self.num_cpus = float(cpus)
         # A short private temp dir (unix socket paths max 107 bytes), removed on close;
         # token auth with a per-run token so nothing else on the machine can join.
-        self.temp_dir = tempfile.mkdtemp(prefix="rl", dir="/tmp")
+        self.temp_dir = tempfile.mkdtemp(prefix="rl", dir=_short_temp_root())
         token_path = Path(self.temp_dir) / "token"
         token_path.write_text(secrets.token_hex(32))
         token_path.chmod(0o600)

@@ -35,6 +35,7 @@ from harness.errors import HarnessError
 from harness.monitor import ResourceMonitor
 from harness.schedule import SCHEDULE_CLASSES, Schedule, lag_summary
 from harness.suite import CaseConfig, MeasureConfig, from_json
+from harness.watchdog import EPISODE_STEPS, STARTUP_S, Watchdog, default_deadline
 
 PROGRESS_PREFIX = "@@progress"
 
@@ -59,6 +60,19 @@ class CaseRun:
         self.result_path = result_path
         self.result: dict[str, Any] = {"seed": seed, "status": "running", "iterations": [], "evaluations": []}
         self.train_wall_s = 0.0  # wall time of the iterations so far: what "seconds to the threshold" counts
+        self.phase = "setup"
+        """What the run was doing: `setup` until the first iteration starts (a failure there recurs in every run)."""
+        self.watchdog = Watchdog(self._expired)
+
+    def _deadline(self, steps: int) -> float:
+        if self.measure.iteration_timeout_s:
+            return self.measure.iteration_timeout_s
+        return default_deadline(steps, self.case.env.step_cost_ms, self.case.backend.workers)
+
+    def _expired(self, what: str) -> None:
+        """The main thread never took the watchdog's signal: record the hang before the process exits."""
+        self.result |= {"status": "error", "error": f"no progress in {what} within its deadline; the process was stuck"}
+        self._save()
 
     def iterations_planned(self) -> int:
         per_iteration = self.case.ppo.steps_per_iteration
@@ -77,7 +91,8 @@ class CaseRun:
         lag = self.case.backend.pipeline_depth  # how stale a batch the schedule will hand the learner
         setup = LearnerSetup(self.case.ppo, policy, self.seed, total_steps, self.case.algorithm.device, max_policy_lag=lag)
         started = time.perf_counter()
-        learner = create_learner(self.case.algorithm.name, setup)  # a compiled learner compiles here, not in an iteration
+        with self.watchdog.phase("building the learner", STARTUP_S):
+            learner = create_learner(self.case.algorithm.name, setup)  # a compiled learner compiles here, not in an iteration
         self.result["learner"] = {"name": self.case.algorithm.name, **learner.describe()}
         self.result["learner"]["startup_s"] = time.perf_counter() - started
         eval_policy = InferencePolicy(obs_dim, act_dim, self.case.ppo.hidden_size)
@@ -86,23 +101,29 @@ class CaseRun:
         try:
             with monitor:
                 started = time.perf_counter()
-                backend.start(self.case.env, policy, self.seed)
+                with self.watchdog.phase("starting the backend", STARTUP_S):
+                    backend.start(self.case.env, policy, self.seed)
+                # Ray's ray.init installs its own SIGTERM handler: ours decides, so the stop is recorded.
+                signal.signal(signal.SIGTERM, _terminate)
                 self.result["startup_s"] = time.perf_counter() - started
                 self.result["backend"] = backend.describe()
                 schedule = SCHEDULE_CLASSES[self.case.backend.schedule](
                     learner, backend, self.case.ppo.steps_per_iteration, planned
                 )
                 next_eval = self.measure.eval_every
+                iteration_deadline = self._deadline(self.case.ppo.steps_per_iteration)
                 for index in range(planned):
-                    self.result["iterations"].append(self._iteration(index, schedule))
+                    self.phase = f"iteration {index}"
+                    with self.watchdog.phase(self.phase, iteration_deadline):
+                        self.result["iterations"].append(self._iteration(index, schedule))
                     self._progress(index + 1, planned)
                     if self.measure.mode == "convergence" and (learner.steps_trained >= next_eval or index == planned - 1):
                         next_eval += self.measure.eval_every
-                        episodes = self.measure.eval_episodes
-                        self.result["evaluations"].append(self._evaluate(learner, eval_policy, episodes))
+                        self.result["evaluations"].append(self._evaluate(learner, eval_policy, self.measure.eval_episodes))
                     self._save()
                 if self.measure.mode == "convergence":
                     self.result["final_evaluation"] = self._evaluate(learner, eval_policy, self.measure.final_eval_episodes)
+                self.phase = "closing"
         finally:
             closing = time.perf_counter()
             backend.close()
@@ -152,9 +173,12 @@ class CaseRun:
     def _evaluate(self, learner: Learner, policy: InferencePolicy, episodes: int) -> dict[str, Any]:
         policy.load_flat(learner.weights(), learner.version)
         started = time.perf_counter()
-        returns = evaluate(
-            policy, lambda: make_env(dataclasses.replace(self.case.env, step_cost_ms=0.0)), evaluation_seeds(self.seed, episodes)
+        deadline = (
+            self._deadline(episodes * EPISODE_STEPS) if not self.measure.iteration_timeout_s else self.measure.iteration_timeout_s
         )
+        with self.watchdog.phase(f"the evaluation after {learner.steps_trained:,} steps", deadline):
+            returns = evaluate(policy, lambda: make_env(dataclasses.replace(self.case.env, step_cost_ms=0.0)),
+                               evaluation_seeds(self.seed, episodes))  # fmt: skip
         return {
             "steps": learner.steps_trained,
             "train_wall_s": self.train_wall_s,
@@ -173,9 +197,18 @@ class CaseRun:
             tmp.replace(self.result_path)
 
 
+class Stopped(SystemExit):
+    """SIGTERM reached the case: from the runner (a stop, --case-timeout) or the watchdog (a hang)."""
+
+
 def _terminate(signum: int, frame: object) -> None:
     # Turn SIGTERM into an exception so `finally` closes the backend (Ray, worker processes).
-    raise SystemExit(f"stopped by signal {signum}")
+    raise Stopped(f"stopped by signal {signal.Signals(signum).name}")
+
+
+# Errors that come from the configuration or the code, not the moment: raised during set-up, they would
+# recur in every repeat, so the runner runs the case's other repeats no more (harness/runner.py).
+DETERMINISTIC = (HarnessError, ValueError, TypeError, KeyError, AttributeError, ImportError, NotImplementedError)
 
 
 def main(argv: list[str]) -> int:
@@ -188,15 +221,24 @@ def main(argv: list[str]) -> int:
         run.run()
         return 0
     except BaseException as exc:  # recorded for the parent, whatever it was
-        message = str(exc) if isinstance(exc, HarnessError) else f"{type(exc).__name__}: {exc}"
+        if run.watchdog.expired is not None and isinstance(exc, Stopped):
+            message = (f"hung: no progress in {run.watchdog.expired} within its deadline of "
+                       f"{run.watchdog.expired_after:.0f} s; raise [measure] iteration_timeout_s if it is only slow")  # fmt: skip
+        else:
+            message = str(exc) if isinstance(exc, HarnessError) else f"{type(exc).__name__}: {exc}"
         run.result |= {
             "status": "error",
             "error": message.splitlines()[0] if message else type(exc).__name__,
             "traceback": traceback.format_exc(),
+            "phase": run.phase,
+            # A hang recurs too: each repeat would wait out the same deadline.
+            "deterministic": (run.phase == "setup" and isinstance(exc, DETERMINISTIC)) or run.watchdog.expired is not None,
         }
         run._save()
         print(traceback.format_exc(), file=sys.stderr, flush=True)
         return 1
+    finally:
+        run.watchdog.close()
 
 
 if __name__ == "__main__":

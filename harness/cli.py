@@ -6,7 +6,9 @@ User mistakes end as one line `error: ...` and exit status 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import math
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -26,7 +28,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", type=Path, default=Path("results"), help="parent folder of the run folder (default: results)")
     run.add_argument("--quick", action="store_true", help="shrink budgets for a fast look (not for publishing)")
     run.add_argument("--address", help="Ray cluster address for ray_cluster cases (after the suite's and RAY_ADDRESS)")
-    run.add_argument("--case-timeout", type=float, default=3600.0, help="seconds before one case run is stopped (default 3600)")
+    run.add_argument("--case-timeout", type=_positive_seconds, default=3600.0,
+                     help="seconds before one case run is stopped (default 3600)")  # fmt: skip
+    run.add_argument("--resume", type=Path, metavar="RUN_DIR",
+                     help="finish the runs of RUN_DIR that are not ok, in that folder (same suite and code)")  # fmt: skip
+    run.add_argument("--force", action="store_true", help="with --resume: even if the suite or the code changed")
     run.add_argument("--lang", choices=("en", "zh"), default="en", help="language of the report's table headers")
 
     commands.add_parser("list", help="list backends, suites and PPO presets")
@@ -47,6 +53,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _positive_seconds(text: str) -> float:
+    """argparse type: a finite number of seconds above zero."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text}")
+    return value
+
+
 def resolve_suite(name: str) -> Path:
     """A path, or a bare suite name looked up in suites/."""
     path = Path(name)
@@ -63,12 +80,14 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
 
     suite = load_suite(resolve_suite(args.suite))
     suite = _with_cluster_address(suite, args.address)
-    run_dir, run = run_suite(suite, args.out, args.quick, sys.argv, args.case_timeout, console)
+    if args.force and not args.resume:
+        raise HarnessError("--force only applies with --resume RUN_DIR")
+    run_dir, run = run_suite(suite, args.out, args.quick, sys.argv, args.case_timeout, console, args.resume, args.force)
     report = write_report(run_dir, args.lang)
     console.print(f"results: {run_dir / 'run.json'}\nreport:  {report}")
     failed = sum(1 for c in run["cases"] for r in c["runs"] if r.get("status") != "ok")
     if run["status"] == "interrupted":
-        return 130
+        return 128 + signal.Signals[run.get("stopped_by", "SIGINT")].value
     if failed:
         console.print(f"[red]{failed} run(s) failed[/]: their errors are in run.json and the report's notes")
         return 1
@@ -170,6 +189,8 @@ def cmd_compare(args: argparse.Namespace, console: Console) -> int:
         rows.append([case_id + mark, f"{a.fps.value:,.0f}", f"{b.fps.value:,.0f}", f"{ratio.value:.3f}", span, result.verdict()])
     if not rows:
         raise HarnessError(f"{args.run_a} and {args.run_b} have no measured case in common; compare runs of the same suite")
+    if run_a.get("quick") != run_b.get("quick"):
+        console.print("[yellow]warning[/]: one run is --quick and the other is not; their budgets differ")
     if run_a["machine"].get("cpu_model") != run_b["machine"].get("cpu_model"):
         console.print("[yellow]warning[/]: the runs come from different machines; ratios mix hardware and code")
     if differing:
@@ -207,6 +228,6 @@ def main(argv: list[str] | None = None) -> int:
     except HarnessError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # outside a run (the run itself stops cleanly and reports)
         print("interrupted", file=sys.stderr)
         return 130

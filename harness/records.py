@@ -332,6 +332,13 @@ class RunResult(TypedDict):
     """The case process's stderr, relative to the run folder."""
     error: NotRequired[str]
     traceback: NotRequired[str]
+    phase: NotRequired[str]
+    """What the case process was doing when it failed: `setup`, `iteration N`, `closing`."""
+    deterministic: NotRequired[bool]
+    """The failure would recur in every run (a configuration or code error during set-up, or a hang past its
+    deadline): the case's other runs were not run."""
+    resumed: NotRequired[bool]
+    """Run by `--resume`, after the run was first stopped."""
     torch_threads: NotRequired[Positive]
     startup_s: NotRequired[Seconds]
     """Backend.start: launching workers and making their envs."""
@@ -362,6 +369,12 @@ class RunRecord(TypedDict):
     """harness.records.SCHEMA_VERSION; a reader refuses any other."""
     status: Literal["running", "complete", "interrupted"]
     """`running` while cases run (the file is rewritten after each) or if the harness itself died."""
+    stopped_by: NotRequired[str]
+    """The signal that stopped an `interrupted` run (SIGINT, SIGTERM, SIGHUP)."""
+    resumed: NotRequired[list[Timestamp]]
+    """When `--resume` went on with the run, once per resume."""
+    resume_warnings: NotRequired[list[str]]
+    """What differed when a resume was forced (--force): the suite or the code."""
     created: Timestamp
     finished: Timestamp | None
     """ISO 8601, UTC; null until the run ends."""

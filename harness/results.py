@@ -12,10 +12,12 @@ import re
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from harness.errors import HarnessError
 from harness.machine import commit_info, machine_info, package_versions
 from harness.records import SCHEMA_VERSION, RunRecord, check_record
-from harness.suite import Suite, to_json
+from harness.suite import CaseConfig, MeasureConfig, Suite, from_json, to_json
 
 RUN_FILE = "run.json"
 
@@ -101,4 +103,14 @@ def load_run(run_dir: str | Path) -> dict[str, Any]:
         check_record(run)  # against the schema the record's models generate
     except ValueError as exc:
         raise HarnessError(f"{path}: {exc}; was it written by this harness, and completely?") from None
+    # The schema has the types; the configs' own range checks (workers >= 1, ...) run in their dataclasses.
+    checks = [(f"$.parts[{i}].measure", MeasureConfig, p["measure"]) for i, p in enumerate(run["parts"])]
+    checks += [(f"$.cases[{i}]", CaseConfig, {k: v for k, v in c.items() if k != "runs"}) for i, c in enumerate(run["cases"])]
+    for where, model, data in checks:
+        try:
+            from_json(model, data)
+        except ValidationError as exc:
+            error = exc.errors()[0]
+            where += "".join(f"[{k}]" if isinstance(k, int) else f".{k}" for k in error["loc"])
+            raise HarnessError(f"{path}: {where}: {error['msg']}; was it written by this harness, and completely?") from None
     return run

@@ -1,4 +1,11 @@
-"""Runs a suite: every repeat of every case in a fresh process, results saved as they finish."""
+"""Runs a suite: every repeat of every case in a fresh process, results saved as they finish.
+
+Whatever stops a run — Ctrl-C, SIGTERM (`timeout`, `docker stop`, CI), SIGHUP (a closed terminal) —
+stops it the same way: the running case is asked to close its backend, then its whole process tree is
+killed, its scratch folder (every temp dir its processes made: Ray's session, tokens) and shared-memory
+segments are removed, the run is marked `interrupted`, and `report.md` is written for what finished.
+`--resume RUN_DIR` finishes the runs that are not `ok` in the same folder.
+"""
 
 from __future__ import annotations
 
@@ -6,20 +13,68 @@ import contextlib
 import datetime as dt
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psutil
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from harness.case import PROGRESS_PREFIX
-from harness.results import new_run, new_run_dir, save_run
+from harness.errors import HarnessError
+from harness.machine import commit_info
+from harness.results import load_run, new_run, new_run_dir, save_run
 from harness.suite import CaseConfig, MeasureConfig, Suite, to_json
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+CLOSE_GRACE_S = 20.0
+"""How long a stopped case may take to close its backend (Ray shutdown, workers joined) before SIGKILL."""
+SCRATCH_ENV = "PPO_HARNESS_SCRATCH"
+"""A case process's own temp folder (also its TMPDIR): removed by the runner whatever happened."""
+SHM_PREFIX_ENV = "PPO_HARNESS_SHM_PREFIX"
+"""Shared-memory segments a case makes are named with this prefix, so leftovers can be found in /dev/shm."""
+SHM_DIR = Path("/dev/shm")
+
+
+class StopRequested(BaseException):
+    """A signal asked the run to stop; like KeyboardInterrupt, not an error of the run."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[None]:
+    """SIGINT, SIGTERM and SIGHUP raise `StopRequested` once; later ones are ignored while we clean up."""
+    fired: list[int] = []
+
+    def handler(signum: int, frame: object) -> None:
+        if not fired:
+            fired.append(signum)
+            raise StopRequested(signum)
+
+    if threading.current_thread() is not threading.main_thread():  # signals reach only the main thread
+        yield
+        return
+    previous = {s: signal.signal(s, handler) for s in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
 
 
 @dataclass(frozen=True)
@@ -55,45 +110,131 @@ def plan_jobs(suite: Suite) -> list[Job]:
 
 
 def run_suite(
-    suite: Suite, out: Path, quick: bool, command: list[str], case_timeout_s: float, console: Console
+    suite: Suite,
+    out: Path,
+    quick: bool,
+    command: list[str],
+    case_timeout_s: float,
+    console: Console,
+    resume: Path | None = None,
+    force: bool = False,
 ) -> tuple[Path, dict[str, Any]]:
-    """Run every job; returns the run folder and the final record. Never loses a finished case."""
-    if quick:
-        suite = suite.quick()
-    run_dir = new_run_dir(out, suite.name)
-    run = new_run(suite, quick, command)
-    save_run(run_dir, run)
-    jobs = plan_jobs(suite)
-    console.print(f"[bold]{suite.name}[/]: {len(jobs)} runs of {len(suite.cases)} cases -> {run_dir}")
+    """Run every job (or, with `resume`, every job of that run not yet `ok`); returns the run folder and
+    the final record. Never loses a finished case; a signal ends the run `interrupted`."""
+    if resume is not None:
+        run_dir, run = _resumable(resume, suite, force, console)
+        quick = run["quick"]
+        suite = suite.quick() if quick else suite
+    else:
+        suite = suite.quick() if quick else suite
+        run_dir = new_run_dir(out, suite.name)
+        run = new_run(suite, quick, command)
+        _save(run_dir, run)
+    jobs = [job for job in plan_jobs(suite) if not _finished(run, job)]
     logs = run_dir / "logs"
-    logs.mkdir()
+    logs.mkdir(exist_ok=True)
+    first_log = 1 + max((int(p.name[:3]) for p in logs.glob("[0-9][0-9][0-9].log")), default=0)
+    what = f"resuming {len(jobs)} unfinished runs" if resume else f"{len(jobs)} runs of {len(suite.cases)} cases"
+    console.print(f"[bold]{suite.name}[/]: {what} -> {run_dir}")
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    broken: dict[int, str] = {}  # case index -> the error that will recur in every repeat
     try:
-        with Progress(*columns, console=console, transient=False) as progress:
+        with stop_on_signals(), Progress(*columns, console=console, transient=False) as progress:
             overall = progress.add_task("all runs", total=len(jobs))
-            for number, job in enumerate(jobs, start=1):
+            for number, job in enumerate(jobs, start=first_log):
                 name = f"{job.case.id} seed {job.seed} rep {job.repeat}"
-                task = progress.add_task(name, total=None)
-                result = _run_job(
-                    job,
-                    run_dir,
-                    logs / f"{number:03d}.log",
-                    case_timeout_s,
-                    lambda d, t, task=task: progress.update(task, completed=d, total=t),
-                )
-                run["cases"][job.case_index]["runs"].append(result)
-                save_run(run_dir, run)
-                progress.remove_task(task)
+                if job.case_index in broken:
+                    result = _skipped(job, broken[job.case_index])
+                else:
+                    task = progress.add_task(name, total=None)
+                    result = _run_job(job, run_dir, logs / f"{number:03d}.log", case_timeout_s,
+                                      lambda d, t, task=task: progress.update(task, completed=d, total=t))  # fmt: skip
+                    progress.remove_task(task)
+                    if result.get("deterministic"):
+                        broken[job.case_index] = result["error"]
+                if resume is not None:
+                    result["resumed"] = True
+                _record(run, job, result)
+                _save(run_dir, run)
                 progress.advance(overall)
-                if result["status"] != "ok":
+                if result["status"] == "error":
                     console.print(f"[red]failed[/] {name}: {result.get('error')} (log: {result.get('log')})")
         run["status"] = "complete"
-    except KeyboardInterrupt:
+    except StopRequested as stop:
         run["status"] = "interrupted"
-        console.print("[yellow]interrupted[/]: finished runs are saved")
+        run["stopped_by"] = signal.Signals(stop.signum).name
+        console.print(f"[yellow]interrupted[/] by {run['stopped_by']}: finished runs are saved; "
+                      f"`python -m harness run {suite.path} --resume {run_dir}` finishes the rest")  # fmt: skip
     finally:
         run["finished"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+        _save(run_dir, run)
+    return run_dir, run
+
+
+def _save(run_dir: Path, run: dict[str, Any]) -> None:
+    """save_run, with a full disk (or any write failure) ending the run in one line, the last good file kept."""
+    try:
         save_run(run_dir, run)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            (run_dir / "run.json.tmp").unlink()
+        raise HarnessError(
+            f"cannot write {run_dir / 'run.json'}: {exc.strerror or exc}; the last complete run.json is kept "
+            f"(free some space, then `--resume {run_dir}` finishes the run)"
+        ) from None
+
+
+def _finished(run: dict[str, Any], job: Job) -> bool:
+    return any(
+        r.get("status") == "ok" and r.get("seed") == job.seed and r.get("repeat") == job.repeat
+        for r in run["cases"][job.case_index]["runs"]
+    )
+
+
+def _record(run: dict[str, Any], job: Job, result: dict[str, Any]) -> None:
+    """Add the result, replacing an unfinished attempt of the same seed and repeat (a resumed run)."""
+    runs = run["cases"][job.case_index]["runs"]
+    runs[:] = [r for r in runs if (r.get("seed"), r.get("repeat")) != (job.seed, job.repeat)] + [result]
+
+
+def _skipped(job: Job, error: str) -> dict[str, Any]:
+    return {"seed": job.seed, "repeat": job.repeat, "status": "error", "log": "",
+            "error": f"not run: an earlier run of this case failed in a way every run would ({error})"}  # fmt: skip
+
+
+def _resumable(run_dir: Path, suite: Suite, force: bool, console: Console) -> tuple[Path, dict[str, Any]]:
+    """The run to finish: same suite, same code (or --force), its leftovers cleaned up."""
+    run = load_run(run_dir)
+    run_dir = Path(run_dir)
+    if run_dir.is_file():
+        run_dir = run_dir.parent
+    planned = [to_json(c) for c in (suite.quick() if run["quick"] else suite).cases]
+    recorded = [{k: v for k, v in c.items() if k != "runs"} for c in run["cases"]]
+    problems = []
+    if run["suite"]["sha256"] != suite.sha256:
+        problems.append(
+            f"the suite file changed since the run (sha256 {run['suite']['sha256'][:12]} then, {suite.sha256[:12]} now)"
+        )
+    elif planned != recorded:
+        problems.append("the suite's cases differ from the run's (an included file changed?)")
+    commit = commit_info()
+    if run["commit"].get("id") != commit.get("id") or commit.get("dirty"):
+        then, now = run["commit"].get("id") or "unknown", commit.get("id") or "unknown"
+        problems.append(
+            f"the code changed (commit {then[:12]} then, {now[:12]}{' with changes' if commit.get('dirty') else ''} now)"
+        )
+    if problems and not force:
+        raise HarnessError(f"cannot resume {run_dir}: {'; '.join(problems)}; rerun from scratch, or pass --force to mix them")
+    if problems:
+        console.print(f"[yellow]warning[/]: resuming anyway (--force): {'; '.join(problems)}")
+        run.setdefault("resume_warnings", []).extend(problems)
+    if planned != recorded:
+        raise HarnessError(f"cannot resume {run_dir}: its cases are not this suite's, even with --force; pass the suite it ran")
+    for leftover in sorted((run_dir / "logs").glob("*.scratch")):  # the harness itself was killed mid-case
+        _clean_scratch(Path(leftover.read_text().strip()))
+        leftover.unlink()
+    run["status"] = "running"
+    run.setdefault("resumed", []).append(dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
     return run_dir, run
 
 
@@ -103,37 +244,51 @@ def _run_job(job: Job, run_dir: Path, log_path: Path, timeout_s: float, on_progr
     spec = {"case": to_json(job.case), "measure": to_json(job.measure), "seed": job.seed}  # harness.case reads it
     spec_path.write_text(json.dumps(spec))
     command = [sys.executable, "-m", "harness.case", str(spec_path), str(result_path)]
-    env = os.environ | {"PYTHONUNBUFFERED": "1"}
-    with open(log_path, "w") as log:
-        # Own session: on a time-out the whole tree (workers, embedded Ray) goes with it.
-        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log, text=True, env=env, start_new_session=True)
-        timed_out = _follow(proc, timeout_s, on_progress, log)
-    result: dict[str, Any] = {
-        "seed": job.seed,
-        "repeat": job.repeat,
-        "status": "error",
-        "log": str(log_path.relative_to(run_dir)),
-    }
+    scratch = Path(tempfile.mkdtemp(prefix="ph", dir="/tmp"))  # short: Ray's socket paths must fit 107 bytes
+    marker = log_path.with_suffix(".scratch")  # found by --resume if the harness itself is killed
+    marker.write_text(str(scratch))
+    env = os.environ | {"PYTHONUNBUFFERED": "1", "TMPDIR": str(scratch), SCRATCH_ENV: str(scratch),
+                        SHM_PREFIX_ENV: f"ph{os.getpid()}_{scratch.name}_"}  # fmt: skip
+    try:
+        with open(log_path, "w") as log:
+            # Own session: the case's whole tree (workers, embedded Ray) can be found and stopped together.
+            proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log, text=True, env=env, start_new_session=True)
+            try:
+                timed_out = _follow(proc, timeout_s, on_progress, log)
+            finally:
+                _stop_case(proc)
+                _clean_scratch(scratch, env[SHM_PREFIX_ENV])
+                marker.unlink(missing_ok=True)
+    finally:
+        spec_path.unlink(missing_ok=True)
+    result: dict[str, Any] = {"seed": job.seed, "repeat": job.repeat, "status": "error",
+                              "log": str(log_path.relative_to(run_dir))}  # fmt: skip
     if result_path.exists():
-        result |= json.loads(result_path.read_text()) | {"repeat": job.repeat}
+        with contextlib.suppress(OSError, ValueError):  # killed mid-write: what it had is lost with the file
+            result |= json.loads(result_path.read_text()) | {"repeat": job.repeat}
         result_path.unlink()
-    spec_path.unlink()
+        result_path.with_suffix(".tmp").unlink(missing_ok=True)
     if timed_out:
         result |= {"status": "error", "error": f"timed out after {timeout_s:.0f} s (raise --case-timeout)"}
-    elif proc.returncode != 0 and result["status"] != "error":
-        result |= {"status": "error", "error": f"case process exited with code {proc.returncode}"}
-    elif result["status"] == "running":
-        result |= {"status": "error", "error": f"case process ended early with code {proc.returncode}"}
+    elif result["status"] != "ok" and "error" not in result:  # it died without a word: a signal, an exit
+        how = (
+            f"was killed by {signal.Signals(-proc.returncode).name}"
+            if proc.returncode < 0
+            else f"exited with code {proc.returncode}"
+        )
+        done = len(result.get("iterations", []))
+        result |= {"status": "error", "error": f"case process {how} after {done} iteration(s) (out of memory? see the log)"}
     return result
 
 
 def _follow(proc: subprocess.Popen, timeout_s: float, on_progress: Any, log: Any) -> bool:
-    """Relay progress lines until the process ends; True if it had to be killed for time."""
+    """Relay progress lines until the process ends; True if it had to be stopped for time."""
     killed = threading.Event()
 
     def on_timeout() -> None:
         killed.set()
-        _kill_tree(proc)
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGTERM)  # the case closes its backend; _stop_case finishes the job
 
     timer = threading.Timer(timeout_s, on_timeout)
     timer.start()
@@ -146,21 +301,54 @@ def _follow(proc: subprocess.Popen, timeout_s: float, on_progress: Any, log: Any
             else:
                 log.write(line)
         proc.wait()
-    except KeyboardInterrupt:
-        _kill_tree(proc)
-        raise
     finally:
         timer.cancel()
     return killed.is_set()
 
 
-def _kill_tree(proc: subprocess.Popen) -> None:
-    """SIGTERM the case's process group (it closes its backend), then SIGKILL."""
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=15)
-    except ProcessLookupError:
+def _stop_case(proc: subprocess.Popen) -> None:
+    """Ask the case process to stop (it closes its backend: workers, Ray), then kill whatever of its tree is
+    left. Only the leader gets SIGTERM first: signalling the group would kill Ray's own processes under the
+    driver before it can shut them down."""
+    if proc.poll() is not None and not _session_members(proc.pid):
         return
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
+    try:
+        tree = psutil.Process(proc.pid).children(recursive=True)
+    except psutil.Error:
+        tree = []
+    with contextlib.suppress(ProcessLookupError):
+        proc.send_signal(signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=CLOSE_GRACE_S)
+    leftovers = [p for p in tree if p.is_running()] + _session_members(proc.pid)
+    for p in leftovers:
+        with contextlib.suppress(psutil.Error):
+            p.kill()
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    psutil.wait_procs(leftovers, timeout=5)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=5)
+
+
+def _session_members(sid: int) -> list[psutil.Process]:
+    """Processes still in the case's session (Ray daemonises some of its processes out of the tree)."""
+    members = []
+    for p in psutil.process_iter():
+        with contextlib.suppress(psutil.Error, OSError):
+            if p.pid != sid and os.getsid(p.pid) == sid:
+                members.append(p)
+    return members
+
+
+def _clean_scratch(scratch: Path, shm_prefix: str | None = None) -> None:
+    """Remove a case's temp folder and its shared-memory segments; kill any process still using the folder."""
+    for p in psutil.process_iter():
+        with contextlib.suppress(psutil.Error, OSError):
+            if p.environ().get(SCRATCH_ENV) == str(scratch):
+                p.kill()
+    shutil.rmtree(scratch, ignore_errors=True)
+    prefix = shm_prefix or f"ph{scratch.name}"  # resume: any harness pid
+    for segment in SHM_DIR.glob("ph*"):
+        if segment.name.startswith(prefix) or (shm_prefix is None and f"_{scratch.name}_" in segment.name):
+            segment.unlink(missing_ok=True)

@@ -20,6 +20,7 @@ import functools
 import hashlib
 import itertools
 import json
+import math
 import tomllib
 import types
 import typing
@@ -82,6 +83,9 @@ class MeasureConfig:
     torch_threads: int = 1
     """Learner intra-op threads; 0 means one per physical core. Default 1: with workers busy on the
     other cores, OpenMP threads spin-wait on each other and small-batch ops run 10x slower."""
+    iteration_timeout_s: float = 0.0
+    """Deadline of each iteration, evaluation and start-up, in every backend (a hung env fails the case
+    instead of stalling the run); 0 scales it to the step budget (see harness/watchdog.py)."""
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -93,6 +97,8 @@ class MeasureConfig:
             raise ValueError(f"out of range: {', '.join(f'{n}={getattr(self, n)!r}' for n in bad)}")
         if not self.seeds:
             raise ValueError("seeds must name at least one seed")
+        if not math.isfinite(self.iteration_timeout_s) or self.iteration_timeout_s < 0:
+            raise ValueError(f"iteration_timeout_s must be a finite number of seconds >= 0, got {self.iteration_timeout_s}")
 
     def quick(self) -> MeasureConfig:
         """The `--quick` version: a fast look, not a measurement to publish. It keeps up to three repeats

@@ -79,9 +79,14 @@ def test_include_collects_parts():
     ]
 
 
-def test_quick_shrinks_budgets():
+def test_quick_shrinks_budgets_but_keeps_enough_runs_for_an_interval():
+    from harness.stats import MIN_SAMPLES_FOR_INTERVAL
+
     part = load_suite(REPO / "suites" / "convergence.toml").quick().parts[0]
-    assert part.measure.total_steps == 15_000 and part.measure.seeds == (0, 1) and part.measure.repeats == 1
+    assert part.measure.total_steps == 15_000 and part.measure.eval_every == 8192 // 5
+    assert len(part.measure.seeds) == MIN_SAMPLES_FOR_INTERVAL == 3 and part.measure.seeds == (0, 1, 2)
+    speed = load_suite(REPO / "suites" / "speed.toml").quick().parts[0].measure
+    assert speed.repeats == MIN_SAMPLES_FOR_INTERVAL and speed.iterations == 2
 
 
 @pytest.mark.parametrize(

@@ -43,6 +43,7 @@ def reading_notes() -> list[str]:
 
 def machine_header(run: dict[str, Any]) -> list[str]:
     m, commit, pk = run["machine"], run["commit"], run["packages"]
+    resumed = sum(1 for case in run["cases"] for r in case["runs"] if r.get("resumed"))
     gpus = ", ".join(g["name"] for g in m.get("gpus", [])) or "none"
     commit_text = commit.get("id") or f"unknown ({commit.get('error')})"
     if commit.get("dirty"):
@@ -80,6 +81,8 @@ def machine_header(run: dict[str, Any]) -> list[str]:
         f"- Commit: {commit_text}; suite {run['suite']['path']} (sha256 {run['suite']['sha256'][:12]})"
         + (f"; Ray nodes: {nodes}" if nodes else ""),
         f"- Run: {run['created']} to {run.get('finished') or '(unfinished)'}, status {run['status']}"
+        + (f" (stopped by {run['stopped_by']})" if run.get("stopped_by") and run["status"] == "interrupted" else "")
+        + (f"; resumed {len(run['resumed'])} time(s), {resumed} run(s) by --resume" if run.get("resumed") else "")
         + (", **--quick** (budgets shrunk: a look, not a measurement)" if run.get("quick") else ""),
     ]
 
