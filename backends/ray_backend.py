@@ -31,6 +31,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 import algorithms
 import backends
+from backends import ray_connect
 from backends.base import PolicySpec
 from backends.envs import EnvSpec
 from backends.remote import RemoteBackend
@@ -88,27 +89,29 @@ class RayRolloutWorker(RolloutWorker):
 RemoteWorker = ray.remote(max_restarts=0)(RayRolloutWorker)
 
 
-def apply_ray_environment(env: dict[str, str]) -> dict[str, str | None]:
-    """Set Ray's auth variables for this process and its children; returns the old values.
+_auth_refreshed = False  # Ray's auth settings were changed after import: they no longer follow the environment
 
-    Ray caches RAY_AUTH_MODE and the token when it is imported, so a change needs
-    the same refresh Ray does itself in `_enable_token_auth` (ray 2.60, pinned).
+
+def apply_ray_environment(env: dict[str, str | None]) -> dict[str, str | None]:
+    """Set (None: unset) Ray's auth variables for this process and its children; returns the old values.
+
+    Ray 2.60 (pinned) reads RAY_AUTH_MODE when it is imported and caches the token when it first
+    connects, and offers no public call to change either later (its own `_enable_token_auth` and the
+    test helper `reset_auth_token_state` use these private ones). Only for a process that imported
+    Ray under other settings: a fresh process with the variables already set needs none of this.
     """
+    global _auth_refreshed
     from ray._raylet import AuthenticationTokenLoader, Config
 
-    previous = {key: os.environ.get(key) for key in env}
-    os.environ.update(env)
+    previous = ray_connect.apply(env)
     Config.initialize("")
     AuthenticationTokenLoader.instance().reset_cache()
+    _auth_refreshed = True
     return previous
 
 
 def restore_environment(previous: dict[str, str | None]) -> None:
-    for key, value in previous.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
+    ray_connect.restore(previous)
 
 
 def stop_processes_using(path: str, grace_s: float = 3.0) -> int:
@@ -281,13 +284,18 @@ class RayClusterBackend(RayBackend):
     """Ray actors on an existing multi-node cluster, one node after another."""
 
     def _connect(self) -> None:
-        from harness.cluster import cluster_env_for, probe_address
-
-        address = self.spec.options.get("address") or os.environ.get("RAY_ADDRESS")
-        if not address:
-            raise WorkerError("ray_cluster needs an address: set it in the suite, RAY_ADDRESS, or --address")
-        probe_address(address, timeout_s=10)
-        self.previous_env = apply_ray_environment(cluster_env_for(address) | {"RAY_USAGE_STATS_ENABLED": "0"})
+        try:
+            connection = ray_connect.resolve(self.spec.options)
+            ray_connect.probe(connection.address, timeout_s=10)
+        except ray_connect.ConnectError as exc:
+            raise WorkerError(str(exc)) from None
+        # The public path: the variables were in the environment before `import ray` (`harness run` exports
+        # them) and Ray reads them itself. Otherwise this process imported Ray, or ran it, under other settings.
+        refresh = bool(connection.missing_from(os.environ)) or _auth_refreshed
+        self.previous_env = apply_ray_environment(connection.env) if refresh else {}
+        when = "set after Ray was imported" if refresh else "already in the environment"
+        self.credentials = f"{connection.token_source}, {when}"
+        address = connection.address
         # The code travels to the nodes through the runtime env, not a shared file system.
         runtime_env = {"py_modules": [os.path.dirname(algorithms.__file__), os.path.dirname(backends.__file__)]}
         ray.init(address=address, runtime_env=runtime_env, log_to_driver=False, logging_level="warning")
@@ -311,6 +319,7 @@ class RayClusterBackend(RayBackend):
         return super().describe() | {
             "address": getattr(self, "address", None),
             "cluster_nodes": len(getattr(self, "node_ids", [])),
+            "credentials": getattr(self, "credentials", None),
         }
 
 

@@ -96,14 +96,19 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
 
 def _with_cluster_address(suite, cli_address: str | None):  # noqa: ANN001, ANN202 - Suite in, Suite out
     """Fill `address` for cases of a cluster backend (ray_cluster): the suite's own, else RAY_ADDRESS, else --address,
-    else the cluster `cluster up` recorded."""
+    else the cluster `cluster up` recorded.
+
+    When every such case uses one cluster, its credentials go into this process's environment, so that each
+    case process starts with them and Ray reads them on import (Ray 2.60 has no public way to change them later).
+    """
     import dataclasses
 
-    from backends import REGISTRY
-    from harness.cluster import read_state
+    from backends import REGISTRY, ray_connect
+    from harness.cluster import probe_address, read_state
 
     recorded = read_state()  # the cluster `python -m harness cluster up` started, if any
-    fallback = os.environ.get("RAY_ADDRESS") or cli_address or (recorded.address if recorded else None)
+    recorded_address = recorded.address if recorded and recorded.status == "up" else None
+    fallback = os.environ.get("RAY_ADDRESS") or cli_address or recorded_address
     parts = []
     for part in suite.parts:
         cases = []
@@ -118,11 +123,11 @@ def _with_cluster_address(suite, cli_address: str | None):  # noqa: ANN001, ANN2
                 case = dataclasses.replace(case, backend=backend)
             cases.append(case)
         parts.append(dataclasses.replace(part, cases=tuple(cases)))
+    addresses = sorted({c.backend.options["address"] for p in parts for c in p.cases if REGISTRY[c.backend.name].cluster})
     # Fail now, in one line, rather than once per case after minutes of other cases.
-    from harness.cluster import probe_address
-
-    for address in sorted({c.backend.options["address"] for p in parts for c in p.cases if REGISTRY[c.backend.name].cluster}):
+    for address in addresses:
         probe_address(address, timeout_s=10)
+    ray_connect.export_for_children(addresses)
     return dataclasses.replace(suite, parts=tuple(parts))
 
 

@@ -58,11 +58,16 @@ def test_cluster_up_suite_down(tmp_path):
         placement = result["backend"]["placement"]
         assert len(placement) == 4 and len({w["node"] for w in placement}) == 2, placement
         assert result["backend"]["cluster_nodes"] == 2 and result["backend"]["address"] == address
+        # `run` exported the recorded cluster's token before the case process imported Ray: no private Ray call.
+        recorded = state_dir / "cluster.json"
+        assert result["backend"]["credentials"] == f"the cluster recorded in {recorded}, already in the environment"
         assert "Ray nodes: 2" in (run_dir / "report.md").read_text()
     finally:
         down = harness("cluster", "down")
+        again = harness("cluster", "down")
         shutil.rmtree(state_dir, ignore_errors=True)
     assert down.returncode == 0, down.stdout + down.stderr
+    assert again.returncode == 0 and "nothing to stop" in again.stdout, again.stdout + again.stderr
 
 
 def test_unreachable_address_is_one_line_within_30s(tmp_path):
