@@ -39,6 +39,8 @@ def _fps(case: CaseStats, claimed: float, ctx: TableContext) -> str:
 
 
 def _speedup(case: CaseStats, claimed: float, ctx: TableContext) -> str:
+    if case is ctx.baseline:
+        return "it is this part's baseline: 1x by definition, not a measurement"
     s = ctx.speedup(case)
     return _against(claimed, s.ratio if s else None, "x", 2) + (f" (against {ctx.baseline.name})" if s else "")
 
