@@ -18,7 +18,7 @@ from typing import Annotated, Literal
 from annotated_types import Gt, Predicate
 from typing_extensions import TypedDict  # pydantic needs typing_extensions' TypedDict before Python 3.12
 
-from backends.base import Backend, BackendSpec
+from backends.base import ON_WORKER_FAILURE, Backend, BackendSpec
 
 # --- options: what a suite may set in a case's `options` table, per backend -------------------------
 # Plain TypedDicts with `annotated_types` constraints: harness.suite validates a case's table against
@@ -36,6 +36,11 @@ class WaitOptions(TypedDict, total=False):
 
     timeout_s: PositiveFinite
     """How long any wait on a worker may take before it counts as hung (default 120 s)."""
+    on_worker_failure: Literal[ON_WORKER_FAILURE]
+    """A worker that dies or hangs: `fail` the run (default), or `restart` it (a new worker with the same envs and
+    seeds samples its share again; worker inference only)."""
+    max_restarts: Annotated[int, Gt(0)]
+    """Under `restart`: restarts one run may make; the next lost worker fails it (default 3)."""
 
 
 class MultiprocessingOptions(WaitOptions, total=False):

@@ -24,7 +24,16 @@ from backends.envs import EnvCost, EnvSpec
 
 INFERENCE_MODES = ("worker", "central")
 SCHEDULES = ("sync", "overlap")
-__all__ = ["Backend", "BackendSpec", "Collected", "PolicySpec", "SyncReport"]  # PolicySpec: re-exported for backends
+ON_WORKER_FAILURE = ("fail", "restart")
+"""What a remote backend does when a worker dies or hangs (its `options.on_worker_failure`): raise
+`WorkerError`, or replace the worker and sample its share again (RLlib's `restart_failed_env_runners`)."""
+DEFAULT_MAX_RESTARTS = 3
+"""Worker restarts one run may make before a lost worker fails it (`options.max_restarts`)."""
+CENTRAL_REFUSES_RESTART = (
+    'on_worker_failure = "restart" needs inference = "worker": with central inference the learner holds every env\'s '
+    "state between steps, so a lost worker would leave the fragment half-sampled"
+)
+__all__ = ["Backend", "BackendSpec", "Collected", "PolicySpec", "SyncReport", "WorkerRestart"]  # PolicySpec: re-exported
 
 
 @dataclass(frozen=True)
@@ -82,6 +91,25 @@ class SyncReport:
     workers (each node's object store fetches it once). 0 on one node."""
     in_process: bool = False
     """The policy copy lives in the learner's process (central inference): loading it is not communication."""
+
+
+@dataclass(frozen=True)
+class WorkerRestart:
+    """A lost worker replaced under `on_worker_failure = "restart"`."""
+
+    worker: int
+    reason: str
+    """Why it counted as lost, in one line: it died (with its exit code or Ray's word), or sent no reply within `timeout_s`."""
+    during: str
+    """What the learner was waiting for when it found out: `load weights`, `sample` (dispatching or receiving one)."""
+    replaced_pid: int | None
+    """The lost worker's process."""
+    pid: int | None
+    """Its replacement's process."""
+    replace_s: float
+    """From finding the loss to the replacement started, its weights reloaded and its requests sent again (learner clock)."""
+    redispatched: int
+    """Requests in flight sent again to the replacement (each sampled afresh from its envs' seeds)."""
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,10 @@ arrays; the pipes carry only tiny control messages.
 Every message is pickled here (protocol 5) and sent with `send_bytes`, so the
 bytes that cross a pipe are counted exactly; shared memory counts the regions
 written. A weight broadcast is the slot written once plus the control messages.
+
+A replacement worker (`on_worker_failure = "restart"`) is a new process on a new
+pipe that attaches to the same weight buffer by name; the learner created every
+segment and alone unlinks them, so a killed worker leaks none.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from backends.base import PolicySpec
 from backends.envs import EnvCost, EnvSpec
 from backends.remote import RemoteBackend
 from backends.sampling import StepResult
-from backends.workers import CentralStepper, FragmentReply, RolloutWorker, StepReply, WorkerError
+from backends.workers import CentralStepper, FragmentReply, RolloutWorker, StepReply, WorkerError, WorkerLost
 
 START_METHODS = ("forkserver", "spawn", "fork")
 # forkserver: children fork from a clean server that imported torch once, so they start
@@ -154,11 +158,12 @@ class MultiprocessingBackend(RemoteBackend):
         if method not in START_METHODS:
             raise ValueError(f"start_method must be one of {', '.join(START_METHODS)}, got {method!r}")
         self.start_method = method
-        ctx = mp.get_context(method)
+        self.ctx = mp.get_context(method)
         if method == "forkserver":
-            ctx.set_forkserver_preload(["backends.workers"])
+            self.ctx.set_forkserver_preload(["backends.workers"])
+        self.launch_args = (env, seed, policy)
         self.procs: list[Any] = []
-        self.conns: list[Connection] = []
+        self.conns: list[Any] = []  # Connection; None until its worker starts
         self.shared: list[SharedArrays] = []
         num_params = policy.num_params
         k = self.spec.envs_per_worker
@@ -169,42 +174,49 @@ class MultiprocessingBackend(RemoteBackend):
             self.weights["version"][:] = -1
             self.shared.append(self.weights)
         for index in range(self.spec.workers):
-            shared = (
-                self.weights if self.spec.inference == "worker" else SharedArrays(step_layout(k, policy.obs_dim, policy.act_dim))
-            )
             if self.spec.inference == "central":
-                self.shared.append(shared)
-            parent, child = ctx.Pipe()
-            args = (
-                child,
-                index,
-                env,
-                self.spec.worker_env_ids(index),
-                seed,
-                policy,
-                self.spec.inference,
-                shared.shm.name,
-                shared.layout,
-            )
-            proc = ctx.Process(target=worker_main, args=args, name=f"ppo-worker-{index}", daemon=True)
-            proc.start()
-            child.close()
-            self.procs.append(proc)
-            self.conns.append(parent)
+                self.shared.append(SharedArrays(step_layout(k, policy.obs_dim, policy.act_dim)))
+            self.procs.append(None)
+            self.conns.append(None)
+            self._start_worker(index)
         return [msg[1] for msg, _ in self._receive_all("ready")]
 
+    def _start_worker(self, index: int) -> None:
+        """Start worker `index` as a new process on a new pipe, attached to its shared memory (not waited for)."""
+        env, seed, policy = self.launch_args
+        shared = self.weights if self.spec.inference == "worker" else self.shared[index]
+        parent, child = self.ctx.Pipe()
+        args = (child, index, env, self.spec.worker_env_ids(index), seed, policy, self.spec.inference,
+                shared.shm.name, shared.layout)  # fmt: skip
+        proc = self.ctx.Process(target=worker_main, args=args, name=f"ppo-worker-{index}", daemon=True)
+        proc.start()
+        child.close()
+        self.procs[index] = proc
+        self.conns[index] = parent
+
     def _receive_all(self, expected: str) -> list[tuple[tuple, int]]:
-        """One reply from every worker and its size in bytes, in worker order; a dead or failed worker raises at once."""
-        replies: dict[int, tuple[tuple, int]] = {}
+        """One reply from every worker and its size in bytes, in worker order; a lost worker raises (`WorkerLost`)."""
+        replies = self._gather(expected, range(len(self.conns)))
+        out = []
+        for i in range(len(self.conns)):
+            if isinstance(reply := replies[i], WorkerLost):
+                raise reply
+            out.append(reply)
+        return out
+
+    def _gather(self, expected: str, workers: Any) -> dict[int, tuple[tuple, int] | WorkerLost]:
+        """One reply from each of `workers` and its size in bytes, or its loss: it died, or sent nothing within
+        the timeout. A worker that reports an exception raises `WorkerError` at once."""
+        replies: dict[int, tuple[tuple, int] | WorkerLost] = {}
         deadline = time.monotonic() + self.timeout_s
-        while len(replies) < len(self.conns):
-            pending = [i for i in range(len(self.conns)) if i not in replies]
+        while pending := [i for i in workers if i not in replies]:
             handles = {self.conns[i]: i for i in pending} | {self.procs[i].sentinel: i for i in pending}
             ready = wait(list(handles), timeout=max(0.0, deadline - time.monotonic()))
             if not ready:
-                raise WorkerError(
-                    f"workers {pending} sent no '{expected}' within {self.timeout_s:.0f} s; raise options.timeout_s if envs are slow"
-                )
+                for i in pending:
+                    replies[i] = WorkerLost(i, f"worker {i} (pid {self.procs[i].pid}) sent no '{expected}' within "
+                                               f"{self.timeout_s:.0f} s; raise options.timeout_s if envs are slow")  # fmt: skip
+                break
             for handle in ready:
                 i = handles[handle]
                 if i in replies:
@@ -219,9 +231,9 @@ class MultiprocessingBackend(RemoteBackend):
                     if reply[0] != expected:
                         raise WorkerError(f"worker {i} sent '{reply[0]}' where '{expected}' was due (out of step)")
                     replies[i] = received
-                elif not self.procs[i].is_alive():
-                    raise WorkerError(f"worker {i} (pid {self.procs[i].pid}) died with exit code {self.procs[i].exitcode}")
-        return [replies[i] for i in range(len(self.conns))]
+                elif not (proc := self.procs[i]).is_alive():
+                    replies[i] = WorkerLost(i, f"worker {i} (pid {proc.pid}) died with exit code {proc.exitcode}")
+        return replies
 
     def _try_recv(self, i: int) -> tuple[tuple, int] | None:
         """A waiting reply from worker i and its size, or None (nothing yet, or its pipe closed)."""
@@ -236,27 +248,57 @@ class MultiprocessingBackend(RemoteBackend):
         try:
             return send_message(self.conns[i], request)
         except (BrokenPipeError, ConnectionResetError):
-            raise WorkerError(f"worker {i} (pid {self.procs[i].pid}) is gone (exit code {self.procs[i].exitcode})") from None
+            self.procs[i].join(timeout=1)  # gone: its exit code is there, or soon will be
+            raise WorkerLost(i, f"worker {i} (pid {self.procs[i].pid}) is gone (exit code {self.procs[i].exitcode})") from None
 
     def _send_all(self, request: tuple) -> list[int]:
         """Send `request` to every worker; each message's size in bytes."""
         return [self._send(i, request) for i in range(len(self.conns))]
 
-    def _broadcast(self, weights: np.ndarray, version: int, wait: bool) -> tuple[int, int]:
+    def _broadcast(self, weights: np.ndarray, version: int, wait: bool) -> tuple[int, int, list[WorkerLost]]:
+        # The last max_lag + 1 versions stay in their slots: what `_load` gives a replacement worker.
         slot = version % len(self.weights["version"])
         self.weights["weights"][slot] = weights
         self.weights["version"][slot] = version
         # Written once, read by every worker in place; then a control message each way per worker.
         written = self.weights["weights"][slot].nbytes + self.weights["version"][slot : slot + 1].nbytes
-        sent = sum(self._send_all(("load", version, wait)))
-        received = sum(size for _, size in self._receive_all("loaded")) if wait else 0
-        return written + sent + received, 0  # one host: nothing crosses a network
+        sent = 0
+        lost: dict[int, WorkerLost] = {}
+        for i in range(len(self.conns)):
+            try:
+                sent += self._send(i, ("load", version, wait))
+            except WorkerLost as loss:
+                lost[i] = loss
+        received = 0
+        if wait:
+            for i, reply in self._gather("loaded", [i for i in range(len(self.conns)) if i not in lost]).items():
+                if isinstance(reply, WorkerLost):
+                    lost[i] = reply
+                else:
+                    received += reply[1]
+        return written + sent + received, 0, list(lost.values())  # one host: nothing crosses a network
+
+    def _load(self, worker: int, version: int) -> None:
+        self._send(worker, ("load", version, False))
 
     def _dispatch_to(self, worker: int, steps_per_env: int) -> None:
         self._send(worker, ("sample", steps_per_env))
 
-    def _receive(self, handles: list[None]) -> list[tuple[FragmentReply, int]]:
-        return [(reply[1], size) for reply, size in self._receive_all("fragment")]
+    def _receive(self, handles: dict[int, None]) -> dict[int, tuple[FragmentReply, int] | WorkerLost]:
+        replies = self._gather("fragment", list(handles))
+        return {i: r if isinstance(r, WorkerLost) else (r[0][1], r[1]) for i, r in replies.items()}
+
+    def _replace(self, worker: int) -> dict[str, Any]:
+        proc, conn = self.procs[worker], self.conns[worker]
+        if proc.is_alive():  # hung, or lost by its pipe: it must not sample on beside its replacement
+            proc.kill()
+        proc.join(timeout=5)
+        conn.close()
+        self._start_worker(worker)
+        reply = self._gather("ready", [worker])[worker]
+        if isinstance(reply, WorkerLost):
+            raise WorkerError(f"the replacement for {reply}")
+        return reply[0][1]
 
     def _clock_probe(self, worker: int) -> float:
         self._send(worker, ("clock",))
@@ -274,8 +316,9 @@ class MultiprocessingBackend(RemoteBackend):
         return _SharedMemoryStepper(self, obs_dim)
 
     def close(self) -> None:
-        procs = getattr(self, "procs", [])
-        for conn in getattr(self, "conns", []):
+        procs = [proc for proc in getattr(self, "procs", []) if proc is not None]
+        conns = [conn for conn in getattr(self, "conns", []) if conn is not None]
+        for conn in conns:
             with contextlib.suppress(OSError, ValueError):
                 send_message(conn, ("close",))
         deadline = time.monotonic() + 5
@@ -285,7 +328,7 @@ class MultiprocessingBackend(RemoteBackend):
             if proc.is_alive():
                 proc.kill()
                 proc.join(timeout=5)
-        for conn in getattr(self, "conns", []):
+        for conn in conns:
             conn.close()
         for shared in getattr(self, "shared", []):
             shared.close(unlink=True)

@@ -9,6 +9,10 @@ Bytes are what Ray's serializer makes of each object: the weights as put (once;
 actors on the driver's node read them from its object store, every other node
 hosting workers fetches them once over the network), and each reply as the
 worker returns it, measured in the worker.
+
+A replacement worker (`on_worker_failure = "restart"`) is a new actor with the
+same placement (CPU share, node) as the one it replaces; the last `max_lag + 1`
+weight objects are kept so that it can load the ones its requests need.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ from backends import ray_connect
 from backends.base import PolicySpec
 from backends.envs import EnvSpec
 from backends.remote import RemoteBackend
-from backends.workers import CentralStepper, FragmentReply, RolloutWorker, StepReply, WorkerError
+from backends.workers import CentralStepper, FragmentReply, RolloutWorker, StepReply, WorkerError, WorkerLost
 
 Reply = TypeVar("Reply", FragmentReply, StepReply)
 
@@ -127,6 +131,17 @@ def stop_processes_using(path: str, grace_s: float = 3.0) -> int:
     return len(own)
 
 
+def kill_ray_worker(pid: int | None) -> None:
+    """SIGKILL process `pid` on this host if it is still a Ray worker (its title starts with `ray::`), not a
+    process that has since taken its number."""
+    if pid is None:
+        return
+    with contextlib.suppress(psutil.Error):
+        proc = psutil.Process(pid)
+        if " ".join(proc.cmdline()).startswith("ray::"):
+            proc.kill()
+
+
 class RayBackend(RemoteBackend):
     """Shared by both Ray backends; subclasses decide how to connect and where actors go."""
 
@@ -139,78 +154,136 @@ class RayBackend(RemoteBackend):
 
     def _launch(self, env: EnvSpec, policy: PolicySpec, seed: int) -> list[dict[str, Any]]:
         self.actors: list[Any] = []
-        self.unconfirmed_loads: list[Any] = []  # weight loads sent with wait=False
+        self.unconfirmed_loads: list[tuple[int, Any]] = []  # (worker, weight load sent with wait=False)
+        self.weight_refs: dict[int, Any] = {}  # version -> its stored weights: the last max_lag + 1 broadcast
         if ray.is_initialized():
             raise WorkerError("Ray is already initialised in this process; one Ray backend at a time")
         self._connect()
-        for index in range(self.spec.workers):
-            actor = RemoteWorker.options(name=None, **self._placement(index)).remote(
-                index, env, self.spec.worker_env_ids(index), seed, policy, self.spec.inference
-            )
-            self.actors.append(actor)
+        self.launch_args = (env, seed, policy)
+        self.actors = [self._start_actor(index) for index in range(self.spec.workers)]
         placement = self._get([a.info.remote() for a in self.actors], "start")
-        self.nodes = sorted({p.get("node", "") for p in placement})
         self.driver_node = ray.get_runtime_context().get_node_id()
+        self._note_nodes(placement)
+        return placement
+
+    def _start_actor(self, index: int) -> Any:
+        env, seed, policy = self.launch_args
+        return RemoteWorker.options(name=None, **self._placement(index)).remote(
+            index, env, self.spec.worker_env_ids(index), seed, policy, self.spec.inference
+        )
+
+    def _note_nodes(self, placement: list[dict[str, Any]]) -> None:
+        self.nodes = sorted({p.get("node", "") for p in placement})
         # Nodes whose object store fetches the weights over the network, once each.
         self.remote_nodes = sorted({p.get("node", "") for p in placement} - {self.driver_node})
-        return placement
 
     def _shares_learner_clock(self, worker: int) -> bool:
         # Another Ray node is treated as another host (its offset measured) even when it runs on this one.
         return self.placement[worker].get("node") == self.driver_node
 
     def _clock_probe(self, worker: int) -> float:
-        return self._get([self.actors[worker].clock.remote()], "clock probe")[0]
+        return self._get([self.actors[worker].clock.remote()], "clock probe", [worker])[0]
 
-    def _get(self, refs: list[Any], what: str) -> list[Any]:
-        """`ray.get` with the backend's timeout; failures name the worker."""
+    def _get(self, refs: list[Any], what: str, workers: list[int] | None = None) -> list[Any]:
+        """`ray.get` with the backend's timeout; failures name the worker (`workers[i]` made `refs[i]`; default i)."""
+        workers = list(range(len(refs))) if workers is None else workers
         try:
             return ray.get(refs, timeout=self.timeout_s)
         except GetTimeoutError:
             ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
-            late = [i for i, r in enumerate(refs) if r not in ready]
+            late = [w for w, r in zip(workers, refs, strict=True) if r not in ready]
             hint = " (actors pending: not enough CPUs in the cluster?)" if what == "start" else ""
             raise WorkerError(
                 f"workers {late} did not finish '{what}' within {self.timeout_s:.0f} s{hint}; raise options.timeout_s"
             ) from None
         except RayError as exc:
-            raise self._worker_error(refs, exc, what) from None
+            raise self._worker_error(refs, exc, what, workers) from None
 
-    def _worker_error(self, refs: list[Any], exc: RayError, what: str) -> WorkerError:
-        for index, ref in enumerate(refs):
+    def _worker_error(self, refs: list[Any], exc: RayError, what: str, workers: list[int]) -> WorkerError:
+        for index, ref in zip(workers, refs, strict=True):
             try:
                 ray.get(ref, timeout=0)
             except RayTaskError as task_exc:
-                cause = str(task_exc.cause) if task_exc.cause is not None else str(task_exc).splitlines()[-1]
-                return WorkerError(f"worker {index} failed during '{what}': {type(task_exc.cause).__name__}: {cause}\n{task_exc}")
+                return self._task_error(index, task_exc, what)
             except RayActorError as died:
-                return WorkerError(f"worker {index} died during '{what}': {str(died).splitlines()[0]}")
+                return WorkerLost(index, f"worker {index} died during '{what}': {str(died).splitlines()[0]}")
             except (RayError, GetTimeoutError):
                 continue
         return WorkerError(f"a worker failed during '{what}': {str(exc).splitlines()[0]}")
 
-    def _broadcast(self, weights: np.ndarray, version: int, wait: bool) -> tuple[int, int]:
+    @staticmethod
+    def _task_error(index: int, task_exc: RayTaskError, what: str) -> WorkerError:
+        cause = str(task_exc.cause) if task_exc.cause is not None else str(task_exc).splitlines()[-1]
+        return WorkerError(f"worker {index} failed during '{what}': {type(task_exc.cause).__name__}: {cause}\n{task_exc}")
+
+    def _gather(self, refs: dict[int, Any], what: str) -> dict[int, Any]:
+        """Each worker's result, or its loss (its actor died, or no result within the timeout); an exception
+        raised in a worker raises `WorkerError`."""
+        ready, _ = ray.wait(list(refs.values()), num_returns=len(refs), timeout=self.timeout_s)
+        out: dict[int, Any] = {}
+        for worker, ref in refs.items():
+            if ref not in ready:
+                out[worker] = WorkerLost(worker, f"worker {worker} did not finish '{what}' within {self.timeout_s:.0f} s; "
+                                                 "raise options.timeout_s")  # fmt: skip
+                continue
+            try:
+                out[worker] = ray.get(ref, timeout=0)
+            except RayTaskError as task_exc:
+                raise self._task_error(worker, task_exc, what) from None
+            except RayActorError as died:
+                out[worker] = WorkerLost(worker, f"worker {worker} died during '{what}': {str(died).splitlines()[0]}")
+        return out
+
+    def _broadcast(self, weights: np.ndarray, version: int, wait: bool) -> tuple[int, int, list[WorkerLost]]:
         ref = ray.put(weights)  # once; every actor fetches the same object
         size = serialized_size(weights)
+        self.weight_refs[version] = ref
+        for old in list(self.weight_refs)[: -(self.spec.max_lag + 1)]:  # what no request in flight can need
+            del self.weight_refs[old]
         # An actor runs one caller's calls in order: the load runs after the samples already asked for.
-        loads = [a.load.remote(ref, version) for a in self.actors]
+        loads = {i: a.load.remote(ref, version) for i, a in enumerate(self.actors)}
+        lost: list[WorkerLost] = []
         if wait:
-            self._get(loads, "load weights")
+            lost = [r for r in self._gather(loads, "load weights").values() if isinstance(r, WorkerLost)]
         else:
-            self.unconfirmed_loads += loads
-        return size, size * len(self.remote_nodes)
+            self.unconfirmed_loads += loads.items()
+        return size, size * len(self.remote_nodes), lost
+
+    def _load(self, worker: int, version: int) -> None:
+        self.unconfirmed_loads.append((worker, self.actors[worker].load.remote(self.weight_refs[version], version)))
 
     def _dispatch_to(self, worker: int, steps_per_env: int) -> Any:
         return self.actors[worker].sample.remote(steps_per_env)
 
-    def _receive(self, handles: list[Any]) -> list[tuple[FragmentReply, int]]:
-        replies = self._get(handles, "sample")
-        # Loads sent without waiting: raise the errors of those that ran, keep the others for later.
-        if self.unconfirmed_loads:
-            loads = self.unconfirmed_loads
-            done, self.unconfirmed_loads = ray.wait(loads, num_returns=len(loads), timeout=0)
-            self._get(done, "load weights")
-        return [(reply, reply.message_bytes) for reply in replies]
+    def _receive(self, handles: dict[int, Any]) -> dict[int, tuple[FragmentReply, int] | WorkerLost]:
+        replies = self._gather(handles, "sample")
+        # Loads sent without waiting: raise the errors of those that ran, keep the others for later. A dead
+        # actor's load is not an error of its own: its loss shows in its sample, and its replacement's loads replace it.
+        loads = [ref for _, ref in self.unconfirmed_loads]
+        done = set(ray.wait(loads, num_returns=len(loads), timeout=0)[0]) if loads else set()
+        for worker, ref in self.unconfirmed_loads:
+            if ref in done:
+                try:
+                    ray.get(ref, timeout=0)
+                except RayTaskError as task_exc:
+                    raise self._task_error(worker, task_exc, "load weights") from None
+                except RayActorError:
+                    pass
+        self.unconfirmed_loads = [(w, ref) for w, ref in self.unconfirmed_loads if ref not in done]
+        return {i: r if isinstance(r, WorkerLost) else (r, r.message_bytes) for i, r in replies.items()}
+
+    def _replace(self, worker: int) -> dict[str, Any]:
+        with contextlib.suppress(RayError):
+            ray.kill(self.actors[worker])  # dead already, or hung: it must not sample on beside its replacement
+        if self.placement[worker].get("node") == self.driver_node:
+            # A hung actor holds its CPU share until Ray gives up on a graceful exit (~5 s, measured): on this
+            # host, end it now, so that its replacement can be scheduled in its place.
+            kill_ray_worker(self.placement[worker].get("pid"))
+        self.unconfirmed_loads = [(w, ref) for w, ref in self.unconfirmed_loads if w != worker]
+        self.actors[worker] = self._start_actor(worker)
+        (info,) = self._get([self.actors[worker].info.remote()], "start", [worker])
+        self._note_nodes([*self.placement[:worker], info, *self.placement[worker + 1 :]])
+        return info
 
     def _central_stepper(self, obs_dim: int) -> CentralStepper:
         return _RayStepper(self, obs_dim)

@@ -15,6 +15,20 @@ asks the worker for its clock, reads its own again, and keeps the round trip
 with the smallest RTT; the worker's reading fell inside that round trip, so the
 offset is known to within half of it. No time is clamped: what contradicts
 causality by more than that uncertainty is counted (`clock_violations`).
+
+Lost workers: a worker that dies, or sends no reply within `timeout_s`, is lost. With
+`options.on_worker_failure = "fail"` (the default) the case fails with a `WorkerError`
+naming it. With `"restart"` (RLlib's `restart_failed_env_runners`) this class replaces it:
+the transport kills what is left of it and starts a new worker with the same env ids and
+seeds, this class reloads the weights each request in flight was sent with and sends those
+requests again, then waits for the replacement's share. Its envs start from reset, so its
+fragment is a fresh one from the same seeds, not the one the lost worker was sampling:
+the rollout after a restart differs from an uninterrupted run's (the env states and the
+noise streams' positions are lost with the process). `max_restarts` restarts in one run
+are allowed; one more loss fails the case. An exception raised in the worker's own code is
+not a loss: it fails the case either way, since the same seeds would raise it again.
+Central inference refuses `restart`: the learner holds every env's state between steps,
+so a worker lost mid-fragment would leave a joint fragment half-sampled.
 """
 
 from __future__ import annotations
@@ -29,10 +43,20 @@ import numpy as np
 
 from algorithms.model import InferencePolicy
 from algorithms.rollout import Rollout
-from backends.base import Backend, Collected, PolicySpec, SyncReport, WorkerShare
+from backends.base import (
+    CENTRAL_REFUSES_RESTART,
+    DEFAULT_MAX_RESTARTS,
+    ON_WORKER_FAILURE,
+    Backend,
+    Collected,
+    PolicySpec,
+    SyncReport,
+    WorkerRestart,
+    WorkerShare,
+)
 from backends.envs import EnvCost, EnvSpec
 from backends.sampling import FragmentSampler, NoiseSource
-from backends.workers import CentralStepper, FragmentReply, WorkerError
+from backends.workers import CentralStepper, FragmentReply, WorkerError, WorkerLost
 
 DEFAULT_TIMEOUT_S = 120.0
 CLOCK_PROBES = 8
@@ -80,17 +104,19 @@ def estimate_clock_offset(
 
 @dataclass(frozen=True)
 class Request:
-    """A dispatched sample request: what `take` needs to check and time it (learner clock)."""
+    """A dispatched sample request: what `take` needs to check and time it (learner clock), and to send it
+    again to a replacement worker."""
 
     handles: list[Any]
-    """Per worker, what the transport needs to receive its fragment."""
+    """Per worker, what the transport needs to receive its fragment (a replacement's handle replaces the lost one's)."""
     version: int
     """The policy version the workers hold when they start it."""
+    steps_per_env: int
     dispatched_at: float
     """When the learner began dispatching: every time of the request counts from here."""
     dispatch_s: float
-    sent_at: tuple[float, ...]
-    """Per worker, when the learner began handing it the request."""
+    sent_at: list[float]
+    """Per worker, when the learner began handing it the request (a replacement: when it was sent again)."""
 
 
 def collected_from(rollout: Rollout, replies: list[tuple[FragmentReply, int]], clocks: list[ClockOffset],
@@ -139,14 +165,28 @@ class RemoteBackend(Backend):
         """How long any wait on a worker may take before it counts as hung."""
         return float(self.spec.options.get("timeout_s", DEFAULT_TIMEOUT_S))
 
+    @property
+    def on_worker_failure(self) -> str:
+        """`fail`: a lost worker fails the case; `restart`: it is replaced (see the module's docstring)."""
+        return str(self.spec.options.get("on_worker_failure", "fail"))
+
+    @property
+    def max_restarts(self) -> int:
+        """Restarts one run may make under `restart`; the next loss fails it."""
+        return int(self.spec.options.get("max_restarts", DEFAULT_MAX_RESTARTS))
+
     def start(self, env: EnvSpec, policy: PolicySpec, seed: int) -> None:
+        if self.on_worker_failure not in ON_WORKER_FAILURE:
+            raise ValueError(f"on_worker_failure must be one of {', '.join(ON_WORKER_FAILURE)}, got {self.on_worker_failure!r}")
+        if self.on_worker_failure == "restart" and self.spec.inference == "central":
+            raise ValueError(CENTRAL_REFUSES_RESTART)
         self.version = -1
         self.sync_reports: list[SyncReport] = []
+        self.restarts: list[WorkerRestart] = []
+        """Every worker restart of this run, oldest first."""
+        self.restarts_drained = 0
         self.placement = self._launch(env, policy, seed)
-        self.clocks = [
-            SHARED_CLOCK if self._shares_learner_clock(i) else estimate_clock_offset(lambda i=i: self._clock_probe(i))
-            for i in range(self.spec.workers)
-        ]
+        self.clocks = [self._clock_for(i) for i in range(self.spec.workers)]
         for info, clock in zip(self.placement, self.clocks, strict=True):
             info["clock"] = clock.describe()
         if self.spec.inference == "central":
@@ -165,8 +205,9 @@ class RemoteBackend(Backend):
             self.policy.load_flat(weights, version)
             report = SyncReport(bytes_sent=0, bytes_network=0, in_process=True)  # the policy never leaves the learner
         else:
-            serialized, network = self._broadcast(weights, version, wait)
+            serialized, network, lost = self._broadcast(weights, version, wait)
             report = SyncReport(bytes_sent=serialized, bytes_network=network)
+            self._restart_all(lost, list(self.requests), "load weights")
         self.sync_reports.append(report)
         return report
 
@@ -175,6 +216,12 @@ class RemoteBackend(Backend):
         reports, self.sync_reports = self.sync_reports, []
         return reports
 
+    def drain_restarts(self) -> list[WorkerRestart]:
+        """Every worker restart since the last call, oldest first (the harness records them per iteration)."""
+        restarts = self.restarts[self.restarts_drained :]
+        self.restarts_drained = len(self.restarts)
+        return restarts
+
     def submit(self, num_steps: int) -> None:
         steps_per_env = self.steps_per_env(num_steps)
         if self.spec.inference == "central":  # sampled in `take`, one message per step
@@ -182,12 +229,19 @@ class RemoteBackend(Backend):
             return
         # Workers handle messages in order, so a request samples with the last version sent before it.
         dispatched_at = time.perf_counter()
-        handles, sent_at = [], []
+        handles: list[Any] = []
+        sent_at: list[float] = []
+        lost: list[WorkerLost] = []
         for worker in range(self.spec.workers):
             sent_at.append(time.perf_counter())
-            handles.append(self._dispatch_to(worker, steps_per_env))
+            try:
+                handles.append(self._dispatch_to(worker, steps_per_env))
+            except WorkerLost as loss:
+                handles.append(None)  # sent again to its replacement below
+                lost.append(loss)
         dispatch_s = time.perf_counter() - dispatched_at
-        self.requests.append(Request(handles, self.version, dispatched_at, dispatch_s, tuple(sent_at)))
+        self.requests.append(Request(handles, self.version, steps_per_env, dispatched_at, dispatch_s, sent_at))
+        self._restart_all(lost, list(self.requests), "sample")
 
     def take(self) -> Collected:
         if not self.requests:
@@ -196,7 +250,18 @@ class RemoteBackend(Backend):
         if self.spec.inference == "central":
             return self._sample_centrally(request)
         asked_at = time.perf_counter()
-        replies = self._receive(request.handles)
+        received: dict[int, tuple[FragmentReply, int]] = {}
+        while len(received) < self.spec.workers:
+            pending = {i: request.handles[i] for i in range(self.spec.workers) if i not in received}
+            lost = []
+            for worker, reply in self._receive(pending).items():
+                if isinstance(reply, WorkerLost):
+                    lost.append(reply)
+                else:
+                    received[worker] = reply
+            # The replacement samples this request again (and every later one in flight); then it is waited for.
+            self._restart_all(lost, [request, *self.requests], "sample")
+        replies = [received[i] for i in range(self.spec.workers)]
         for worker, (reply, _) in enumerate(replies):
             if reply.fragment.policy_version != request.version:
                 raise WorkerError(
@@ -231,6 +296,55 @@ class RemoteBackend(Backend):
         # Every time in the record is this clock, read in the learner or in a worker (then corrected by its offset).
         return super().describe() | {"learner_clock": time.get_clock_info("perf_counter").implementation}
 
+    # --- lost workers ---------------------------------------------------------------------------
+
+    def _restart_all(self, lost: list[WorkerLost], in_flight: list[Request], during: str) -> None:
+        """Replace every lost worker (or, under `fail`, raise the first loss); see `_restart`."""
+        for loss in lost:
+            self._restart(loss, in_flight, during)
+
+    def _restart(self, loss: WorkerLost, in_flight: list[Request], during: str) -> None:
+        """Replace the lost worker, reload the weights of each request `in_flight` (oldest first) and send it
+        again, then load the current weights: the replacement ends up where its predecessor would have been.
+        A replacement lost in turn is replaced again, within `max_restarts`."""
+        if self.on_worker_failure != "restart":
+            raise loss
+        worker = loss.worker
+        reason: str | None = str(loss).splitlines()[0]
+        while reason is not None:
+            if len(self.restarts) >= self.max_restarts:
+                raise WorkerError(f"{reason}; not restarted: {len(self.restarts)} worker restart(s) already in this run "
+                                  f"(max_restarts = {self.max_restarts})")  # fmt: skip
+            found = time.perf_counter()
+            replaced_pid, pid, lost_again = self.placement[worker].get("pid"), None, None
+            try:
+                self.placement[worker] = self._replace(worker)
+                pid = self.placement[worker].get("pid")
+                self.clocks[worker] = self._clock_for(worker)
+                self.placement[worker]["clock"] = self.clocks[worker].describe()
+                self._send_again(worker, in_flight)
+            except WorkerLost as again:  # the replacement was lost too: this restart counts, and it is replaced in turn
+                lost_again = str(again).splitlines()[0]
+            replace_s = time.perf_counter() - found
+            self.restarts.append(WorkerRestart(worker, reason, during, replaced_pid, pid, replace_s, len(in_flight)))
+            reason = lost_again
+
+    def _send_again(self, worker: int, in_flight: list[Request]) -> None:
+        """Bring a replacement to where its predecessor was: each request in flight with the weights it was sent
+        with, then the current weights (messages run in order, as for every worker)."""
+        loaded = -1
+        for request in in_flight:
+            if request.version != loaded and request.version >= 0:
+                self._load(worker, request.version)
+                loaded = request.version
+            request.sent_at[worker] = time.perf_counter()
+            request.handles[worker] = self._dispatch_to(worker, request.steps_per_env)
+        if self.version >= 0 and self.version != loaded:
+            self._load(worker, self.version)
+
+    def _clock_for(self, worker: int) -> ClockOffset:
+        return SHARED_CLOCK if self._shares_learner_clock(worker) else estimate_clock_offset(lambda: self._clock_probe(worker))
+
     def _shares_learner_clock(self, worker: int) -> bool:
         """Whether worker `worker` reads the learner's clock (same host); if not, its offset is measured."""
         return True
@@ -244,19 +358,33 @@ class RemoteBackend(Backend):
         """Start the workers and wait until each is ready (or fail within the timeout); each one's placement info."""
 
     @abstractmethod
-    def _broadcast(self, weights: np.ndarray, version: int, wait: bool) -> tuple[int, int]:
+    def _broadcast(self, weights: np.ndarray, version: int, wait: bool) -> tuple[int, int, list[WorkerLost]]:
         """Send `weights` as `version` to every worker, queued behind the requests already dispatched;
-        with `wait`, return once every worker has loaded them. Returns the serialized bytes that left
-        the learner's process (counted once, however many workers read them) and the bytes that crossed a network."""
+        with `wait`, return once every worker has loaded them (or is lost). Keep the last `max_lag + 1`
+        versions where `_load` can find them. Returns the serialized bytes that left the learner's process
+        (counted once, however many workers read them), the bytes that crossed a network, and the workers
+        found lost."""
 
     @abstractmethod
     def _dispatch_to(self, worker: int, steps_per_env: int) -> Any:
-        """Ask `worker` for a fragment of `steps_per_env` steps per env; return a handle for `_receive`."""
+        """Ask `worker` for a fragment of `steps_per_env` steps per env; return a handle for `_receive`.
+        Raises `WorkerLost` if the worker is found gone."""
 
     @abstractmethod
-    def _receive(self, handles: list[Any]) -> list[tuple[FragmentReply, int]]:
-        """Each worker's reply to a dispatched request and the serialized size of the message that carried it,
-        in worker order."""
+    def _receive(self, handles: dict[int, Any]) -> dict[int, tuple[FragmentReply, int] | WorkerLost]:
+        """For each worker in `handles`, its reply to a dispatched request and the serialized size of the message
+        that carried it, or its loss (died, or no reply within `timeout_s`). An exception raised in a worker
+        raises `WorkerError`."""
+
+    @abstractmethod
+    def _replace(self, worker: int) -> dict[str, Any]:
+        """Stop what is left of `worker` (kill it if it still runs; free its slot) and start a replacement with
+        the same env ids and seeds on the same node where possible, sharing the same weight buffers; wait until
+        it is ready (or raise `WorkerError` within the timeout). Its placement info."""
+
+    @abstractmethod
+    def _load(self, worker: int, version: int) -> None:
+        """Queue on `worker` a load of `version`, one of the last `max_lag + 1` broadcast, without waiting."""
 
     @abstractmethod
     def _central_stepper(self, obs_dim: int) -> CentralStepper:

@@ -32,6 +32,16 @@ class WorkerError(RuntimeError):
     """A worker failed or died; the message names the worker, then its traceback follows."""
 
 
+class WorkerLost(WorkerError):
+    """Worker `worker` died or stopped answering (as opposed to raising an exception of its own): what
+    `on_worker_failure = "restart"` replaces. An exception in the worker's code stays a plain `WorkerError`:
+    its replacement, with the same env seeds, would raise it again."""
+
+    def __init__(self, worker: int, message: str) -> None:
+        super().__init__(message)
+        self.worker = worker
+
+
 @dataclass(frozen=True)
 class FragmentReply:
     """A worker's fragment and what it measured; times are the worker's `time.perf_counter()`."""

@@ -106,6 +106,10 @@ class CaseStats:
     """Host -> (CPU-busy processes there, CPUs usable there if known): what `oversubscribed` is judged on."""
     deviations: dict[str, tuple[Any, Any]] = field(default_factory=dict)
     """PPO settings that differ from the research report's: name -> (report's value, this case's)."""
+    worker_restarts: int = 0
+    """Workers lost and replaced (`on_worker_failure = "restart"`), summed over every run of the case, failed ones too."""
+    restarted_runs: int = 0
+    """Runs with at least one worker restart."""
 
     @property
     def envs(self) -> int:
@@ -193,6 +197,7 @@ def case_stats(case: dict[str, Any], part: dict[str, Any], cpus: float, host: st
     lags = [it["policy_lag"]["mean"] for it in iterations if "policy_lag" in it]
     kls = [it["learner"]["initial_kl"] for it in iterations if "initial_kl" in it.get("learner", {})]
     busy = _busy_per_host(case, placements, cpus, host)
+    restarts = [_restarts(run) for run in case["runs"]]
     measure = part["measure"]
     unit = (0.0, 1.0)
     return CaseStats(
@@ -236,7 +241,14 @@ def case_stats(case: dict[str, Any], part: dict[str, Any], cpus: float, host: st
         env_cost_ms=_env_cost(case, iterations),
         busy_per_host=busy,
         deviations=report_deviations(case.get("ppo") or {}),
+        worker_restarts=sum(restarts),
+        restarted_runs=sum(1 for n in restarts if n),
     )
+
+
+def _restarts(run: dict[str, Any]) -> int:
+    """Worker restarts of one run: its iterations' events (warm-up included), counted."""
+    return sum(len(it.get("worker_restarts") or []) for it in run.get("iterations", []))
 
 
 def report_deviations(ppo: dict[str, Any]) -> dict[str, tuple[Any, Any]]:

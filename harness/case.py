@@ -52,13 +52,21 @@ def sync_fields(backend: Backend) -> dict[str, Any]:
     }
 
 
+def worker_restarts(backend: Backend) -> list[dict[str, Any]]:
+    """This iteration's worker restarts (`on_worker_failure = "restart"`), oldest first; none in-process."""
+    if not isinstance(backend, RemoteBackend):
+        return []
+    return [dataclasses.asdict(restart) for restart in backend.drain_restarts()]
+
+
 class CaseRun:
     """Trains (or just iterates) one case with one seed and records every phase."""
 
     def __init__(self, case: CaseConfig, measure: MeasureConfig, seed: int, result_path: Path | None = None) -> None:
         self.case, self.measure, self.seed = case, measure, seed
         self.result_path = result_path
-        self.result: dict[str, Any] = {"seed": seed, "status": "running", "iterations": [], "evaluations": []}
+        self.result: dict[str, Any] = {"seed": seed, "status": "running", "iterations": [], "evaluations": [],
+                                       "worker_restarts": 0}  # fmt: skip
         self.train_wall_s = 0.0  # wall time of the iterations so far: what "seconds to the threshold" counts
         self.phase = "setup"
         """What the run was doing: `setup` until the first iteration starts (a failure there recurs in every run)."""
@@ -140,6 +148,8 @@ class CaseRun:
         # Workers measure their envs' step cost; an in-process backend's envs step here, on this process's meter.
         env_cost = collected.env_cost if collected.env_cost is not None else STEP_COST_METER.reading() - cost_before
         self.train_wall_s += done.total_s
+        restarts = worker_restarts(schedule.backend)
+        self.result["worker_restarts"] += len(restarts)
         return {
             "index": index,
             "warmup": self.measure.mode == "throughput" and index < self.measure.warmup_iterations,
@@ -161,6 +171,7 @@ class CaseRun:
             "asked_s": collected.asked_s,
             "joined_s": collected.joined_s,
             "workers": [dataclasses.asdict(share) for share in collected.workers] if collected.workers else None,
+            "worker_restarts": restarts,
             "env_cost_ms_mean": env_cost.mean_ms,
             "env_cost_steps": env_cost.steps,
             "policy_version": rollout.policy_version,

@@ -214,6 +214,27 @@ class WorkerTimes(TypedDict):
 
 
 @_record
+class WorkerRestart(TypedDict):
+    """A lost worker replaced under `options.on_worker_failure = "restart"` (backends.base.WorkerRestart)."""
+
+    worker: Count
+    reason: str
+    """Why it counted as lost, one line: it died (exit code, or Ray's word for it), or sent no reply within timeout_s."""
+    during: str
+    """What the learner was doing when it found out: `load weights` or `sample`."""
+    replaced_pid: int | None
+    """The lost worker's process (the placement recorded at start-up names the first one of each worker)."""
+    pid: int | None
+    """The replacement's process; null if it was lost before it said."""
+    replace_s: Seconds
+    """From finding the loss to the replacement started, its weights reloaded and its requests sent again; part of
+    this iteration's sync_s or collect_s."""
+    redispatched: Count
+    """Requests in flight sent again to the replacement: its envs restart from reset with the same seeds, so those
+    fragments differ from what the lost worker would have sampled."""
+
+
+@_record
 class Iteration(TypedDict):
     """One iteration of the learner/backend loop, each phase timed by the harness with time.perf_counter()."""
 
@@ -267,6 +288,8 @@ class Iteration(TypedDict):
     """When the learner held the joined rollout, on the same scale."""
     workers: list[WorkerTimes] | None
     """Per worker, the times and sizes the aggregates above come from (null in-process)."""
+    worker_restarts: NotRequired[list[WorkerRestart]]
+    """Workers lost and replaced during this iteration (on_worker_failure = "restart"); empty when none."""
     env_cost_ms_mean: Annotated[float, Ge(0)] | None
     """Measured wall time per env step inside the synthetic step cost, over all envs; null without one."""
     env_cost_steps: Count
@@ -346,6 +369,8 @@ class RunResult(TypedDict):
     shutdown_s: NotRequired[Seconds]
     backend: NotRequired[BackendDescription]
     iterations: NotRequired[list[Iteration]]
+    worker_restarts: NotRequired[Count]
+    """Workers lost and replaced in this run, all iterations (each listed in its iteration's worker_restarts)."""
     evaluations: NotRequired[list[Evaluation]]
     final_evaluation: NotRequired[Evaluation]
     resources: NotRequired[Resources]

@@ -35,8 +35,8 @@ from typing_extensions import TypedDict, is_typeddict  # pydantic needs typing_e
 from algorithms.base import AlgorithmSpec
 from algorithms.config import PRESETS, PPOConfig
 from algorithms.registry import learner_class
-from backends import REGISTRY
-from backends.base import INFERENCE_MODES, SCHEDULES, BackendSpec
+from backends import REGISTRY, BackendEntry
+from backends.base import CENTRAL_REFUSES_RESTART, INFERENCE_MODES, SCHEDULES, BackendSpec
 from backends.envs import EnvSpec, registered_env_ids
 from harness.errors import HarnessError
 from harness.report import CLAIMS, TABLES  # the registries: a suite may name their tables and claims
@@ -229,6 +229,21 @@ class CaseTable:
                 )
         if not entry.multi_worker and self.workers != (1,):
             raise ValueError(f"backend '{self.backend}' runs in one process: set workers = 1 and sweep 'envs_per_worker' instead")
+        self._check_worker_failure(entry)
+
+    def _check_worker_failure(self, entry: BackendEntry) -> None:
+        """`options.on_worker_failure` and `max_restarts` (their types: the backend's options model)."""
+        if not {"on_worker_failure", "max_restarts"} & self.options.keys():
+            return
+        if not entry.remote:
+            able = ", ".join(name for name, e in REGISTRY.items() if e.remote)
+            raise ValueError(f"backend '{self.backend}' samples in the learner's process: it has no worker to restart or "
+                             f"fail; on_worker_failure needs one of {able}")  # fmt: skip
+        restart = self.options.get("on_worker_failure") == "restart"
+        if restart and "central" in self.inference:
+            raise ValueError(CENTRAL_REFUSES_RESTART)
+        if "max_restarts" in self.options and not restart:
+            raise ValueError('options.max_restarts applies only with on_worker_failure = "restart"; set that, or remove it')
 
 
 @dataclass(frozen=True)

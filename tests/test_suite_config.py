@@ -253,3 +253,39 @@ def test_cli_exits_2_with_one_line_and_no_traceback(tmp_path, bad):
     assert len(lines) == 1 and lines[0].startswith("error: ") and str(path) in lines[0]
     assert "Traceback" not in proc.stderr + proc.stdout
     assert not (tmp_path / "out").exists()  # nothing half-made
+
+
+FAILURE_SUITE = """
+[ppo]
+steps_per_iteration = 64
+[[cases]]
+backend = "{backend}"
+inference = "{inference}"
+options = {{ {options} }}
+"""
+
+
+@pytest.mark.parametrize(
+    ("backend", "inference", "options", "message"),
+    [
+        ("multiprocessing", "worker", 'on_worker_failure = "retry"', "[[cases]] #1 options (multiprocessing): 'on_worker_failure' must be 'fail' or 'restart', got 'retry'"),
+        ("ray_local", "worker", 'on_worker_failure = "restart", max_restarts = 0', "'max_restarts' must be greater than 0, got 0"),
+        ("ray_local", "worker", "max_restarts = 2", 'options.max_restarts applies only with on_worker_failure = "restart"'),
+        ("multiprocessing", "central", 'on_worker_failure = "restart"', 'on_worker_failure = "restart" needs inference = "worker"'),
+        ("vecenv", "worker", 'on_worker_failure = "restart"', "backend 'vecenv' samples in the learner's process: it has no worker to restart"),
+        ("serial", "worker", 'on_worker_failure = "fail"', "on_worker_failure needs one of multiprocessing, ray_local, ray_cluster"),
+    ],
+)  # fmt: skip
+def test_worker_failure_options_are_checked(tmp_path, backend, inference, options, message):
+    path = write(tmp_path, FAILURE_SUITE.format(backend=backend, inference=inference, options=options))
+    with pytest.raises(HarnessError) as error:
+        load_suite(path)
+    text = str(error.value)
+    assert message in text and text.startswith(f"{path}: ") and "\n" not in text
+
+
+def test_restart_options_load_and_reach_the_backend_spec(tmp_path):
+    options = 'on_worker_failure = "restart", max_restarts = 5'
+    (case,) = load_suite(write(tmp_path, FAILURE_SUITE.format(backend="ray_local", inference="worker", options=options))).cases
+    assert case.backend.options == {"on_worker_failure": "restart", "max_restarts": 5}
+    assert from_json(CaseConfig, json.loads(json.dumps(to_json(case)))) == case

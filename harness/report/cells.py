@@ -110,9 +110,29 @@ def notes(case: CaseStats) -> str:
     if case.oversubscribed:
         crowded = [f"{n} busy on {host} ({cap:g} CPUs)" for host, (n, cap) in case.busy_per_host.items() if cap and n > cap]
         out.append("oversubscribed: " + "; ".join(crowded))
+    if case.worker_restarts:
+        out.append(restarts(case))
     if case.errors:
         out.append(f"{len(case.errors)} run(s) failed: {case.errors[0]}")
     return "; ".join(out)
+
+
+def restarts(case: CaseStats) -> str:
+    """`2 worker restarts in 1 run`."""
+    n, runs = case.worker_restarts, case.restarted_runs
+    return f"{n} worker restart{'s' * (n != 1)} in {runs} run{'s' * (runs != 1)}"
+
+
+def restart_lines(ctx: TableContext) -> list[str]:
+    """The sentence under a table whose cases lost and replaced workers; none when no case did."""
+    restarted = [f"{c.name}: {restarts(c)}" for c in ctx.cases if c.worker_restarts]
+    if not restarted:
+        return []
+    return [
+        f'Workers lost and replaced (on_worker_failure = "restart"): {"; ".join(restarted)}. The iterations they fell in '
+        "count in the times (finding the loss, starting the replacement, sampling its share again), and a replacement's "
+        "envs start from reset with the same seeds, so those runs' rollouts differ from an uninterrupted run's."
+    ]
 
 
 def claimed(case: CaseStats, *keys: str, digits: int = 0, suffix: str = "") -> str:

@@ -10,6 +10,7 @@ from harness.report.cells import (
     notes,
     num,
     pct,
+    restart_lines,
     table,
     value,
     with_interval,
@@ -59,6 +60,7 @@ def speed_table(ctx: TableContext) -> tuple[str, list[str]]:
             )
         if untested:
             lines.append(f"Too few repeats to test against the fastest: {', '.join(untested)}.")
+    lines += restart_lines(ctx)
     return table(rows, headers), lines
 
 
@@ -93,6 +95,7 @@ def phases_table(ctx: TableContext) -> tuple[str, list[str]]:
     if any(c.env_cost_ms for c in ctx.cases):
         lines.append("Env cost: the synthetic per-step cost the suite sets, and the mean actually spent per step "
                      "(a sleep overshoots; a busy wait spins on the thread's CPU time).")  # fmt: skip
+    lines += restart_lines(ctx)
     return table(rows, headers), lines
 
 
