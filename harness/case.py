@@ -28,14 +28,14 @@ from algorithms.evaluate import evaluate, evaluation_seeds
 from algorithms.model import InferencePolicy
 from algorithms.registry import create_learner
 from backends import create_backend
-from backends.base import Backend, PolicySpec
+from backends.base import DEFAULT_MAX_RESTARTS, Backend, PolicySpec
 from backends.envs import STEP_COST_METER, env_dims, make_env
-from backends.remote import RemoteBackend
+from backends.remote import DEFAULT_TIMEOUT_S, RemoteBackend
 from harness.errors import HarnessError
 from harness.monitor import ResourceMonitor
 from harness.schedule import SCHEDULE_CLASSES, Schedule, lag_summary
 from harness.suite import CaseConfig, MeasureConfig, from_json
-from harness.watchdog import EPISODE_STEPS, STARTUP_S, Watchdog, default_deadline
+from harness.watchdog import EPISODE_STEPS, RESTART_STARTUP_S, STARTUP_S, Watchdog, default_deadline
 
 PROGRESS_PREFIX = "@@progress"
 
@@ -75,7 +75,14 @@ class CaseRun:
     def _deadline(self, steps: int) -> float:
         if self.measure.iteration_timeout_s:
             return self.measure.iteration_timeout_s
-        return default_deadline(steps, self.case.env.step_cost_ms, self.case.backend.workers)
+        deadline = default_deadline(steps, self.case.env.step_cost_ms, self.case.backend.workers)
+        options = self.case.backend.options
+        if options.get("on_worker_failure") == "restart":
+            # Finding a hung worker takes its own timeout, then a replacement starts and samples again:
+            # room for every restart the case allows, or the watchdog would end what the restart saves.
+            restarts = int(options.get("max_restarts", DEFAULT_MAX_RESTARTS))
+            deadline += restarts * (float(options.get("timeout_s", DEFAULT_TIMEOUT_S)) + RESTART_STARTUP_S)
+        return deadline
 
     def _expired(self, what: str) -> None:
         """The main thread never took the watchdog's signal: record the hang before the process exits."""

@@ -22,6 +22,8 @@ BASE_S = 120.0
 process backends' own wait on a worker (backends/remote.py), whose message names the worker."""
 STARTUP_S = 300.0
 """Launching workers (16 Ray actors take about 25 s on 2 cores) and building the learner."""
+RESTART_STARTUP_S = 30.0
+"""Replacing one lost worker (a new process or Ray actor) and sampling its share again."""
 EPISODE_STEPS = 1000
 """Steps an evaluation episode is budgeted (Pendulum's are 200)."""
 SECONDS_PER_STEP = 0.01
