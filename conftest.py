@@ -14,6 +14,8 @@ import pytest
 SHM_DIR = Path("/dev/shm")
 OWNED_BY_SESSION: set[str] = set()
 """Temp-folder entries that session fixtures create and remove themselves (not a test's leak)."""
+SESSION_PROCESSES: set[int] = set()
+"""Processes a session fixture started (the cluster's nodes): they and their children are its to stop."""
 
 
 def _temp_entries() -> set[str]:
@@ -32,6 +34,8 @@ def _descendants() -> dict[int, str]:
     out = {}
     for proc in psutil.Process().children(recursive=True):
         try:
+            if SESSION_PROCESSES & {proc.pid, *(p.pid for p in proc.parents())}:
+                continue
             cmdline = " ".join(proc.cmdline())
             if (
                 proc.status() != psutil.STATUS_ZOMBIE
@@ -78,8 +82,12 @@ def ray_cluster_address():
     state_file = state_dir / "cluster.json"
     previous = os.environ.get("PPO_HARNESS_CLUSTER_STATE")
     os.environ["PPO_HARNESS_CLUSTER_STATE"] = str(state_file)
+    temp_before, processes_before = _temp_entries(), set(_descendants())
     try:
         info = cluster.cluster_up(2, cpus_per_node=1, state_file=state_file)
+        # The cluster's temp dirs and node processes live for the session: not any test module's leak.
+        OWNED_BY_SESSION.update(_temp_entries() - temp_before)
+        SESSION_PROCESSES.update(set(_descendants()) - processes_before)
         yield info.address
     finally:
         if state_file.exists():

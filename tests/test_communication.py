@@ -63,6 +63,11 @@ def test_cristian_offset_brackets_the_true_offset_and_keeps_the_fastest_round_tr
     assert estimate.to_learner(105.0) == pytest.approx(105.0 - estimate.offset_s)
 
 
+def _in_worker_order(received: dict) -> list:
+    """`_receive`'s replies by worker index, as a list (no worker was lost here)."""
+    return [received[i] for i in sorted(received)]
+
+
 def _reply(started: float, sampled: float, ready: float) -> tuple[FragmentReply, int]:
     return FragmentReply(SimpleNamespace(policy_version=3), started, sampled, ready, EnvCost(0.01, 4)), 1000
 
@@ -70,7 +75,8 @@ def _reply(started: float, sampled: float, ready: float) -> tuple[FragmentReply,
 def test_transfer_time_below_zero_is_kept_and_counted_never_clamped():
     # Worker 0 shares the learner's clock. Worker 1's clock runs 0.51 s ahead, but its offset was
     # estimated as 0.5 +- 0.001: its stamps land 10 ms late on the learner's timeline.
-    request = Request(handles=[None, None], version=3, dispatched_at=10.0, dispatch_s=0.002, sent_at=(10.0, 10.001))
+    request = Request(handles=[None, None], version=3, steps_per_env=4, dispatched_at=10.0, dispatch_s=0.002,
+                      sent_at=[10.0, 10.001])  # fmt: skip
     clocks = [ClockOffset("shared"), ClockOffset("cristian", 0.5, 0.001, 0.002)]
     replies = [_reply(10.002, 10.050, 10.0505), _reply(10.513, 10.565, 10.5655)]
     got = collected_from("rollout", replies, clocks, request, asked_at=10.004, joined_at=10.058)
@@ -110,7 +116,7 @@ def test_multiprocessing_sync_is_shared_memory_once_plus_control_messages_and_tr
         reports = backend.drain_sync_reports()
         offset = estimate_clock_offset(lambda: backend._clock_probe(0))
         backend.submit(3 * 8)
-        replies = backend._receive(backend.requests.popleft().handles)
+        replies = _in_worker_order(backend._receive(dict(enumerate(backend.requests.popleft().handles))))
         collected = backend.collect(3 * 8)
     finally:
         backend.close()
@@ -143,7 +149,7 @@ def test_ray_sync_is_the_stored_object_once_and_transfer_is_the_serialized_reply
         stored = ray.experimental.get_object_locations([ref])[ref]["object_size"]
         backend.submit(16)
         handles = backend.requests.popleft().handles
-        replies = backend._receive(handles)
+        replies = _in_worker_order(backend._receive(dict(enumerate(handles))))
         # What Ray itself says it stored for each returned object (inline or in the object store).
         locations = ray.experimental.get_object_locations(handles)
         sizes = [locations[handle]["object_size"] for handle in handles]
