@@ -86,28 +86,27 @@ def _one_line_error(exc: HarnessError) -> None:
     assert message and "\n" not in message.strip() and "Traceback" not in message
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(text=damaged_suites())
-def test_a_damaged_suite_loads_or_fails_in_one_line(text):
+def _loads_or_fails_in_one_line(content: bytes) -> None:
+    """`content` as a suite file: a Suite, or a HarnessError of one line, nothing else."""
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "suite.toml"
-        path.write_text(text)
+        path.write_bytes(content)
         try:
             load_suite(path)
         except HarnessError as exc:
             _one_line_error(exc)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(text=damaged_suites())
+def test_a_damaged_suite_loads_or_fails_in_one_line(text):
+    _loads_or_fails_in_one_line(text.encode())
 
 
 @settings(max_examples=60, deadline=None)
 @given(data=st.binary(max_size=200))
 def test_any_bytes_as_a_suite_fail_in_one_line(data):
-    with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / "suite.toml"
-        path.write_bytes(data)
-        try:
-            load_suite(path)
-        except HarnessError as exc:
-            _one_line_error(exc)
+    _loads_or_fails_in_one_line(data)
 
 
 @pytest.fixture(scope="module")
