@@ -89,6 +89,20 @@ PRESETS: dict[str, PPOConfig] = {
         init_log_std=0.0,
         anneal_lr=True,
     ),
+    # `cartpole`: RL Baselines3 Zoo's PPO settings for CartPole-v1 (8 envs x 32 steps, 20 epochs of one
+    # 256-sample minibatch, lr 1e-3 annealed, gamma 0.98, lambda 0.8), on a 64-wide shared trunk. Chosen
+    # over the 256-wide trunk (collapsed late on seed 2) and CleanRL's settings (433 at 100K on seed 0)
+    # on seeds 0-4, where each run reached deterministic eval 500 by 49K steps and ended at 500.
+    "cartpole": PPOConfig(
+        learning_rate=1e-3,
+        gamma=0.98,
+        gae_lambda=0.8,
+        steps_per_iteration=256,
+        epochs=20,
+        minibatch_size=256,
+        hidden_size=64,
+        anneal_lr=True,
+    ),
 }
 
 

@@ -1,4 +1,4 @@
-"""Deterministic evaluation: the policy's mean action on held-out seeds."""
+"""Deterministic evaluation: the policy's mode (mean action, or most likely action) on held-out seeds."""
 
 from __future__ import annotations
 
@@ -20,16 +20,16 @@ def evaluation_seeds(seed: int, episodes: int) -> list[int]:
 
 
 def evaluate(policy: InferencePolicy, make_env: Callable[[], gym.Env], seeds: list[int]) -> np.ndarray:
-    """Return of one episode per seed, acting with the clipped mean action."""
+    """Return of one episode per seed, acting with the mode (a Gaussian's mean clipped to the bounds)."""
     env = make_env()
-    low, high = env.action_space.low, env.action_space.high
+    space = env.action_space
     returns = []
     try:
         for seed in seeds:
             obs, _ = env.reset(seed=seed)
             total, done = 0.0, False
             while not done:
-                action = np.clip(policy.mean_action(obs[None].astype(np.float32))[0], low, high)
+                action = policy.action.to_env(policy.mode(np.asarray(obs, np.float32)[None])[0], space)
                 obs, reward, terminated, truncated, _ = env.step(action)
                 total += float(reward)
                 done = terminated or truncated

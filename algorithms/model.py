@@ -8,41 +8,54 @@ import numpy as np
 import torch
 from torch import nn
 
-LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
+from algorithms.distributions import LOG_SQRT_2PI
+from algorithms.policy import PolicySpec
+
+__all__ = ["LOG_SQRT_2PI", "ActorCritic", "InferencePolicy", "flatten_weights"]
 
 
 class ActorCritic(nn.Module):
-    """Shared two-layer tanh trunk, a Gaussian policy head with a
-    state-independent log-std, and a value head (the report's architecture)."""
+    """Shared two-layer tanh trunk, a policy head (the Gaussian's mean, or Categorical logits),
+    a value head, and the distribution's own parameters (the Gaussian's state-independent
+    log-std): the report's architecture, for any action space `policy.distribution` covers."""
 
-    def __init__(self, obs_dim: int, act_dim: int, hidden_size: int = 256, init_log_std: float = 0.0) -> None:
+    def __init__(self, policy: PolicySpec, init_log_std: float = 0.0) -> None:
         super().__init__()
-        self.trunk = nn.Sequential(nn.Linear(obs_dim, hidden_size), nn.Tanh(), nn.Linear(hidden_size, hidden_size), nn.Tanh())
-        self.mean_head = nn.Linear(hidden_size, act_dim)
+        hidden_size, self.distribution = policy.hidden_size, policy.distribution
+        head_size = policy.action.head_size
+        if self.distribution == "gaussian":  # registered first: parameters() yields it first (PolicySpec.layout)
+            self.log_std = nn.Parameter(torch.full((policy.act_dim,), float(init_log_std)))
+        self.trunk = nn.Sequential(
+            nn.Linear(policy.obs_dim, hidden_size), nn.Tanh(), nn.Linear(hidden_size, hidden_size), nn.Tanh()
+        )
+        self.policy_head = nn.Linear(hidden_size, head_size)
         self.value_head = nn.Linear(hidden_size, 1)
-        self.log_std = nn.Parameter(torch.full((act_dim,), float(init_log_std)))
-        # Small final layers: actions start near zero and values near zero (CleanRL, SB3).
+        # Small final layers: actions start near zero (or uniform) and values near zero (CleanRL, SB3).
         for layer in self.trunk:
             if isinstance(layer, nn.Linear):
                 nn.init.orthogonal_(layer.weight, math.sqrt(2))
                 nn.init.zeros_(layer.bias)
-        nn.init.orthogonal_(self.mean_head.weight, 0.01)
-        nn.init.zeros_(self.mean_head.bias)
+        nn.init.orthogonal_(self.policy_head.weight, 0.01)
+        nn.init.zeros_(self.policy_head.bias)
         nn.init.orthogonal_(self.value_head.weight, 1.0)
         nn.init.zeros_(self.value_head.bias)
 
     def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Action means `(B, act_dim)` and values `(B,)`."""
+        """Policy head outputs `(B, head_size)` (means or logits) and values `(B,)`."""
         features = self.trunk(obs)
-        return self.mean_head(features), self.value_head(features).squeeze(-1)
+        return self.policy_head(features), self.value_head(features).squeeze(-1)
+
+    def distribution_at(self, obs: torch.Tensor) -> tuple[torch.distributions.Distribution, torch.Tensor]:
+        """torch's own distribution object for `obs` (the reference the hand-written maths is checked against), and values."""
+        head, value = self(obs)
+        if self.distribution == "gaussian":
+            return torch.distributions.Independent(torch.distributions.Normal(head, self.log_std.exp().expand_as(head)), 1), value
+        return torch.distributions.Categorical(logits=head), value
 
     def log_prob_and_entropy(self, obs: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Log-probabilities of `actions`, the policy entropy, and values."""
-        mean, value = self(obs)
-        log_std = self.log_std.expand_as(mean)
-        log_prob = (-0.5 * ((actions - mean) / log_std.exp()) ** 2 - log_std - LOG_SQRT_2PI).sum(-1)
-        entropy = (0.5 + LOG_SQRT_2PI + log_std).sum(-1)
-        return log_prob, entropy, value
+        dist, value = self.distribution_at(obs)
+        return dist.log_prob(actions), dist.entropy(), value
 
 
 def flatten_weights(model: nn.Module) -> np.ndarray:
@@ -57,11 +70,13 @@ class InferencePolicy:
     the same noise whichever process or batch it is sampled in.
     """
 
-    def __init__(self, obs_dim: int, act_dim: int, hidden_size: int, torch_threads: int | None = None) -> None:
+    def __init__(self, policy: PolicySpec, torch_threads: int | None = None) -> None:
         if torch_threads is not None:
             # Workers are one process per core (or fewer): more intra-op threads only contend.
             torch.set_num_threads(torch_threads)
-        self.model = ActorCritic(obs_dim, act_dim, hidden_size)
+        self.spec = policy
+        self.action = policy.action
+        self.model = ActorCritic(policy)
         self.model.requires_grad_(False)
         self.version = -1
         self.num_params = sum(p.numel() for p in self.model.parameters())
@@ -74,15 +89,15 @@ class InferencePolicy:
         nn.utils.vector_to_parameters(torch.from_numpy(np.array(weights, dtype=np.float32)), self.model.parameters())
         self.version = version
 
+    def _distribution_params(self) -> tuple[np.ndarray, ...]:
+        return tuple(getattr(self.model, name).numpy() for name in self.action.params)
+
     @torch.no_grad()
     def act(self, obs: np.ndarray, noise: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Sample `mean + std * noise`: actions (unclipped), their log-probs, values."""
-        mean, value = self.model(torch.from_numpy(obs))
-        log_std = self.model.log_std
-        noise_t = torch.from_numpy(noise)
-        actions = mean + log_std.exp() * noise_t
-        log_prob = (-0.5 * noise_t**2 - log_std - LOG_SQRT_2PI).sum(-1)
-        return actions.numpy(), log_prob.numpy(), value.numpy()
+        """Sample from the policy with the given noise: actions (unclipped), their log-probs, values."""
+        head, value = self.model(torch.from_numpy(obs))
+        actions, log_prob = self.action.sample(head.numpy(), self._distribution_params(), noise)
+        return actions, log_prob, value.numpy()
 
     @torch.no_grad()
     def value(self, obs: np.ndarray) -> np.ndarray:
@@ -90,6 +105,6 @@ class InferencePolicy:
         return self.model(torch.from_numpy(obs))[1].numpy()
 
     @torch.no_grad()
-    def mean_action(self, obs: np.ndarray) -> np.ndarray:
-        """The deterministic action used for evaluation."""
-        return self.model(torch.from_numpy(obs))[0].numpy()
+    def mode(self, obs: np.ndarray) -> np.ndarray:
+        """The deterministic action used for evaluation: the mean, or the most likely action."""
+        return self.action.mode(self.model(torch.from_numpy(obs))[0].numpy(), self._distribution_params())

@@ -13,6 +13,8 @@ import math
 from dataclasses import dataclass
 from typing import TypeVar
 
+from algorithms.distributions import DISTRIBUTIONS, Distribution
+
 Array = TypeVar("Array")  # a numpy array or a torch tensor: both slice and reshape alike
 
 
@@ -21,24 +23,38 @@ class PolicySpec:
     """The sizes of the actor-critic: what a learner builds and a worker's policy copy loads."""
 
     obs_dim: int
+    """Length of the (flattened) observation."""
     act_dim: int
+    """A Box action's length, or a Discrete space's number of actions: the policy head's width."""
     hidden_size: int
+    distribution: str = "gaussian"
+    """The action distribution, a key of `DISTRIBUTIONS` (chosen from the env's action space)."""
+
+    def __post_init__(self) -> None:
+        if self.distribution not in DISTRIBUTIONS:
+            raise ValueError(f"unknown action distribution {self.distribution!r}; one of {', '.join(DISTRIBUTIONS)}")
+
+    @property
+    def action(self) -> Distribution:
+        """The action distribution, with its sampling, log-probability and gradient."""
+        return DISTRIBUTIONS[self.distribution](self.act_dim)
 
     def layout(self) -> dict[str, tuple[int, ...]]:
         """Name and shape of each parameter, in flat-buffer order.
 
-        That order is `ActorCritic.parameters()`'s: the module's own `log_std` first, then
-        the trunk's two layers, then the mean and value heads (weight before bias).
+        That order is `ActorCritic.parameters()`'s: the module's own distribution parameters
+        first (the Gaussian's `log_std`), then the trunk's two layers, then the policy and
+        value heads (weight before bias).
         """
-        h = self.hidden_size
+        h, head = self.hidden_size, self.action.head_size
         return {
-            "log_std": (self.act_dim,),
+            **self.action.params,
             "trunk.0.weight": (h, self.obs_dim),
             "trunk.0.bias": (h,),
             "trunk.2.weight": (h, h),
             "trunk.2.bias": (h,),
-            "mean_head.weight": (self.act_dim, h),
-            "mean_head.bias": (self.act_dim,),
+            "policy_head.weight": (head, h),
+            "policy_head.bias": (head,),
             "value_head.weight": (1, h),
             "value_head.bias": (1,),
         }

@@ -10,6 +10,7 @@ update from what the steps recorded: no host round trip inside the loop (issue 8
 from __future__ import annotations
 
 import time
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -21,6 +22,8 @@ from algorithms.gae import compute_gae
 from algorithms.model import ActorCritic, flatten_weights
 from algorithms.ppo_gradients import log_probs, minibatch_gradients, standardize_per_minibatch, update_statistics
 from algorithms.rollout import Rollout
+
+_TORCH_DTYPE = {"float32": torch.float32, "int64": torch.int64}
 
 
 def resolve_device(device: str) -> torch.device:
@@ -40,12 +43,13 @@ class PPOLearner(Learner):
         self.config = config
         self.device = resolve_device(setup.device)
         torch.manual_seed(setup.seed)  # the initial weights depend on the seed alone
-        init = ActorCritic(policy.obs_dim, policy.act_dim, policy.hidden_size, config.init_log_std)
+        init = ActorCritic(policy, config.init_log_std)
         self.flat = torch.from_numpy(flatten_weights(init)).to(self.device)
         self.grad = torch.zeros_like(self.flat)
         views = policy.unflatten(self.flat)  # views: Adam's in-place step updates them
-        self.params, self.log_std = tuple(views.values()), views["log_std"]
+        self.params = tuple(views.values())
         self.policy = policy
+        self.action = policy.action
         # Adam's state, for torch's functional Adam with fused=True: one kernel over the flat
         # buffer (the CPU default is a Python loop over tensors; torch.optim.Adam.step alone
         # costs more than the kernel at this size).
@@ -57,7 +61,7 @@ class PPOLearner(Learner):
         self.steps_trained = 0
         self.version = 0
         self._host_weights: tuple[int, np.ndarray] | None = None
-        self.gradient_step = minibatch_gradients
+        self.gradient_step = partial(minibatch_gradients, self.action)
         self.compile_s = 0.0
         if config.compile:
             self._compile()
@@ -94,7 +98,7 @@ class PPOLearner(Learner):
         self._anneal_learning_rate()
         columns = [
             rollout.obs.reshape(-1, rollout.obs.shape[-1]),
-            rollout.actions.reshape(-1, rollout.actions.shape[-1]),
+            rollout.actions.reshape(-1, *self.action.action_shape),
             rollout.log_probs.reshape(-1),
             advantages.reshape(-1),
             returns.reshape(-1),
@@ -104,7 +108,7 @@ class PPOLearner(Learner):
         )
         # How far the batch already is from the policy about to train on it: 0 for a fresh batch,
         # the cost of staleness under `overlap`.
-        proximal = log_probs(self.params, obs, actions)  # the policy at the start of this update
+        proximal = log_probs(self.action, self.params, obs, actions)  # the policy at the start of this update
         staleness = proximal - behaviour
         ratio = staleness.exp()
         initial = torch.stack([((ratio - 1) - staleness).mean(), ((ratio - 1).abs() > cfg.clip_range).float().mean()])
@@ -116,7 +120,7 @@ class PPOLearner(Learner):
         batch, size = obs.shape[0], cfg.minibatch_size
         starts = range(0, batch, size)
         # What each step records, in training order, for the statistics (update_statistics).
-        recorded: dict[str, list[torch.Tensor]] = {"log_ratio": [], "value_error": [], "advantages": [], "log_std": []}
+        recorded: dict[str, list[torch.Tensor]] = {"log_ratio": [], "value_error": [], "advantages": [], "entropy": []}
         for _ in range(cfg.epochs):
             # The same shuffle as ever (numpy, seeded): one gather per epoch, then minibatches are slices.
             order = torch.from_numpy(self.shuffle_rng.permutation(batch)).to(self.device)
@@ -127,12 +131,12 @@ class PPOLearner(Learner):
             recorded["advantages"].append(advantages)
             for start in starts:
                 end = start + size
-                recorded["log_std"].append(self.log_std.clone())
-                log_ratio, value_error = self._step(
+                log_ratio, value_error, entropy = self._step(
                     obs[start:end], actions[start:end], old_log_probs[start:end], advantages[start:end], returns[start:end]
                 )
                 recorded["log_ratio"].append(log_ratio)
                 recorded["value_error"].append(value_error)
+                recorded["entropy"].append(entropy)
         self.steps_trained += rollout.num_steps
         self.version += 1
         minibatch_sizes = torch.tensor([min(size, batch - s) for s in starts] * cfg.epochs, device=self.device)
@@ -141,7 +145,7 @@ class PPOLearner(Learner):
             torch.cat(recorded["log_ratio"]),
             torch.cat(recorded["value_error"]),
             torch.cat(recorded["advantages"]),
-            torch.stack(recorded["log_std"]),
+            torch.cat(recorded["entropy"]),
             sample_weight,
             cfg.clip_range,
         )
@@ -152,9 +156,9 @@ class PPOLearner(Learner):
             "initial_clip_fraction": initial_clip_fraction,
         }
 
-    def _step(self, *minibatch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _step(self, *minibatch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         cfg = self.config
-        grads, log_ratio, value_error = self.gradient_step(
+        grads, log_ratio, value_error, entropy = self.gradient_step(
             self.params, *minibatch, cfg.clip_range, cfg.value_coef, cfg.entropy_coef
         )
         torch.cat([g.reshape(-1) for g in grads], out=self.grad)
@@ -164,7 +168,7 @@ class PPOLearner(Learner):
         exp_avg, exp_avg_sq, step = self.adam_state
         adam([self.flat], [self.grad], exp_avg, exp_avg_sq, [], step, fused=True,
              amsgrad=False, beta1=0.9, beta2=0.999, lr=self.learning_rate, weight_decay=0.0, eps=1e-5, maximize=False)  # fmt: skip
-        return log_ratio, value_error
+        return log_ratio, value_error, entropy
 
     def _anneal_learning_rate(self) -> None:
         self.learning_rate = self.config.learning_rate
@@ -174,14 +178,16 @@ class PPOLearner(Learner):
     def _compile(self) -> None:
         """`torch.compile` the gradient step, and compile it now, so no measured iteration pays for it."""
         started = time.perf_counter()
-        self.gradient_step = torch.compile(minibatch_gradients, dynamic=False)
+        self.gradient_step = partial(torch.compile(minibatch_gradients, dynamic=False), self.action)
         cfg = self.config
         # Every minibatch size an update will see: full ones, and the remainder of an uneven split.
         sizes = {cfg.minibatch_size, cfg.steps_per_iteration % cfg.minibatch_size} - {0}
         for size in sizes:
             dummy = [
                 torch.zeros(size, self.policy.obs_dim, device=self.device),
-                torch.zeros(size, self.policy.act_dim, device=self.device),
+                torch.zeros(
+                    size, *self.action.action_shape, dtype=_TORCH_DTYPE[self.action.action_dtype.name], device=self.device
+                ),
                 *(torch.zeros(size, device=self.device) for _ in range(3)),
             ]
             self.gradient_step(self.params, *dummy, cfg.clip_range, cfg.value_coef, cfg.entropy_coef)

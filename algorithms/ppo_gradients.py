@@ -8,15 +8,16 @@ op the chain rule of `ActorCritic` + the clipped surrogate; `tests/test_ppo_upda
 checks it against autograd on the reference implementation (`benchmarks/reference_ppo.py`).
 
 Notation: B samples, tanh trunk h1 = tanh(x W1' + b1), h2 = tanh(h1 W2' + b2); heads
-mean = h2 Wm' + bm and value = h2 Wv' + bv; Gaussian policy with state-independent
-log-std s, z = (a - mean) / exp(s).
+head = h2 Wp' + bp and value = h2 Wv' + bv; the policy head is the Gaussian's mean or
+the Categorical's logits, and the distribution (`distributions.py`) supplies the
+log-probability, the entropy and their gradients w.r.t. the head.
 """
 
 from __future__ import annotations
 
 import torch
 
-from algorithms.model import LOG_SQRT_2PI
+from algorithms.distributions import Distribution
 
 
 def _tanh_layer(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
@@ -25,27 +26,33 @@ def _tanh_layer(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> to
     return torch.addmm(bias, x, weight.t(), beta=2, alpha=2).sigmoid_().mul_(2).sub_(1)
 
 
-def _forward(params: tuple[torch.Tensor, ...], obs: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """ActorCritic.forward plus the Gaussian log-probability of `actions`, keeping what the backward pass needs."""
-    log_std, w1, b1, w2, b2, w_mean, b_mean, w_value, b_value = params
-    act_dim = actions.shape[1]
+def _forward(
+    action: Distribution, params: tuple[torch.Tensor, ...], obs: torch.Tensor, actions: torch.Tensor
+) -> tuple[torch.Tensor, ...]:
+    """ActorCritic.forward plus the log-probability of `actions`, keeping what the backward pass needs."""
+    distribution_params, (w1, b1, w2, b2, w_head, b_head, w_value, b_value) = _split(action, params)
     h1 = _tanh_layer(obs, w1, b1)
     h2 = _tanh_layer(h1, w2, b2)
-    w_heads, b_heads = torch.cat([w_mean, w_value]), torch.cat([b_mean, b_value])  # both heads in one product
+    w_heads, b_heads = torch.cat([w_head, w_value]), torch.cat([b_head, b_value])  # both heads in one product
     heads = torch.addmm(b_heads, h2, w_heads.t())
-    mean, value = heads[:, :act_dim], heads[:, act_dim]
-    inv_std = (-log_std).exp()
-    z = (actions - mean) * inv_std
-    log_prob = -0.5 * z.square().sum(1) - (log_std.sum() + act_dim * LOG_SQRT_2PI)
-    return h1, h2, w_heads, value, inv_std, z, log_prob
+    head, value = heads[:, : action.head_size], heads[:, action.head_size]
+    log_prob, entropy, saved = action.log_prob(head, distribution_params, actions)
+    return h1, h2, w_heads, value, saved, log_prob, entropy
 
 
-def log_probs(params: tuple[torch.Tensor, ...], obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+def _split(action: Distribution, params: tuple[torch.Tensor, ...]) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
+    """The distribution's own parameters (first in the flat buffer), and the network's."""
+    count = len(action.params)
+    return params[:count], params[count:]
+
+
+def log_probs(action: Distribution, params: tuple[torch.Tensor, ...], obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
     """The current policy's log-probabilities of `actions` (no gradient)."""
-    return _forward(params, obs, actions)[-1]
+    return _forward(action, params, obs, actions)[-2]
 
 
 def minibatch_gradients(
+    action: Distribution,
     params: tuple[torch.Tensor, ...],
     obs: torch.Tensor,
     actions: torch.Tensor,
@@ -55,41 +62,42 @@ def minibatch_gradients(
     clip_range: float,
     value_coef: float,
     entropy_coef: float,
-) -> tuple[tuple[torch.Tensor, ...], torch.Tensor, torch.Tensor]:
+) -> tuple[tuple[torch.Tensor, ...], torch.Tensor, torch.Tensor, torch.Tensor]:
     """Gradient of `policy_loss + value_coef * value_loss - entropy_coef * entropy` for one minibatch.
 
     `params` are the actor-critic's parameters in flat-buffer order (`PolicySpec.layout()`);
-    the gradients come back in the same order. `advantages` are already standardised if the
-    config asks for it (and importance-weighted under the decoupled objective).
-    `old_log_probs` are the policy the ratio is clipped against. Also returned: each sample's log-ratio and value error, from which
-    `update_statistics` derives the losses once per update instead of once per minibatch.
+    the gradients come back in the same order. `action` is the policy's distribution: it
+    supplies the log-probability and its gradient w.r.t. the policy head (and its own
+    parameters). `advantages` are already standardised if the config asks for it (and
+    importance-weighted under the decoupled objective). `old_log_probs` are the policy the
+    ratio is clipped against. Also returned: each sample's log-ratio, value error and entropy,
+    from which `update_statistics` derives the losses once per update instead of once per minibatch.
     """
-    w2 = params[3]
-    batch, act_dim = actions.shape
-    h1, h2, w_heads, value, inv_std, z, log_prob = _forward(params, obs, actions)
+    w2 = _split(action, params)[1][2]
+    batch = obs.shape[0]
+    h1, h2, w_heads, value, saved, log_prob, entropy = _forward(action, params, obs, actions)
 
     # The clipped surrogate (Schulman et al. 2017): loss = mean(max(unclipped, clipped)).
     log_ratio = log_prob - old_log_probs
     ratio = log_ratio.exp()
     unclipped, clipped = -advantages * ratio, -advantages * ratio.clamp(1 - clip_range, 1 + clip_range)
     value_error = value - returns  # value loss = 0.5 mean(value_error^2)
-    # Entropy (0.5 + log sqrt(2 pi) + log_std, summed) is state-independent: its gradient is the constant below.
 
     # Backward. The max picks the unclipped term where it is the larger (or they tie, inside the
     # clip range); where the clipped term wins the ratio lies outside the range and clamp's
     # gradient is 0. d ratio / d log_prob = ratio.
     d_log_prob = torch.where(unclipped >= clipped, -advantages, 0.0) * ratio / batch
-    d_mean = (d_log_prob[:, None] * inv_std) * z  # d log_prob / d mean = z / std
-    d_log_std = (d_log_prob[:, None] * (z.square() - 1)).sum(0) - entropy_coef  # d log_prob / d s = z^2 - 1
-    d_heads = torch.cat([d_mean, (value_coef / batch) * value_error[:, None]], 1)
+    d_head, d_distribution = action.backward(saved, d_log_prob, entropy_coef, batch)  # entropy's gradient included
+    d_heads = torch.cat([d_head, (value_coef / batch) * value_error[:, None]], 1)
     g_heads, g_b_heads = d_heads.t() @ h2, d_heads.sum(0)
     d_z2 = torch.ops.aten.tanh_backward(d_heads @ w_heads, h2)  # times 1 - h2^2
     g_w2, g_b2 = d_z2.t() @ h1, d_z2.sum(0)
     d_z1 = torch.ops.aten.tanh_backward(d_z2 @ w2, h1)
     g_w1, g_b1 = (obs.t() @ d_z1).t(), d_z1.sum(0)  # this orientation of the thin product is 4x faster
 
-    grads = (d_log_std, g_w1, g_b1, g_w2, g_b2, g_heads[:act_dim], g_b_heads[:act_dim], g_heads[act_dim:], g_b_heads[act_dim:])
-    return grads, log_ratio, value_error
+    size = action.head_size
+    grads = (*d_distribution, g_w1, g_b1, g_w2, g_b2, g_heads[:size], g_b_heads[:size], g_heads[size:], g_b_heads[size:])
+    return grads, log_ratio, value_error, entropy
 
 
 def standardize_per_minibatch(advantages: torch.Tensor, minibatch_size: int) -> torch.Tensor:
@@ -113,29 +121,23 @@ def update_statistics(
     log_ratio: torch.Tensor,
     value_error: torch.Tensor,
     advantages: torch.Tensor,
-    log_std: torch.Tensor,
+    entropy: torch.Tensor,
     sample_weight: torch.Tensor,
     clip_range: float,
 ) -> dict[str, float]:
     """The `STATISTICS`: each minibatch's mean, averaged over the update's minibatches.
 
-    Inputs hold every sample of every minibatch, in training order: `log_std` is `(steps, act_dim)`,
-    the value before each step; `sample_weight` is 1 / (minibatch size x minibatch count) per sample.
+    Inputs hold every sample of every minibatch, in training order, each with the policy
+    before that minibatch's step; `sample_weight` is 1 / (minibatch size x minibatch count) per sample.
     """
     ratio = log_ratio.exp()
     unclipped, clipped = -advantages * ratio, -advantages * ratio.clamp(1 - clip_range, 1 + clip_range)
     per_sample = torch.stack([
         torch.maximum(unclipped, clipped),
         0.5 * value_error.square(),
+        entropy,
         (ratio - 1) - log_ratio,  # Schulman's low-variance KL estimator
         ((ratio - 1).abs() > clip_range).float(),
     ])  # fmt: skip
-    policy_loss, value_loss, approx_kl, clip_fraction = (per_sample @ sample_weight).tolist()  # the one host round trip
-    entropy = float((0.5 + LOG_SQRT_2PI + log_std).sum(1).mean())
-    return {
-        "policy_loss": policy_loss,
-        "value_loss": value_loss,
-        "entropy": entropy,
-        "approx_kl": approx_kl,
-        "clip_fraction": clip_fraction,
-    }
+    values = (per_sample @ sample_weight).tolist()  # the one host round trip
+    return dict(zip(STATISTICS, values, strict=True))

@@ -27,7 +27,7 @@ class Rollout:
     final_values: np.ndarray  # (T, N) float32, V(last obs) where truncated, else 0
     last_values: np.ndarray  # (N,) float32, V(obs after step T-1)
     env_ids: np.ndarray  # (N,) int64
-    episode_returns: np.ndarray  # (E,) float64, episodes completed in this rollout
+    episode_returns: np.ndarray  # (E,) float64, episodes completed in this rollout, by env id, then in the order they ended
     episode_lengths: np.ndarray  # (E,) int64
     episode_env_ids: np.ndarray  # (E,) int64
     policy_version: int

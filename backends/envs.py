@@ -1,13 +1,17 @@
-"""Env construction: gymnasium ids, env options, and a synthetic per-step cost."""
+"""Env construction: gymnasium ids or a user's own env class, its kwargs, the spaces the PPO core
+supports, and a synthetic per-step cost."""
 
 from __future__ import annotations
 
+import importlib
 import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import gymnasium as gym
+
+from algorithms.distributions import for_action_space
 
 STEP_COST_KINDS = ("sleep", "busy")
 
@@ -17,9 +21,10 @@ class EnvSpec:
     """Which env to make and how. Picklable, so workers can make their own."""
 
     id: str = "Pendulum-v1"
-    """A registered gymnasium id."""
-    options: dict[str, Any] = field(default_factory=dict)
-    """Keyword arguments for `gymnasium.make`."""
+    """A registered gymnasium id (`CartPole-v1`, or `my_pkg:MyEnv-v0` to import the module that
+    registers it), or a user's env class by entry point (`my_pkg.envs:MySim`)."""
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    """Keyword arguments for `gymnasium.make`: the env's own (`g = 9.81`) and make's (`max_episode_steps = 500`)."""
     step_cost_ms: float = 0.0
     """Synthetic cost added to every step, to study scaling with a heavier simulator."""
     step_cost_kind: str = "sleep"
@@ -96,26 +101,73 @@ class StepCost(gym.Wrapper):
         return self.env.step(action)
 
 
-def registered_env_ids() -> list[str]:
-    """Every id gymnasium can make."""
-    return sorted(gym.envs.registry.keys())
+class EnvError(ValueError):
+    """An env that cannot be made, or whose spaces the PPO core does not support: one line for the user."""
+
+
+def _make(spec: EnvSpec) -> gym.Env:
+    """`gymnasium.make` for a registered id; for `module:Name` that registers nothing, the class `Name`."""
+    if ":" in spec.id and spec.id.split(":", 1)[1] not in gym.envs.registry:
+        module_name, _, attribute = spec.id.partition(":")
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as error:
+            raise EnvError(
+                f"env '{spec.id}': cannot import {module_name} ({error}); install it or put it on PYTHONPATH"
+            ) from None
+        # Importing may have registered the id (gymnasium's own `module:EnvId` form).
+        if attribute not in gym.envs.registry:
+            if not callable(getattr(module, attribute, None)):
+                raise EnvError(f"env '{spec.id}': {module_name} has no env class or registered id '{attribute}'")
+            return gym.make(gym.envs.registration.EnvSpec(attribute, entry_point=spec.id), **spec.kwargs)
+    elif spec.id not in gym.envs.registry:
+        raise EnvError(f"'{spec.id}' is not a registered gymnasium env id: use one (e.g. Pendulum-v1, CartPole-v1) "
+                       "or your own class as 'module:Class'")  # fmt: skip
+    return gym.make(spec.id, **spec.kwargs)
 
 
 def make_env(spec: EnvSpec) -> gym.Env:
-    """One env per the spec, with the step cost wrapper when a cost is set."""
-    env = gym.make(spec.id, **spec.options)
+    """One env per the spec: Discrete observations one-hot, plus the step cost wrapper when a cost is set."""
+    env = _make(spec)
+    if isinstance(env.observation_space, gym.spaces.Discrete):
+        env = gym.wrappers.FlattenObservation(env)  # a Discrete observation flattens to its one-hot vector
     if spec.step_cost_ms > 0:
         env = StepCost(env, spec.step_cost_ms, spec.step_cost_kind)
     return env
 
 
-def env_dims(spec: EnvSpec) -> tuple[int, int]:
-    """Flat observation and action sizes (continuous Box spaces only, as PPO here needs)."""
-    env = make_env(spec)
+@dataclass(frozen=True)
+class EnvSpaces:
+    """What the policy needs to know of an env: observation length, action size and distribution."""
+
+    obs_dim: int
+    act_dim: int
+    distribution: str
+
+
+SUPPORTED_SPACES = (
+    "observations: a 1-D Box, or Discrete (one-hot encoded); actions: a 1-D float Box (Gaussian) or Discrete (Categorical)"
+)
+
+
+def describe_env(spec: EnvSpec) -> EnvSpaces:
+    """Make the env once and check its spaces; `EnvError` with one line if it cannot be made or used."""
+    try:
+        env = make_env(spec)
+    except EnvError:
+        raise
+    except Exception as error:  # the user's kwargs or env constructor: name the env and the cause
+        message = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise EnvError(f"env '{spec.id}' with kwargs {spec.kwargs}: gymnasium.make failed: {message}") from None
     try:
         obs_space, act_space = env.observation_space, env.action_space
-        if not (isinstance(obs_space, gym.spaces.Box) and isinstance(act_space, gym.spaces.Box)):
-            raise ValueError(f"{spec.id} needs Box observation and action spaces for this PPO, has {obs_space} and {act_space}")
-        return int(obs_space.shape[0]), int(act_space.shape[0])
     finally:
         env.close()
+    if not (isinstance(obs_space, gym.spaces.Box) and len(obs_space.shape) == 1):
+        raise EnvError(f"env '{spec.id}': observation space {obs_space} is not supported ({SUPPORTED_SPACES}; "
+                       "images, Dict and Tuple are not)")  # fmt: skip
+    try:
+        distribution, act_dim = for_action_space(act_space)
+    except ValueError:
+        raise EnvError(f"env '{spec.id}': action space {act_space} is not supported ({SUPPORTED_SPACES})") from None
+    return EnvSpaces(int(obs_space.shape[0]), act_dim, distribution)

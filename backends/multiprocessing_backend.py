@@ -83,9 +83,11 @@ class SharedArrays:
             self.shm.unlink()
 
 
-def step_layout(num_envs: int, obs_dim: int, act_dim: int) -> dict[str, tuple[tuple[int, ...], str]]:
+def step_layout(num_envs: int, policy: PolicySpec) -> dict[str, tuple[tuple[int, ...], str]]:
+    """One central-inference worker's shared arrays: the actions in, the step's results out."""
+    obs_dim, action = policy.obs_dim, policy.action
     return {
-        "actions": ((num_envs, act_dim), "float32"),
+        "actions": ((num_envs, *action.action_shape), action.action_dtype.name),
         "obs": ((num_envs, obs_dim), "float32"),
         "rewards": ((num_envs,), "float32"),
         "terminations": ((num_envs,), "bool"),
@@ -175,7 +177,7 @@ class MultiprocessingBackend(RemoteBackend):
             self.shared.append(self.weights)
         for index in range(self.spec.workers):
             if self.spec.inference == "central":
-                self.shared.append(SharedArrays(step_layout(k, policy.obs_dim, policy.act_dim)))
+                self.shared.append(SharedArrays(step_layout(k, policy)))
             self.procs.append(None)
             self.conns.append(None)
             self._start_worker(index)

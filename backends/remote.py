@@ -190,9 +190,9 @@ class RemoteBackend(Backend):
         for info, clock in zip(self.placement, self.clocks, strict=True):
             info["clock"] = clock.describe()
         if self.spec.inference == "central":
-            self.policy = InferencePolicy(policy.obs_dim, policy.act_dim, policy.hidden_size)
+            self.policy = InferencePolicy(policy)
             self.stepper = self._central_stepper(policy.obs_dim)
-            noise = NoiseSource(np.arange(self.spec.num_envs), seed, policy.act_dim)
+            noise = NoiseSource(np.arange(self.spec.num_envs), seed, policy.action)
             self.sampler = FragmentSampler(self.stepper, self.policy, noise)
 
     def set_weights(self, weights: np.ndarray, version: int, wait: bool = True) -> SyncReport:

@@ -17,6 +17,7 @@ from typing import Protocol
 import numpy as np
 from gymnasium.vector import AutoresetMode, SyncVectorEnv
 
+from algorithms.distributions import Distribution, distribution_of
 from algorithms.model import InferencePolicy
 from algorithms.rollout import Rollout
 from backends.envs import EnvSpec, make_env
@@ -54,16 +55,16 @@ class EnvBlock:
         self.env_ids = np.asarray(env_ids, dtype=np.int64)
         self.seed = seed
         self.vec = SyncVectorEnv([partial(make_env, spec)] * len(self.env_ids), autoreset_mode=AUTORESET_MODE)
-        space = self.vec.single_action_space
-        self.action_low, self.action_high = space.low, space.high
+        self.action_space = self.vec.single_action_space
+        self.action = distribution_of(self.action_space)
 
     def reset(self) -> np.ndarray:
         obs, _ = self.vec.reset(seed=[self.seed + int(i) for i in self.env_ids])
         return obs.astype(np.float32, copy=False)
 
     def step(self, actions: np.ndarray) -> StepResult:
-        # The env gets the clipped action; PPO keeps the unclipped sample and its log-prob.
-        obs, rewards, terminations, truncations, info = self.vec.step(np.clip(actions, self.action_low, self.action_high))
+        # The env gets what the distribution says (a Gaussian's sample clipped); PPO keeps the raw sample.
+        obs, rewards, terminations, truncations, info = self.vec.step(self.action.to_env(actions, self.action_space))
         obs = obs.astype(np.float32, copy=False)
         final_obs = obs.copy()
         if "_final_obs" in info:
@@ -76,14 +77,14 @@ class EnvBlock:
 
 
 class NoiseSource:
-    """Per-env standard-normal exploration noise, seeded by `(seed, env_id)`."""
+    """Per-env exploration noise (the distribution's kind), seeded by `(seed, env_id)`."""
 
-    def __init__(self, env_ids: np.ndarray, seed: int, act_dim: int) -> None:
+    def __init__(self, env_ids: np.ndarray, seed: int, action: Distribution) -> None:
         self.generators = [np.random.default_rng([seed, int(i)]) for i in env_ids]
-        self.act_dim = act_dim
+        self.action = action
 
     def draw(self) -> np.ndarray:
-        return np.stack([g.standard_normal(self.act_dim, dtype=np.float32) for g in self.generators])
+        return np.stack([self.action.draw_noise(g) for g in self.generators])
 
 
 class FragmentSampler:
@@ -109,9 +110,9 @@ class FragmentSampler:
     def sample(self, num_steps_per_env: int) -> Rollout:
         """Step every env `num_steps_per_env` times with the policy's current weights."""
         T, k, obs_dim = num_steps_per_env, len(self.obs), self.obs.shape[1]
-        act_dim = self.noise.act_dim
+        action = self.noise.action
         obs_buf = np.empty((T, k, obs_dim), np.float32)
-        act_buf = np.empty((T, k, act_dim), np.float32)
+        act_buf = np.empty((T, k, *action.action_shape), action.action_dtype)
         logp_buf, value_buf, reward_buf, final_value_buf = (np.zeros((T, k), np.float32) for _ in range(4))
         term_buf, trunc_buf = np.zeros((T, k), bool), np.zeros((T, k), bool)
         episodes: list[tuple[float, int, int]] = []
@@ -132,6 +133,7 @@ class FragmentSampler:
                 self.running_return[ended] = 0.0
                 self.running_length[ended] = 0
             self.obs = step.obs
+        episodes.sort(key=lambda episode: episode[2])  # by env id, each env's in the order they ended (Rollout)
         returns, lengths, env_ids = zip(*episodes, strict=True) if episodes else ((), (), ())
         return Rollout(
             obs=obs_buf,

@@ -18,8 +18,8 @@ class VecEnvBackend(Backend):
     def start(self, env: EnvSpec, policy: PolicySpec, seed: int) -> None:
         env_ids = np.arange(self.spec.num_envs)
         self.block = EnvBlock(env, env_ids, seed)
-        self.policy = InferencePolicy(policy.obs_dim, policy.act_dim, policy.hidden_size)
-        noise = NoiseSource(env_ids, seed, policy.act_dim)
+        self.policy = InferencePolicy(policy)
+        noise = NoiseSource(env_ids, seed, policy.action)
         self.sampler = FragmentSampler(self.block, self.policy, noise, batched=self.batched_inference)
 
     def set_weights(self, weights: np.ndarray, version: int, wait: bool = True) -> SyncReport:

@@ -79,8 +79,8 @@ class RolloutWorker:
         self.block = EnvBlock(env, env_ids, seed)
         self.sampler: FragmentSampler | None = None
         if inference == "worker":
-            self.policy = InferencePolicy(policy.obs_dim, policy.act_dim, policy.hidden_size, torch_threads=1)
-            self.sampler = FragmentSampler(self.block, self.policy, NoiseSource(env_ids, seed, policy.act_dim))
+            self.policy = InferencePolicy(policy, torch_threads=1)
+            self.sampler = FragmentSampler(self.block, self.policy, NoiseSource(env_ids, seed, policy.action))
 
     def info(self) -> dict[str, Any]:
         """Where this worker runs (recorded in results)."""

@@ -23,7 +23,7 @@ def initial_weights() -> np.ndarray:
     """The flat weights a fresh learner would broadcast first (fixed seed)."""
     with torch.random.fork_rng(devices=[]):  # leave the global generator as it was
         torch.manual_seed(SEED)
-        return flatten_weights(InferencePolicy(POLICY.obs_dim, POLICY.act_dim, POLICY.hidden_size).model)
+        return flatten_weights(InferencePolicy(POLICY).model)
 
 
 def started_backend(spec: BackendSpec) -> Iterator[Backend]:

@@ -16,6 +16,7 @@ from torch import nn
 
 from algorithms.config import PPOConfig
 from algorithms.model import ActorCritic, flatten_weights
+from algorithms.policy import PolicySpec
 from algorithms.ppo_gradients import STATISTICS
 from algorithms.rollout import Rollout
 
@@ -23,10 +24,11 @@ from algorithms.rollout import Rollout
 class ReferencePPOLearner:
     """The pre-issue-8 learner: same initial weights and minibatch order as `PPOLearner` for a seed."""
 
-    def __init__(self, config: PPOConfig, obs_dim: int, act_dim: int, seed: int, total_steps: int | None = None) -> None:
+    def __init__(self, config: PPOConfig, policy: PolicySpec, seed: int, total_steps: int | None = None) -> None:
         torch.manual_seed(seed)
         self.config = config
-        self.model = ActorCritic(obs_dim, act_dim, config.hidden_size, config.init_log_std)
+        self.model = ActorCritic(policy, config.init_log_std)
+        self.action_shape = policy.action.action_shape
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.learning_rate, eps=1e-5)
         self.shuffle_rng = np.random.default_rng(seed)
         self.total_steps = total_steps
@@ -45,7 +47,7 @@ class ReferencePPOLearner:
             for group in self.optimizer.param_groups:
                 group["lr"] = cfg.learning_rate * remaining
         obs = torch.from_numpy(rollout.obs.reshape(-1, rollout.obs.shape[-1]))
-        actions = torch.from_numpy(rollout.actions.reshape(-1, rollout.actions.shape[-1]))
+        actions = torch.from_numpy(rollout.actions.reshape(-1, *self.action_shape))
         old_log_probs = torch.from_numpy(rollout.log_probs.reshape(-1))
         adv_all = torch.from_numpy(advantages.reshape(-1))
         ret_all = torch.from_numpy(returns.reshape(-1))

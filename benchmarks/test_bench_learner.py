@@ -68,7 +68,7 @@ def test_gae(benchmark, record_rate, num_envs):
 
 # The update implementations timed side by side; each builds the same initial weights for SEED.
 UPDATES = {
-    "reference": lambda: ReferencePPOLearner(REPORT, POLICY.obs_dim, POLICY.act_dim, SEED),
+    "reference": lambda: ReferencePPOLearner(REPORT, POLICY, SEED),
     "fast": lambda: PPOLearner(LearnerSetup(REPORT, POLICY, SEED)),
     # Compiles (~20 s) here, in setup, never inside a timed round.
     "fast-compiled": lambda: PPOLearner(LearnerSetup(REPORT.replace(compile=True), POLICY, SEED)),
@@ -109,7 +109,7 @@ def test_ppo_update_report_preset(benchmark, record_rate, real_rollout, implemen
 @pytest.mark.parametrize("batch", [1, 16, 64], ids=lambda b: f"batch{b}")
 def test_inference_act(benchmark, record_rate, batch):
     """`InferencePolicy.act` on `batch` observations: one policy call for `batch` env steps."""
-    policy = InferencePolicy(POLICY.obs_dim, POLICY.act_dim, POLICY.hidden_size)
+    policy = InferencePolicy(POLICY)
     rng = np.random.default_rng(SEED)
     obs = rng.standard_normal((batch, POLICY.obs_dim), dtype=np.float32)
     noise = rng.standard_normal((batch, POLICY.act_dim), dtype=np.float32)

@@ -29,7 +29,7 @@ from algorithms.model import InferencePolicy
 from algorithms.registry import create_learner
 from backends import create_backend
 from backends.base import DEFAULT_MAX_RESTARTS, Backend, PolicySpec
-from backends.envs import STEP_COST_METER, env_dims, make_env
+from backends.envs import STEP_COST_METER, describe_env, make_env
 from backends.remote import DEFAULT_TIMEOUT_S, RemoteBackend
 from harness.errors import HarnessError
 from harness.monitor import ResourceMonitor
@@ -99,8 +99,8 @@ class CaseRun:
         threads = self.measure.torch_threads or psutil.cpu_count(logical=False) or 1
         torch.set_num_threads(threads)
         self.result["torch_threads"] = threads
-        obs_dim, act_dim = env_dims(self.case.env)
-        policy = PolicySpec(obs_dim, act_dim, self.case.ppo.hidden_size)
+        spaces = describe_env(self.case.env)  # checked at suite load too; here the env's own package may have changed
+        policy = PolicySpec(spaces.obs_dim, spaces.act_dim, self.case.ppo.hidden_size, spaces.distribution)
         planned = self.iterations_planned()
         total_steps = planned * self.case.ppo.steps_per_iteration
         lag = self.case.backend.pipeline_depth  # how stale a batch the schedule will hand the learner
@@ -110,7 +110,7 @@ class CaseRun:
             learner = create_learner(self.case.algorithm.name, setup)  # a compiled learner compiles here, not in an iteration
         self.result["learner"] = {"name": self.case.algorithm.name, **learner.describe()}
         self.result["learner"]["startup_s"] = time.perf_counter() - started
-        eval_policy = InferencePolicy(obs_dim, act_dim, self.case.ppo.hidden_size)
+        eval_policy = InferencePolicy(policy)
         backend = create_backend(self.case.backend)
         monitor = ResourceMonitor()
         try:

@@ -32,7 +32,7 @@ from typing_extensions import TypedDict  # pydantic needs typing_extensions' Typ
 from backends.base import INFERENCE_MODES
 from harness.suite import CaseConfig, MeasureConfig
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 """The version of the record's layout; a reader refuses any other. 2: iterations time one learner
 phase (`train_s`) and keep the learner's statistics as a named map (issue 8). 3: bytes are measured
 serialized sizes, not formulas; times are on one clock (offsets across nodes), never clamped; each

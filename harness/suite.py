@@ -37,7 +37,7 @@ from algorithms.config import PRESETS, PPOConfig
 from algorithms.registry import learner_class
 from backends import REGISTRY, BackendEntry
 from backends.base import CENTRAL_REFUSES_RESTART, INFERENCE_MODES, SCHEDULES, BackendSpec
-from backends.envs import EnvSpec, registered_env_ids
+from backends.envs import EnvError, EnvSpec, describe_env
 from harness.errors import HarnessError
 from harness.report import CLAIMS, TABLES  # the registries: a suite may name their tables and claims
 
@@ -479,9 +479,17 @@ def _load_part(check: _Checker, file: SuiteFile, data: dict[str, Any], name: str
 
 def _env(check: _Checker, table: dict[str, Any], base: EnvSpec, loc: Loc) -> EnvSpec:
     spec = check.validate(EnvSpec, {**dataclasses.asdict(base), **table}, loc)
-    if spec.id not in registered_env_ids():
-        check.fail(loc, f"'{spec.id}' is not a registered gymnasium env id (e.g. Pendulum-v1)")
+    try:  # made once here, in the parent: an env the PPO core cannot use stops the run before anything starts
+        _check_env(spec.id, json.dumps(spec.kwargs, sort_keys=True, default=repr))
+    except EnvError as error:
+        check.fail(loc, str(error))
     return spec
+
+
+@functools.cache
+def _check_env(env_id: str, kwargs_json: str) -> None:
+    """`describe_env` once per env id and kwargs (the step cost changes no space)."""
+    describe_env(EnvSpec(env_id, json.loads(kwargs_json)))
 
 
 def _ppo(check: _Checker, table: dict[str, Any], preset: str, base: PPOConfig, loc: Loc) -> tuple[str, PPOConfig]:

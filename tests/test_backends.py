@@ -12,12 +12,12 @@ import math
 import os
 import signal
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import psutil
 import pytest
 
-from algorithms.model import InferencePolicy
 from algorithms.rollout import Rollout
 from backends import REGISTRY, available, create_backend
 from backends.base import BackendSpec, PolicySpec
@@ -25,8 +25,23 @@ from backends.envs import STEP_COST_METER, EnvSpec
 from backends.workers import WorkerError
 from tests.conftest import wait_for_no_children
 
-ENV = EnvSpec()
-POLICY = PolicySpec(obs_dim=3, act_dim=1, hidden_size=64)
+
+@dataclass(frozen=True)
+class Workload:
+    """An env and the policy that fits its spaces."""
+
+    env: EnvSpec
+    policy: PolicySpec
+
+
+# Pendulum: a continuous action, every env truncated at step 200 together, never terminated.
+# CartPole: a discrete action, episodes that terminate at different steps in each env (autoreset
+# per env while the others go on), under weights that balance the pole badly.
+WORKLOADS = {
+    "pendulum": Workload(EnvSpec(), PolicySpec(obs_dim=3, act_dim=1, hidden_size=64)),
+    "cartpole": Workload(EnvSpec("CartPole-v1"), PolicySpec(obs_dim=4, act_dim=2, hidden_size=64, distribution="categorical")),
+}
+ENV, POLICY = WORKLOADS["pendulum"].env, WORKLOADS["pendulum"].policy
 SEED = 7
 NUM_ENVS = 4
 
@@ -63,30 +78,29 @@ def make_spec(config, request, **options) -> BackendSpec:
     return BackendSpec(name, workers, envs, inference, {"timeout_s": 60, **options})
 
 
-def test_weights(hidden: int = POLICY.hidden_size) -> np.ndarray:
+def test_weights(policy: PolicySpec = POLICY) -> np.ndarray:
     """Weights large enough that actions depend on the observation, not only on the noise."""
-    policy = InferencePolicy(POLICY.obs_dim, POLICY.act_dim, hidden)
     return np.random.default_rng(0).normal(0.0, 0.3, policy.num_params).astype(np.float32)
 
 
 test_weights.__test__ = False  # a helper, not a test
 
 
-def started(spec: BackendSpec, env: EnvSpec = ENV):
+def started(spec: BackendSpec, env: EnvSpec = ENV, policy: PolicySpec = POLICY):
     backend = create_backend(spec)
     try:
-        backend.start(env, POLICY, SEED)
+        backend.start(env, policy, SEED)
     except BaseException:
         backend.close()
         raise
     return backend
 
 
-def collect_twice(spec: BackendSpec, steps_per_env: int = 150) -> list[Rollout]:
-    """Two fragments of 150 steps per env: the 200-step truncation falls in the second."""
-    backend = started(spec)
+def collect_twice(spec: BackendSpec, workload: Workload = WORKLOADS["pendulum"], steps_per_env: int = 150) -> list[Rollout]:
+    """Two fragments of 150 steps per env: Pendulum's 200-step truncation falls in the second."""
+    backend = started(spec, workload.env, workload.policy)
     try:
-        weights = test_weights()
+        weights = test_weights(workload.policy)
         rollouts = []
         for version in range(2):
             backend.set_weights(weights, version)
@@ -97,8 +111,20 @@ def collect_twice(spec: BackendSpec, steps_per_env: int = 150) -> list[Rollout]:
 
 
 @pytest.fixture(scope="module")
-def reference() -> list[Rollout]:
-    return collect_twice(BackendSpec("vecenv", 1, NUM_ENVS))
+def references() -> dict[str, list[Rollout]]:
+    """`vecenv`'s two fragments per workload, sampled once per module when first asked for."""
+    return {}
+
+
+@pytest.fixture
+def reference(references) -> list[Rollout]:
+    return reference_for("pendulum", references)
+
+
+def reference_for(workload: str, references: dict[str, list[Rollout]]) -> list[Rollout]:
+    if workload not in references:
+        references[workload] = collect_twice(BackendSpec("vecenv", 1, NUM_ENVS), WORKLOADS[workload])
+    return references[workload]
 
 
 # Why floats are not compared exactly: a batch-1 and a batch-4 float32 matmul take different
@@ -122,6 +148,9 @@ def assert_same_rollout(actual: Rollout, expected: Rollout, tolerance: float = F
         np.testing.assert_array_equal(getattr(actual, name), getattr(expected, name), err_msg=name)
     for name in ("obs", "actions", "rewards", "log_probs", "values", "final_values", "last_values", "episode_returns"):
         want = getattr(expected, name)
+        if want.dtype.kind in "iu":  # discrete actions: exactly
+            np.testing.assert_array_equal(getattr(actual, name), want, err_msg=name)
+            continue
         scale = float(np.abs(want).max()) if want.size else 0.0
         np.testing.assert_allclose(getattr(actual, name), want, rtol=tolerance, atol=tolerance * scale, err_msg=name)
 
@@ -129,12 +158,14 @@ def assert_same_rollout(actual: Rollout, expected: Rollout, tolerance: float = F
 # --- conformance ------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("workload", WORKLOADS)
 @pytest.mark.parametrize("config", PARAMS)
-def test_shapes_dtypes_and_exact_step_accounting(config, request):
+def test_shapes_dtypes_and_exact_step_accounting(config, workload, request):
     spec = make_spec(config, request)
-    backend = started(spec)
+    env, policy = WORKLOADS[workload].env, WORKLOADS[workload].policy
+    backend = started(spec, env, policy)
     try:
-        report = backend.set_weights(test_weights(), 5)
+        report = backend.set_weights(test_weights(policy), 5)
         collected = backend.collect(64)
         rollout = collected.rollout
         description = backend.describe()
@@ -143,8 +174,9 @@ def test_shapes_dtypes_and_exact_step_accounting(config, request):
         backend.close()  # idempotent
     steps = 64 // NUM_ENVS
     assert rollout.num_steps == 64 and rollout.policy_version == 5
-    assert rollout.obs.shape == (steps, NUM_ENVS, 3) and rollout.obs.dtype == np.float32
-    assert rollout.actions.shape == (steps, NUM_ENVS, 1) and rollout.actions.dtype == np.float32
+    assert rollout.obs.shape == (steps, NUM_ENVS, policy.obs_dim) and rollout.obs.dtype == np.float32
+    assert rollout.actions.shape == (steps, NUM_ENVS, *policy.action.action_shape)
+    assert rollout.actions.dtype == policy.action.action_dtype
     for name in ("log_probs", "values", "rewards", "final_values"):
         assert getattr(rollout, name).shape == (steps, NUM_ENVS) and getattr(rollout, name).dtype == np.float32, name
     assert rollout.terminations.dtype == bool and rollout.truncations.dtype == bool
@@ -189,7 +221,7 @@ def _running(pid: int) -> bool:
 @pytest.mark.parametrize("config", PARAMS)
 def test_env_exception_reaches_caller_naming_the_worker(config, request):
     spec = make_spec(config, request)
-    broken = dataclasses.replace(ENV, options={"g": "not a number"})  # Pendulum fails inside step()
+    broken = dataclasses.replace(ENV, kwargs={"g": "not a number"})  # Pendulum fails inside step()
     backend = started(spec, broken)
     try:
         backend.set_weights(test_weights(), 0)
@@ -265,11 +297,17 @@ def test_communication_figures_are_measured_and_add_up(config, request):
 # --- equivalence --------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("workload", WORKLOADS)
 @pytest.mark.parametrize("config", PARAMS)
-def test_same_rollout_as_vecenv(config, request, reference):
-    actual = collect_twice(make_spec(config, request))
-    assert actual[1].truncations.any(), "the fragments should cross the 200-step time limit"
-    for got, expected in zip(actual, reference, strict=True):
+def test_same_rollout_as_vecenv(config, workload, request, references):
+    actual = collect_twice(make_spec(config, request), WORKLOADS[workload])
+    if workload == "pendulum":
+        assert actual[1].truncations.any(), "the fragments should cross the 200-step time limit"
+    else:  # some env terminated (and autoreset) at a step where another env went on
+        terminated = np.concatenate([r.terminations for r in actual])
+        assert (terminated.any(axis=1) & ~terminated.all(axis=1)).any()
+        assert len(set(np.concatenate([r.episode_lengths for r in actual]).tolist())) > 1
+    for got, expected in zip(actual, reference_for(workload, references), strict=True):
         assert_same_rollout(got, expected)
 
 

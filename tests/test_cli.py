@@ -162,7 +162,7 @@ envs_per_worker = 2
 backend = "multiprocessing"
 workers = 2
 label = "broken env"
-env = { options = { g = "not a number" } }
+env = { kwargs = { g = "not a number" } }
 """)
     out = tmp_path / "out"
     proc = harness("run", str(suite), "--out", str(out))

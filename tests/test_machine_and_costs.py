@@ -43,7 +43,7 @@ def _case(kind: str, workers: int) -> dict:
     return {
         "id": "p/c", "part": "p", "label": "c", "runs": [],
         "backend": {"name": "ray_local", "workers": workers, "envs_per_worker": 1, "inference": "worker", "options": {}},
-        "env": {"id": "Pendulum-v1", "options": {}, "step_cost_ms": 1.0, "step_cost_kind": kind},
+        "env": {"id": "Pendulum-v1", "kwargs": {}, "step_cost_ms": 1.0, "step_cost_kind": kind},
         "ppo": {}, "preset": "report",
     }  # fmt: skip
 

@@ -21,7 +21,7 @@ def ppo_learner(config: PPOConfig = PRESETS["report"], seed: int = 0) -> PPOLear
 
 def test_flat_weights_round_trip_into_inference_policy():
     learner = ppo_learner()
-    policy = InferencePolicy(3, 1, 256)
+    policy = InferencePolicy(PolicySpec(3, 1, 256))
     policy.load_flat(learner.weights(), learner.version)
     # The round trip itself is exact: the policy holds bit for bit the learner's weights ...
     np.testing.assert_array_equal(flatten_weights(policy.model), learner.weights())
@@ -29,19 +29,20 @@ def test_flat_weights_round_trip_into_inference_policy():
     # passes of one network, but not always through the same kernels (MKL picks them by CPU and
     # by whether autograd is on): 1e-6 relative to the outputs' scale, not to each tiny value.
     torch.manual_seed(0)
-    reference = ActorCritic(3, 1, 256)
+    reference = ActorCritic(PolicySpec(3, 1, 256))
     obs = np.random.default_rng(0).normal(size=(5, 3)).astype(np.float32)
     with torch.no_grad():
         mean, value = reference(torch.from_numpy(obs))
-    for got, expected in ((policy.mean_action(obs), mean.numpy()), (policy.value(obs), value.numpy())):
+    for got, expected in ((policy.mode(obs), mean.numpy()), (policy.value(obs), value.numpy())):
         np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6 * np.abs(expected).max())
     assert learner.weights().dtype == np.float32 and learner.weights().ndim == 1
     assert policy.num_params == 67_331  # (3*256+256) + (256*256+256) + 257 + 257 + 1
 
 
-def test_layout_matches_the_torch_modules_parameter_order():
-    spec = PolicySpec(obs_dim=5, act_dim=2, hidden_size=16)
-    model = ActorCritic(5, 2, 16)
+@pytest.mark.parametrize("distribution", ["gaussian", "categorical"])
+def test_layout_matches_the_torch_modules_parameter_order(distribution):
+    spec = PolicySpec(obs_dim=5, act_dim=2, hidden_size=16, distribution=distribution)
+    model = ActorCritic(spec)
     assert spec.layout() == {name: tuple(p.shape) for name, p in model.named_parameters()}
     views = spec.unflatten(torch.from_numpy(flatten_weights(model)))
     for name, p in model.named_parameters():
@@ -50,12 +51,12 @@ def test_layout_matches_the_torch_modules_parameter_order():
 
 def test_load_rejects_wrong_size():
     with pytest.raises(ValueError, match="shape"):
-        InferencePolicy(3, 1, 64).load_flat(np.zeros(10, np.float32), 0)
+        InferencePolicy(PolicySpec(3, 1, 64)).load_flat(np.zeros(10, np.float32), 0)
 
 
 def test_act_log_prob_matches_torch_normal():
-    model = ActorCritic(3, 2, 32, init_log_std=-0.3)
-    policy = InferencePolicy(3, 2, 32)
+    model = ActorCritic(PolicySpec(3, 2, 32), init_log_std=-0.3)
+    policy = InferencePolicy(PolicySpec(3, 2, 32))
     policy.load_flat(flatten_weights(model), 0)
     rng = np.random.default_rng(1)
     obs = rng.normal(size=(4, 3)).astype(np.float32)
@@ -69,6 +70,33 @@ def test_act_log_prob_matches_torch_normal():
     np.testing.assert_allclose(log_probs, expected, rtol=1e-5)
     np.testing.assert_allclose(train_log_prob.numpy(), expected, rtol=1e-5)
     np.testing.assert_allclose(entropy.numpy(), dist.entropy().sum(-1).numpy(), rtol=1e-5)
+
+
+def test_categorical_act_matches_torch_categorical_and_samples_its_probabilities():
+    spec = PolicySpec(4, 3, 32, "categorical")
+    torch.manual_seed(2)
+    model = ActorCritic(spec)
+    with torch.no_grad():
+        model.policy_head.weight.normal_(0, 0.5)  # logits far from uniform, so frequencies can tell
+    policy = InferencePolicy(spec)
+    policy.load_flat(flatten_weights(model), 0)
+    rng = np.random.default_rng(3)
+    obs = np.repeat(rng.normal(size=(1, 4)).astype(np.float32), 20_000, axis=0)
+    noise = rng.random((20_000, 3))
+    actions, log_probs, _ = policy.act(obs, noise)
+    with torch.no_grad():
+        dist = torch.distributions.Categorical(logits=model(torch.from_numpy(obs[:1]))[0])
+        train_log_prob, entropy, _ = model.log_prob_and_entropy(torch.from_numpy(obs[:1]), torch.tensor([2]))
+    probs = dist.probs[0].numpy()
+    assert actions.dtype == np.int64 and set(np.unique(actions)) <= {0, 1, 2}
+    np.testing.assert_allclose(log_probs, np.log(probs)[actions], rtol=1e-5)
+    np.testing.assert_allclose(train_log_prob.numpy(), np.log(probs[2]), rtol=1e-5)
+    # Gumbel-max draws softmax(logits): 20,000 draws put each frequency within 4 standard errors.
+    frequencies = np.bincount(actions, minlength=3) / len(actions)
+    assert probs.min() < 0.25 and probs.max() > 0.45  # the weights above made the test informative
+    assert np.all(np.abs(frequencies - probs) < 4 * np.sqrt(probs * (1 - probs) / len(actions)))
+    assert policy.mode(obs[:1])[0] == int(np.argmax(probs))
+    assert entropy.item() == pytest.approx(float(-(probs * np.log(probs)).sum()), rel=1e-5)
 
 
 def test_env_receives_clipped_action():

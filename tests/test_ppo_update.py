@@ -28,18 +28,18 @@ def on_policy_rollout(policy_spec: PolicySpec, config: PPOConfig, num_envs: int 
     policy: ratios start at 1, as in real training, so clipping and the surrogate's branches all occur."""
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
-    weights = flatten_weights(ActorCritic(policy_spec.obs_dim, policy_spec.act_dim, policy_spec.hidden_size, config.init_log_std))
-    policy = InferencePolicy(policy_spec.obs_dim, policy_spec.act_dim, policy_spec.hidden_size)
+    weights = flatten_weights(ActorCritic(policy_spec, config.init_log_std))
+    policy = InferencePolicy(policy_spec)
     policy.load_flat(weights, 0)
     steps = config.steps_per_iteration // num_envs
     obs = rng.normal(0, 1, (steps, num_envs, policy_spec.obs_dim)).astype(np.float32)
-    noise = rng.normal(0, 1, (steps, num_envs, policy_spec.act_dim)).astype(np.float32)
-    actions, log_probs, values = policy.act(obs.reshape(-1, policy_spec.obs_dim), noise.reshape(-1, policy_spec.act_dim))
+    noise = np.stack([policy_spec.action.draw_noise(rng) for _ in range(steps * num_envs)])
+    actions, log_probs, values = policy.act(obs.reshape(-1, policy_spec.obs_dim), noise)
     truncations = np.zeros((steps, num_envs), bool)
     truncations[steps // 2, ::2] = True
     return Rollout(
         obs=obs,
-        actions=actions.reshape(steps, num_envs, -1),
+        actions=actions.reshape(steps, num_envs, *policy_spec.action.action_shape),
         log_probs=log_probs.reshape(steps, num_envs),
         values=values.reshape(steps, num_envs),
         rewards=rng.normal(-3, 2, (steps, num_envs)).astype(np.float32),
@@ -55,8 +55,10 @@ def on_policy_rollout(policy_spec: PolicySpec, config: PPOConfig, num_envs: int 
     )
 
 
-# The report's preset on Pendulum's sizes, and a variant that takes every other branch: two action
-# dimensions, an entropy bonus, raw advantages, and a minibatch size that leaves a remainder (512 % 100).
+# The report's preset on Pendulum's sizes, a variant that takes every other branch (two action
+# dimensions, an entropy bonus, raw advantages, and a minibatch size that leaves a remainder: 512 % 100),
+# and a Categorical policy (CartPole's sizes, and three actions) with and without the entropy bonus.
+CATEGORICAL = PPOConfig(hidden_size=64, steps_per_iteration=512, epochs=3, minibatch_size=64, learning_rate=1e-3)
 VARIANTS = {
     "report": (PolicySpec(3, 1, 256), PRESETS["report"]),
     "branches": (
@@ -72,6 +74,11 @@ VARIANTS = {
             learning_rate=1e-3,
         ),
     ),  # fmt: skip
+    "categorical": (PolicySpec(4, 2, 64, "categorical"), CATEGORICAL),
+    "categorical-entropy": (
+        PolicySpec(5, 3, 32, "categorical"),
+        dataclasses.replace(CATEGORICAL, hidden_size=32, entropy_coef=0.05, minibatch_size=100, normalize_advantages=False),
+    ),
 }
 
 
@@ -80,12 +87,16 @@ def test_minibatch_gradient_equals_autograd(variant):
     spec, config = VARIANTS[variant]
     rollout = on_policy_rollout(spec, config)
     advantages, returns = compute_gae(rollout, config.gamma, config.gae_lambda)
-    model = ActorCritic(spec.obs_dim, spec.act_dim, spec.hidden_size, config.init_log_std)
-    with torch.no_grad():  # move off the initial weights so that ratios differ from 1 and some clip
+    model = ActorCritic(spec, config.init_log_std)
+    # Move off the initial weights so that ratios differ from 1 and some clip (near-uniform initial
+    # logits need a larger step for that than a Gaussian's mean does).
+    step = 0.15 if spec.distribution == "categorical" else 0.05
+    with torch.no_grad():
         for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
+            p.add_(torch.randn_like(p) * step)
     n = 100
-    obs, actions = (torch.from_numpy(x.reshape(-1, x.shape[-1])[:n]) for x in (rollout.obs, rollout.actions))
+    obs = torch.from_numpy(rollout.obs.reshape(-1, spec.obs_dim)[:n])
+    actions = torch.from_numpy(rollout.actions.reshape(-1, *spec.action.action_shape)[:n])
     old_log_probs, adv, ret = (torch.from_numpy(x.reshape(-1)[:n]) for x in (rollout.log_probs, advantages, returns))
 
     log_prob, entropy, value = model.log_prob_and_entropy(obs, actions)
@@ -100,7 +111,9 @@ def test_minibatch_gradient_equals_autograd(variant):
     assert 0 < ((ratio - 1).abs() > clip).float().mean() < 1, "both branches of the clip should occur"
 
     params = tuple(p.detach() for p in model.parameters())
-    grads, _, _ = minibatch_gradients(params, obs, actions, old_log_probs, adv, ret, clip, config.value_coef, config.entropy_coef)
+    grads, *_ = minibatch_gradients(
+        spec.action, params, obs, actions, old_log_probs, adv, ret, clip, config.value_coef, config.entropy_coef
+    )
     for (name, p), grad in zip(model.named_parameters(), grads, strict=True):
         scale = p.grad.abs().max().item()
         # float32 sums over 100 samples in another order: 1e-5 of the gradient's own scale.
@@ -118,7 +131,7 @@ DEVICES = [
 def test_fast_update_trains_like_the_reference(variant, device):
     spec, config = VARIANTS[variant]
     rollout = on_policy_rollout(spec, config)
-    reference = ReferencePPOLearner(config, spec.obs_dim, spec.act_dim, seed=3)
+    reference = ReferencePPOLearner(config, spec, seed=3)
     fast = PPOLearner(LearnerSetup(config, spec, seed=3, device=device))
     np.testing.assert_array_equal(fast.weights(), reference.weights())  # same initial weights for a seed
     advantages, returns = compute_gae(rollout, config.gamma, config.gae_lambda)

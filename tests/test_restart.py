@@ -261,12 +261,12 @@ id = "{env}"
 backend = "multiprocessing"
 workers = 2
 options = {{ on_worker_failure = "restart", timeout_s = 60 }}
-env = {{ options = {{ at_step = 40, marker = "{tmp}/mp" }} }}
+env = {{ kwargs = {{ at_step = 40, marker = "{tmp}/mp" }} }}
 [[cases]]
 backend = "ray_local"
 workers = 2
 options = {{ on_worker_failure = "restart", max_restarts = 1, timeout_s = 60 }}
-env = {{ options = {{ at_step = 40, marker = "{tmp}/ray" }} }}
+env = {{ kwargs = {{ at_step = 40, marker = "{tmp}/ray" }} }}
 """
 
 

@@ -41,7 +41,7 @@ envs_per_worker = 2
 [[cases]]
 backend = "vecenv"
 label = "broken env"
-env = { options = { g = "not a number" } }
+env = { kwargs = { g = "not a number" } }
 """
 CONVERGENCE_SUITE = """
 [suite]

@@ -98,7 +98,7 @@ def test_quick_shrinks_budgets_but_keeps_enough_runs_for_an_interval():
             ('backend = "serial"', 'backend = "rayy"'),
             "[[cases]] #1: 'backend' must be 'serial', 'vecenv', 'multiprocessing', 'ray_local' or 'ray_cluster', got 'rayy'",
         ),
-        (('preset = "report"', 'preset = "fast"'), "unknown preset 'fast'; choose from report, tuned"),
+        (('preset = "report"', 'preset = "fast"'), "unknown preset 'fast'; choose from report, tuned, cartpole"),
         (("steps_per_iteration = 64", "learning_rate = -1.0"), "learning_rate=-1.0"),
         (('name = "t"', 'name = "t"\ntables = ["speed", "speeed"]'), ("[suite]: 'tables' must be 'speed', ", "got 'speeed'")),
         (('baseline = "serial"', 'baseline = "nope"'), "'nope' is not a case label"),

@@ -1,0 +1,47 @@
+"""Envs a user might bring, loaded by entry point (`tests.custom_envs:LineWalk`), never registered.
+
+`LineWalk` is a small simulator the PPO core supports: a flat Box observation, a Discrete action
+whose values start at -1 (so the Categorical's index must be shifted), and episodes that
+terminate at different steps in each env. `PixelWalk` observes images, which it does not.
+"""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+
+
+class LineWalk(gym.Env):
+    """Walk from a random start on [-length, length] to 0: actions -1, 0, +1; reward -1 per step."""
+
+    def __init__(self, length: int = 5) -> None:
+        self.length = length
+        self.observation_space = spaces.Box(-1.0, 1.0, (2,), np.float32)
+        self.action_space = spaces.Discrete(3, start=-1)
+        self.position = 0
+
+    def _obs(self) -> np.ndarray:
+        return np.array([self.position / self.length, float(self.position == 0)], np.float32)
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):  # noqa: ANN206 - gymnasium's signature
+        super().reset(seed=seed)
+        self.position = int(self.np_random.choice([-1, 1]) * self.np_random.integers(1, self.length + 1))
+        return self._obs(), {}
+
+    def step(self, action):  # noqa: ANN001, ANN201 - gymnasium's signature
+        if not self.action_space.contains(action):
+            raise ValueError(f"action {action!r} is not in {self.action_space}")
+        self.position = int(np.clip(self.position + int(action), -self.length, self.length))
+        return self._obs(), -1.0, self.position == 0, False, {}
+
+
+class PixelWalk(LineWalk):
+    """LineWalk seen through a 16x16 RGB image: an observation space this PPO does not take."""
+
+    def __init__(self, length: int = 5) -> None:
+        super().__init__(length)
+        self.observation_space = spaces.Box(0, 255, (16, 16, 3), np.uint8)
+
+    def _obs(self) -> np.ndarray:
+        return np.zeros((16, 16, 3), np.uint8)
