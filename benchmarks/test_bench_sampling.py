@@ -47,7 +47,7 @@ def test_env_only_ceiling(benchmark, record_rate):
     block = EnvBlock(ENV, np.arange(CEILING_ENVS), SEED)
     try:
         block.reset()
-        low, high = block.action_low, block.action_high
+        low, high = block.action_space.low, block.action_space.high
         actions = np.random.default_rng(SEED).uniform(low, high, (STEPS // CEILING_ENVS, CEILING_ENVS, POLICY.act_dim))
 
         def step_all() -> float:

@@ -459,7 +459,7 @@ def _load_part(check: _Checker, file: SuiteFile, data: dict[str, Any], name: str
         check.fail(
             ("measure",), "'warmup_iterations' does not apply in convergence mode (every iteration trains and counts); remove it"
         )
-    base_env = _env(check, file.env, EnvSpec(), ("env",))
+    base_env = _env(check, file.env, EnvSpec(), ("env",), make=False)
     preset, base_ppo = _ppo(check, file.ppo, "report", PRESETS["report"], ("ppo",))
     base_algorithm = _algorithm(check, file.algorithm, AlgorithmSpec(), ("algorithm",))
     cases: list[CaseConfig] = []
@@ -477,8 +477,11 @@ def _load_part(check: _Checker, file: SuiteFile, data: dict[str, Any], name: str
     return SuitePart(name, description, file.measure, tuple(cases), file.suite.tables, baseline)
 
 
-def _env(check: _Checker, table: dict[str, Any], base: EnvSpec, loc: Loc) -> EnvSpec:
+def _env(check: _Checker, table: dict[str, Any], base: EnvSpec, loc: Loc, make: bool = True) -> EnvSpec:
+    """The env table merged over `base`; with `make`, the env is made once and its spaces checked."""
     spec = check.validate(EnvSpec, {**dataclasses.asdict(base), **table}, loc)
+    if not make:  # the suite's [env]: each case's merged env is the one that runs (and is checked)
+        return spec
     try:  # made once here, in the parent: an env the PPO core cannot use stops the run before anything starts
         _check_env(spec.id, json.dumps(spec.kwargs, sort_keys=True, default=repr))
     except EnvError as error:
@@ -529,7 +532,7 @@ def _expand_case(
 ) -> list[CaseConfig]:
     """Every case of one `[[cases]]` table (`data` is the table as written, for its default label)."""
     options = check.validate(REGISTRY[table.backend].options_model, table.options, (*loc, f"options ({table.backend})"))
-    env = _env(check, table.env, base_env, (*loc, "env"))
+    env = _env(check, table.env, base_env, (*loc, "env") if table.env else ("env",))  # where the env was set
     preset, ppo = _ppo(check, table.ppo, base_preset, base_ppo, (*loc, "ppo"))
     algorithm = _algorithm(check, table.algorithm, base_algorithm, (*loc, "algorithm"))
     label = table.label or _default_label(table.backend, data)
