@@ -7,7 +7,7 @@ from collections.abc import Callable
 import gymnasium as gym
 import numpy as np
 
-from algorithms.model import InferencePolicy
+from algorithms.inference import InferencePolicy
 
 # Training envs are seeded seed + env_index with small indices; evaluation episodes
 # start far above any env count a suite can ask for, so the two never share a seed.

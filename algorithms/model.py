@@ -1,4 +1,5 @@
-"""Actor-critic network and the inference-only policy that workers hold."""
+"""The learner's actor-critic network (torch), and its flat weight buffer. Samplers run the same
+network in numpy (`algorithms/inference.py`), from that buffer."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from torch import nn
 from algorithms.distributions import LOG_SQRT_2PI
 from algorithms.policy import PolicySpec
 
-__all__ = ["LOG_SQRT_2PI", "ActorCritic", "InferencePolicy", "flatten_weights"]
+__all__ = ["LOG_SQRT_2PI", "ActorCritic", "flatten_weights"]
 
 
 class ActorCritic(nn.Module):
@@ -61,50 +62,3 @@ class ActorCritic(nn.Module):
 def flatten_weights(model: nn.Module) -> np.ndarray:
     """All parameters as one contiguous float32 buffer (what backends broadcast)."""
     return nn.utils.parameters_to_vector(model.parameters()).detach().cpu().numpy().astype(np.float32, copy=False)
-
-
-class InferencePolicy:
-    """Numpy in, numpy out; no optimizer. Workers hold one and load flat weights.
-
-    Exploration noise is passed in, not drawn here, so that the same env draws
-    the same noise whichever process or batch it is sampled in.
-    """
-
-    def __init__(self, policy: PolicySpec, torch_threads: int | None = None) -> None:
-        if torch_threads is not None:
-            # Workers are one process per core (or fewer): more intra-op threads only contend.
-            torch.set_num_threads(torch_threads)
-        self.spec = policy
-        self.action = policy.action
-        self.model = ActorCritic(policy)
-        self.model.requires_grad_(False)
-        self.version = -1
-        self.num_params = sum(p.numel() for p in self.model.parameters())
-
-    def load_flat(self, weights: np.ndarray, version: int) -> None:
-        """Load a flat float32 buffer exported by `flatten_weights`."""
-        if weights.shape != (self.num_params,):
-            raise ValueError(f"weight buffer has shape {weights.shape}, expected ({self.num_params},)")
-        # Copy: buffers from shared memory or Ray's object store are read-only or reused.
-        nn.utils.vector_to_parameters(torch.from_numpy(np.array(weights, dtype=np.float32)), self.model.parameters())
-        self.version = version
-
-    def _distribution_params(self) -> tuple[np.ndarray, ...]:
-        return tuple(getattr(self.model, name).numpy() for name in self.action.params)
-
-    @torch.no_grad()
-    def act(self, obs: np.ndarray, noise: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Sample from the policy with the given noise: actions (unclipped), their log-probs, values."""
-        head, value = self.model(torch.from_numpy(obs))
-        actions, log_prob = self.action.sample(head.numpy(), self._distribution_params(), noise)
-        return actions, log_prob, value.numpy()
-
-    @torch.no_grad()
-    def value(self, obs: np.ndarray) -> np.ndarray:
-        """State values `(B,)`."""
-        return self.model(torch.from_numpy(obs))[1].numpy()
-
-    @torch.no_grad()
-    def mode(self, obs: np.ndarray) -> np.ndarray:
-        """The deterministic action used for evaluation: the mean, or the most likely action."""
-        return self.action.mode(self.model(torch.from_numpy(obs))[0].numpy(), self._distribution_params())

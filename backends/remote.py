@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from algorithms.model import InferencePolicy
+from algorithms.inference import InferencePolicy
 from algorithms.rollout import Rollout
 from backends.base import (
     CENTRAL_REFUSES_RESTART,

@@ -18,7 +18,7 @@ import numpy as np
 from gymnasium.vector import AutoresetMode, SyncVectorEnv
 
 from algorithms.distributions import Distribution, distribution_of
-from algorithms.model import InferencePolicy
+from algorithms.inference import InferencePolicy
 from algorithms.rollout import Rollout
 from backends.envs import EnvSpec, make_env
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from algorithms.model import InferencePolicy
+from algorithms.inference import InferencePolicy
 from backends.base import Backend, Collected, PolicySpec, SyncReport
 from backends.envs import EnvSpec
 from backends.sampling import EnvBlock, FragmentSampler, NoiseSource

@@ -19,8 +19,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
-from algorithms.model import InferencePolicy
+from algorithms.inference import InferencePolicy
 from algorithms.rollout import Rollout
 from backends.base import BackendSpec, PolicySpec
 from backends.envs import STEP_COST_METER, EnvCost, EnvSpec
@@ -78,8 +79,11 @@ class RolloutWorker:
         self.index = index
         self.block = EnvBlock(env, env_ids, seed)
         self.sampler: FragmentSampler | None = None
+        # One BLAS thread: a worker is one process per core (or fewer); more threads for a batch of a
+        # few envs only contend with the other workers.
+        threadpool_limits(1, user_api="blas")
         if inference == "worker":
-            self.policy = InferencePolicy(policy, torch_threads=1)
+            self.policy = InferencePolicy(policy)
             self.sampler = FragmentSampler(self.block, self.policy, NoiseSource(env_ids, seed, policy.action))
 
     def info(self) -> dict[str, Any]:

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from algorithms.model import InferencePolicy, flatten_weights
+from algorithms.model import ActorCritic, flatten_weights
 from backends import create_backend
 from backends.base import Backend, BackendSpec, PolicySpec
 from backends.envs import EnvSpec
@@ -23,7 +23,7 @@ def initial_weights() -> np.ndarray:
     """The flat weights a fresh learner would broadcast first (fixed seed)."""
     with torch.random.fork_rng(devices=[]):  # leave the global generator as it was
         torch.manual_seed(SEED)
-        return flatten_weights(InferencePolicy(POLICY).model)
+        return flatten_weights(ActorCritic(POLICY))
 
 
 def started_backend(spec: BackendSpec) -> Iterator[Backend]:

@@ -12,16 +12,18 @@ import dataclasses
 
 import numpy as np
 import pytest
+from threadpoolctl import threadpool_limits
 
 from algorithms.base import LearnerSetup
 from algorithms.config import PRESETS
 from algorithms.gae import compute_gae
-from algorithms.model import InferencePolicy
+from algorithms.inference import InferencePolicy
 from algorithms.ppo import PPOLearner
 from algorithms.rollout import Rollout
 from backends import create_backend
 from backends.base import BackendSpec
 from benchmarks.common import ENV, POLICY, SEED, STEPS
+from benchmarks.reference_inference import TorchInferencePolicy
 from benchmarks.reference_ppo import ReferencePPOLearner
 
 REPORT = PRESETS["report"]
@@ -105,15 +107,26 @@ def test_ppo_update_report_preset(benchmark, record_rate, real_rollout, implemen
     assert not np.array_equal(before, learner.weights()), "the update left the weights unchanged"
 
 
+INFERENCE = {"numpy": InferencePolicy, "torch-reference": TorchInferencePolicy}
+
+
 @pytest.mark.benchmark(group="inference")
-@pytest.mark.parametrize("batch", [1, 16, 64], ids=lambda b: f"batch{b}")
-def test_inference_act(benchmark, record_rate, batch):
-    """`InferencePolicy.act` on `batch` observations: one policy call for `batch` env steps."""
-    policy = InferencePolicy(POLICY)
+@pytest.mark.parametrize("implementation", INFERENCE)
+@pytest.mark.parametrize("batch", [1, 8, 16, 64], ids=lambda b: f"batch{b}")
+def test_inference_act(benchmark, record_rate, batch, implementation):
+    """One policy call for `batch` env steps: numpy (what samplers run) against the torch reference it replaced,
+    on the same weights and inputs; batch 8 is a vecenv, 16 central inference over 16 workers."""
+    weights = np.random.default_rng(SEED).normal(0, 0.05, POLICY.num_params).astype(np.float32)
+    policy = INFERENCE[implementation](POLICY)
+    policy.load_flat(weights, 0)
     rng = np.random.default_rng(SEED)
     obs = rng.standard_normal((batch, POLICY.obs_dim), dtype=np.float32)
     noise = rng.standard_normal((batch, POLICY.act_dim), dtype=np.float32)
-    actions, log_probs, values = benchmark(policy.act, obs, noise)
+    with threadpool_limits(1, user_api="blas"):  # one thread each, as a worker runs (torch: set by the reference)
+        got = benchmark(policy.act, obs, noise)
     record_rate(batch)
-    assert actions.shape == (batch, POLICY.act_dim) and log_probs.shape == values.shape == (batch,)
-    assert np.isfinite(actions).all()
+    # Both compute the same policy, within float32 rounding (tests/test_model.py states the bound).
+    numpy_policy = InferencePolicy(POLICY)
+    numpy_policy.load_flat(weights, 0)
+    for name, value, want in zip(("actions", "log_probs", "values"), got, numpy_policy.act(obs, noise), strict=True):
+        np.testing.assert_allclose(value, want, rtol=1e-5, atol=1e-5 * float(np.abs(want).max()), err_msg=name)

@@ -110,6 +110,10 @@ class CaseStats:
     """Workers lost and replaced (`on_worker_failure = "restart"`), summed over every run of the case, failed ones too."""
     restarted_runs: int = 0
     """Runs with at least one worker restart."""
+    worker_pss_mib: float | None = None
+    """Memory of one worker process: its peak PSS, the mean over workers, then over runs (None in-process)."""
+    total_pss_mib: float | None = None
+    """Memory of the whole process tree (learner, workers, Ray's daemons): each run's peak PSS, mean over runs."""
 
     @property
     def envs(self) -> int:
@@ -243,6 +247,8 @@ def case_stats(case: dict[str, Any], part: dict[str, Any], cpus: float, host: st
         deviations=report_deviations(case.get("ppo") or {}),
         worker_restarts=sum(restarts),
         restarted_runs=sum(1 for n in restarts if n),
+        worker_pss_mib=_mean([_mean((r.get("memory") or {}).get("workers_pss_mib") or []) for r in ok_runs]),
+        total_pss_mib=_mean([(r.get("memory") or {}).get("tree_pss_mib") for r in ok_runs]),
     )
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import signal
 import sys
 import time
@@ -21,11 +22,11 @@ from typing import Any
 
 import numpy as np
 import psutil
-import torch
+from threadpoolctl import threadpool_limits
 
 from algorithms.base import Learner, LearnerSetup
 from algorithms.evaluate import evaluate, evaluation_seeds
-from algorithms.model import InferencePolicy
+from algorithms.inference import InferencePolicy
 from algorithms.registry import create_learner
 from backends import create_backend
 from backends.base import DEFAULT_MAX_RESTARTS, Backend, PolicySpec
@@ -96,8 +97,12 @@ class CaseRun:
         return self.measure.warmup_iterations + self.measure.iterations
 
     def run(self) -> dict[str, Any]:
+        # Imported here, not at the top: nothing a sampling worker imports may pull torch in (issue 13).
+        import torch
+
         threads = self.measure.torch_threads or psutil.cpu_count(logical=False) or 1
         torch.set_num_threads(threads)
+        threadpool_limits(threads, user_api="blas")  # numpy's inference in this process (central, vecenv, eval)
         self.result["torch_threads"] = threads
         spaces = describe_env(self.case.env)  # checked at suite load too; here the env's own package may have changed
         policy = PolicySpec(spaces.obs_dim, spaces.act_dim, self.case.ppo.hidden_size, spaces.distribution)
@@ -144,6 +149,7 @@ class CaseRun:
             backend.close()
             self.result["shutdown_s"] = time.perf_counter() - closing
             self.result["resources"] = monitor.summary()
+            self.result["memory"] = memory_by_process(monitor, self.result.get("backend", {}).get("placement", []))
         self.result["status"] = "ok"
         self._save()
         return self.result
@@ -225,6 +231,25 @@ def _terminate(signum: int, frame: object) -> None:
 
 
 # Errors that come from the configuration or the code, not the moment: raised during set-up, they would
+def memory_by_process(monitor: ResourceMonitor, placement: list[dict[str, Any]]) -> dict[str, Any]:
+    """Peak PSS (MiB) of this process (the learner), of each worker, and of everything else in the tree.
+
+    A worker outside this process tree (on another node, or under a cluster's raylet) is None; on a
+    system without PSS the record is empty.
+    """
+    peaks = monitor.peak_pss_mib
+    if not peaks:
+        return {}
+    learner, worker_pids = os.getpid(), {w["pid"] for w in placement}
+    tree = monitor.summary().get("tree_pss_mib", {})
+    return {
+        "learner_pss_mib": peaks.get(learner),
+        "workers_pss_mib": [peaks.get(w["pid"]) for w in placement],
+        "others_pss_mib": sum(v for pid, v in peaks.items() if pid != learner and pid not in worker_pids),
+        "tree_pss_mib": tree.get("max"),
+    }
+
+
 # recur in every repeat, so the runner runs the case's other repeats no more (harness/runner.py).
 DETERMINISTIC = (HarnessError, ValueError, TypeError, KeyError, AttributeError, ImportError, NotImplementedError)
 

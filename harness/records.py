@@ -330,6 +330,20 @@ class Resources(TypedDict, extra_items=MeanMax):
     gpu_present: bool
 
 
+@_record
+class Memory(TypedDict, total=False):
+    """harness.case.memory_by_process: peak PSS in MiB, each process charged its share of shared pages.
+    Empty where the system has no PSS (Linux's smaps)."""
+
+    learner_pss_mib: Annotated[float, Ge(0)] | None
+    workers_pss_mib: list[Annotated[float, Ge(0)] | None]
+    """In worker order; None for a worker outside the case's process tree (another node, a cluster's raylet)."""
+    others_pss_mib: Annotated[float, Ge(0)]
+    """Every other process of the tree (Ray's daemons, the forkserver), each at its own peak, summed."""
+    tree_pss_mib: Annotated[float, Ge(0)] | None
+    """The largest total over the tree at one sample."""
+
+
 OK_RUN_KEYS = ("torch_threads", "startup_s", "shutdown_s", "learner", "backend", "iterations", "evaluations", "resources")
 """What a run with status `ok` always has; a run with status `error` has `error` instead."""
 
@@ -374,6 +388,7 @@ class RunResult(TypedDict):
     evaluations: NotRequired[list[Evaluation]]
     final_evaluation: NotRequired[Evaluation]
     resources: NotRequired[Resources]
+    memory: NotRequired[Memory]
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -238,12 +238,18 @@ def _resumable(run_dir: Path, suite: Suite, force: bool, console: Console) -> tu
     return run_dir, run
 
 
+CASE_ENTRY = "import sys; from harness.case import main; sys.exit(main(sys.argv[1:]))"
+"""What a case process runs (`python -c CASE_ENTRY SPEC.json RESULT.json`)."""
+
+
 def _run_job(job: Job, run_dir: Path, log_path: Path, timeout_s: float, on_progress: Any) -> dict[str, Any]:
     spec_path = log_path.with_suffix(".spec.json")
     result_path = log_path.with_suffix(".result.json")
     spec = {"case": to_json(job.case), "measure": to_json(job.measure), "seed": job.seed}  # harness.case reads it
     spec_path.write_text(json.dumps(spec))
-    command = [sys.executable, "-m", "harness.case", str(spec_path), str(result_path)]
+    # `-c`, not `-m harness.case`: a multiprocessing worker (forkserver or spawn) re-imports its parent's
+    # main module, and harness.case would bring the whole harness into every worker (issue 13).
+    command = [sys.executable, "-c", CASE_ENTRY, str(spec_path), str(result_path)]
     scratch = Path(tempfile.mkdtemp(prefix="ph", dir="/tmp"))  # short: Ray's socket paths must fit 107 bytes
     marker = log_path.with_suffix(".scratch")  # found by --resume if the harness itself is killed
     marker.write_text(str(scratch))

@@ -45,3 +45,24 @@ class PixelWalk(LineWalk):
 
     def _obs(self) -> np.ndarray:
         return np.zeros((16, 16, 3), np.uint8)
+
+
+class ImportProbe(gym.Env):
+    """Observes whether the process it runs in has imported torch: 1.0 if so. Episodes of 5 steps."""
+
+    observation_space = spaces.Box(0.0, 1.0, (1,), np.float32)
+    action_space = spaces.Discrete(2)
+
+    def _obs(self) -> np.ndarray:
+        import sys
+
+        return np.array([float("torch" in sys.modules)], np.float32)
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):  # noqa: ANN206 - gymnasium's signature
+        super().reset(seed=seed)
+        self.steps = 0
+        return self._obs(), {}
+
+    def step(self, action):  # noqa: ANN001, ANN201 - gymnasium's signature
+        self.steps += 1
+        return self._obs(), 0.0, self.steps == 5, False, {}

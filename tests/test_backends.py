@@ -294,6 +294,29 @@ def test_communication_figures_are_measured_and_add_up(config, request):
     assert collected.transfer_s >= -collected.transfer_uncertainty_s
 
 
+@pytest.mark.parametrize("config", [p for p in PARAMS if p.values[0][0] in REMOTE])
+def test_sampling_workers_never_import_torch(config, request):
+    """Workers infer in numpy (algorithms/inference.py) and step envs: nothing they import may pull in torch,
+    ~190 MiB a process (issue 13). The probe env reports, from inside each worker, whether torch is loaded."""
+    probe, policy = EnvSpec("tests.custom_envs:ImportProbe"), PolicySpec(1, 2, 16, "categorical")
+    backend = started(make_spec(config, request), probe, policy)
+    try:
+        backend.set_weights(test_weights(policy), 0)
+        rollout = backend.collect(32).rollout
+    finally:
+        backend.close()
+    assert rollout.obs.shape == (8, NUM_ENVS, 1) and not rollout.obs.any(), "a worker process has imported torch"
+    # The probe can tell: in this process, which has torch, it reports it.
+    import torch  # noqa: F401 - loaded here whichever tests ran before
+
+    in_process = started(BackendSpec("vecenv", 1, 2), probe, policy)
+    try:
+        in_process.set_weights(test_weights(policy), 0)
+        assert in_process.collect(4).rollout.obs.all()
+    finally:
+        in_process.close()
+
+
 # --- equivalence --------------------------------------------------------------------------------
 
 

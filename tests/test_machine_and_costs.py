@@ -87,3 +87,20 @@ def test_header_shows_the_load_during_the_runs_and_the_changed_files():
     text = "\n".join(machine_header(run))
     assert "1-minute load 0.90–3.40 during the runs" in text
     assert "(1.5 usable by this run)" in text and "uncommitted changes to harness/report.py" in text
+
+
+def test_a_case_records_each_workers_pss_and_the_trees():
+    """A real multiprocessing case: the learner and both workers have a PSS peak, and the tree holds at least them."""
+    from algorithms.config import PPOConfig
+    from backends.base import BackendSpec
+    from backends.envs import EnvSpec
+    from harness.case import CaseRun
+    from harness.suite import CaseConfig, MeasureConfig
+
+    case = CaseConfig("m/mp", "m", "mp", BackendSpec("multiprocessing", 2, 1, options={"timeout_s": 60}), EnvSpec(),
+                      PPOConfig(steps_per_iteration=64, epochs=1, hidden_size=16), "report")  # fmt: skip
+    result = CaseRun(case, MeasureConfig(warmup_iterations=0, iterations=2, repeats=1), seed=0).run()
+    memory = result["memory"]
+    assert memory["learner_pss_mib"] > 0 and len(memory["workers_pss_mib"]) == 2
+    assert all(0 < worker < memory["learner_pss_mib"] for worker in memory["workers_pss_mib"])  # no torch in a worker
+    assert memory["tree_pss_mib"] >= memory["learner_pss_mib"] + sum(memory["workers_pss_mib"]) * 0.9

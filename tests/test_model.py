@@ -8,11 +8,18 @@ import torch
 
 from algorithms.base import LearnerSetup
 from algorithms.config import PRESETS, PPOConfig
-from algorithms.model import ActorCritic, InferencePolicy, flatten_weights
+from algorithms.inference import InferencePolicy
+from algorithms.model import ActorCritic, flatten_weights
 from algorithms.policy import PolicySpec
 from algorithms.ppo import PPOLearner
 from backends.envs import EnvSpec
 from backends.sampling import EnvBlock
+
+
+# numpy's matrix products (OpenBLAS) and torch's (MKL, whose kernels differ by CPU) sum 256 float32
+# products in different orders: measured up to 1.2e-6 of the outputs' scale over these cases (AMD EPYC,
+# with and without MKL_CBWR=COMPATIBLE). The bound is 1e-5 of it.
+NUMPY_VS_TORCH = 1e-5
 
 
 def ppo_learner(config: PPOConfig = PRESETS["report"], seed: int = 0) -> PPOLearner:
@@ -24,19 +31,74 @@ def test_flat_weights_round_trip_into_inference_policy():
     policy = InferencePolicy(PolicySpec(3, 1, 256))
     policy.load_flat(learner.weights(), learner.version)
     # The round trip itself is exact: the policy holds bit for bit the learner's weights ...
-    np.testing.assert_array_equal(flatten_weights(policy.model), learner.weights())
-    # ... and computes what a module built from the same seed computes. Both are float32 forward
-    # passes of one network, but not always through the same kernels (MKL picks them by CPU and
-    # by whether autograd is on): 1e-6 relative to the outputs' scale, not to each tiny value.
+    np.testing.assert_array_equal(policy.flat, learner.weights())
+    # ... and computes what a module built from the same seed computes: numpy's float32 forward pass
+    # against torch's, within NUMPY_VS_TORCH of the outputs' scale (not of each tiny value).
     torch.manual_seed(0)
     reference = ActorCritic(PolicySpec(3, 1, 256))
     obs = np.random.default_rng(0).normal(size=(5, 3)).astype(np.float32)
     with torch.no_grad():
         mean, value = reference(torch.from_numpy(obs))
     for got, expected in ((policy.mode(obs), mean.numpy()), (policy.value(obs), value.numpy())):
-        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6 * np.abs(expected).max())
+        np.testing.assert_allclose(got, expected, rtol=NUMPY_VS_TORCH, atol=NUMPY_VS_TORCH * np.abs(expected).max())
     assert learner.weights().dtype == np.float32 and learner.weights().ndim == 1
     assert policy.num_params == 67_331  # (3*256+256) + (256*256+256) + 257 + 257 + 1
+
+
+@pytest.mark.parametrize("batch", [1, 7, 64])
+@pytest.mark.parametrize(("distribution", "act_dim"), [("gaussian", 1), ("gaussian", 3), ("categorical", 2), ("categorical", 5)])
+def test_numpy_inference_matches_the_torch_model(distribution, act_dim, batch):
+    """Random weights (not the small initial heads) and inputs: the numpy policy computes what the learner's
+    torch model does, samples the distribution's own draw, and its log-probs are torch.distributions'."""
+    spec = PolicySpec(4, act_dim, 256, distribution)
+    rng = np.random.default_rng(batch + act_dim)
+    weights = rng.normal(0, 0.1, spec.num_params).astype(np.float32)
+    model = ActorCritic(spec)
+    torch.nn.utils.vector_to_parameters(torch.from_numpy(weights.copy()), model.parameters())
+    policy = InferencePolicy(spec)
+    policy.load_flat(weights, 3)
+    obs = rng.normal(0, 2, (batch, 4)).astype(np.float32)
+    noise = np.stack([spec.action.draw_noise(rng) for _ in range(batch)])
+    actions, log_probs, values = policy.act(obs, noise)
+    with torch.no_grad():
+        head, value = model(torch.from_numpy(obs))
+        dist, _ = model.distribution_at(torch.from_numpy(obs))
+        expected_log_probs = dist.log_prob(torch.from_numpy(actions)).numpy()
+    head, value = head.numpy(), value.numpy()
+    for got, want in ((policy.forward(obs)[0], head), (values, value), (log_probs, expected_log_probs)):
+        assert got.dtype == np.float32
+        np.testing.assert_allclose(got, want, rtol=NUMPY_VS_TORCH, atol=NUMPY_VS_TORCH * np.abs(want).max())
+    if distribution == "gaussian":  # mean + std * noise, std from the buffer's log-std
+        std = np.exp(weights[:act_dim])
+        np.testing.assert_allclose(actions, head + std * noise, rtol=NUMPY_VS_TORCH, atol=NUMPY_VS_TORCH * np.abs(head).max())
+        np.testing.assert_allclose(policy.mode(obs), head, rtol=NUMPY_VS_TORCH, atol=NUMPY_VS_TORCH * np.abs(head).max())
+    else:  # Gumbel-max on torch's logits picks the same actions
+        np.testing.assert_array_equal(actions, np.argmax(head - np.log(-np.log(noise)), axis=1))
+        np.testing.assert_array_equal(policy.mode(obs), np.argmax(head, axis=1))
+    assert policy.version == 3
+
+
+def test_inference_policy_owns_its_weights():
+    """A load copies into the policy's own arrays, made once: the broadcast buffer (a shared-memory slot the
+    learner reuses) may change afterwards without changing the policy, and a second load replaces every value."""
+    spec = PolicySpec(3, 1, 16)
+    policy = InferencePolicy(spec)
+    arrays = (policy.flat, policy.w1, policy.w2, policy.w_heads, policy.b_heads, policy.b1, policy.b2)
+    rng = np.random.default_rng(0)
+    broadcast = rng.normal(size=spec.num_params).astype(np.float32)
+    obs = np.ones((1, 3), np.float32)
+    policy.load_flat(broadcast, 0)
+    before = policy.value(obs)
+    broadcast[:] = 0
+    assert policy.value(obs) == before
+    second = rng.normal(size=spec.num_params).astype(np.float32)
+    policy.load_flat(second, 1)
+    fresh = InferencePolicy(spec)
+    fresh.load_flat(second, 1)
+    assert policy.value(obs) == fresh.value(obs) != before and policy.version == 1
+    assert all(a is b for a, b in zip(arrays, (policy.flat, policy.w1, policy.w2, policy.w_heads, policy.b_heads,
+                                              policy.b1, policy.b2), strict=True))  # fmt: skip
+    assert np.shares_memory(policy.b1, policy.flat) and np.shares_memory(policy.b2, policy.flat)
 
 
 @pytest.mark.parametrize("distribution", ["gaussian", "categorical"])

@@ -15,7 +15,8 @@ import torch
 from algorithms.base import LearnerSetup
 from algorithms.config import PRESETS, PPOConfig
 from algorithms.gae import compute_gae
-from algorithms.model import ActorCritic, InferencePolicy, flatten_weights
+from algorithms.inference import InferencePolicy
+from algorithms.model import ActorCritic, flatten_weights
 from algorithms.policy import PolicySpec
 from algorithms.ppo import PPOLearner
 from algorithms.ppo_gradients import minibatch_gradients

@@ -185,3 +185,26 @@ def test_mean_interval_is_clipped_to_its_bounds():
     share = mean([0.01, 0.0, 0.3], bounds=(0.0, 1.0))
     assert share.low == 0.0 and share.high <= 1.0
     assert not math.isnan(share.value)
+
+
+def test_memory_columns_show_pss_per_worker_and_in_total_from_the_run_record():
+    """Per worker: each worker's peak PSS, mean over workers, then over runs; in total: the tree's peak, mean over runs."""
+    memory = [{"learner_pss_mib": 150.0, "workers_pss_mib": [40.0, 50.0], "others_pss_mib": 0.0, "tree_pss_mib": 240.0},
+              {"learner_pss_mib": 160.0, "workers_pss_mib": [60.0, None], "others_pss_mib": 0.0, "tree_pss_mib": 260.0}]  # fmt: skip
+    remote = _case("mp", "multiprocessing", [1000, 1000], workers=2)
+    for run, record in zip(remote["runs"], memory, strict=True):
+        run["memory"] = record  # a None worker (outside the process tree) is left out, not counted as 0
+    local = _case("serial", "serial", [500])
+    local["runs"][0]["memory"] = {"learner_pss_mib": 170.0, "workers_pss_mib": [], "others_pss_mib": 0.0, "tree_pss_mib": 171.0}
+    table, lines = TABLES["speed"].render(_ctx(local, remote, baseline="serial"))
+    header = table.splitlines()[0]
+    assert "Memory per worker (MiB PSS, peak; mean)" in header and "Memory in total (MiB PSS, peak; mean)" in header
+    rows = {row.split("|")[1].strip(): [cell.strip() for cell in row.split("|")] for row in table.splitlines()[2:]}
+    columns = [cell.strip() for cell in header.split("|")]
+    per_worker, total = (
+        columns.index("Memory per worker (MiB PSS, peak; mean)"),
+        columns.index("Memory in total (MiB PSS, peak; mean)"),
+    )
+    assert rows["mp · 2w×1e"][per_worker] == "52" and rows["mp · 2w×1e"][total] == "250"  # (45 + 60) / 2; (240 + 260) / 2
+    assert rows["serial · 1 env"][per_worker] == "n/a: in-process" and rows["serial · 1 env"][total] == "171"
+    assert any(line.startswith("Memory: PSS") for line in lines)

@@ -27,13 +27,15 @@ def speed_table(ctx: TableContext) -> tuple[str, list[str]]:
         rows.append([
             config(c), c.workers, value(c.fps), interval(c.fps), num(s.ratio.value if s else None, 2),
             "baseline" if c is base else interval(s.ratio if s else None, 2), c.envs, c.schedule, value(c.sampling_fps),
-            num(efficiency, 2), value(c.startup_s, 1), claimed(c, "fps") + (" / " + claimed(c, "speedup", digits=1, suffix="x") if "speedup" in c.claims else ""),
+            num(efficiency, 2), value(c.startup_s, 1), memory_cell(c.worker_pss_mib, c.remote), num(c.total_pss_mib, 0),
+            claimed(c, "fps") + (" / " + claimed(c, "speedup", digits=1, suffix="x") if "speedup" in c.claims else ""),
             notes(c),
         ])  # fmt: skip
     headers = [
         h["config"], h["workers"], f"{h['fps']}, {h['geomean']}", "FPS 95% CI", f"{h['speedup']} ({h['ratio']})",
         "Speedup 95% CI", "Envs", "Schedule", "Sampling FPS (geometric mean)", "Efficiency (speedup / parallelism)",
-        "Start-up (s, geometric mean)", f"{h['report']} (FPS / speedup)", "Notes",
+        "Start-up (s, geometric mean)", "Memory per worker (MiB PSS, peak; mean)", "Memory in total (MiB PSS, peak; mean)",
+        f"{h['report']} (FPS / speedup)", "Notes",
     ]  # fmt: skip
     lines = []
     measured = [c for c in ctx.cases if c.fps]
@@ -60,8 +62,21 @@ def speed_table(ctx: TableContext) -> tuple[str, list[str]]:
             )
         if untested:
             lines.append(f"Too few repeats to test against the fastest: {', '.join(untested)}.")
+    if any(c.total_pss_mib is not None for c in ctx.cases):
+        lines.append(
+            "Memory: PSS, which charges each process its share of pages it shares with others (libraries, Ray's object "
+            "store), so the total is what the processes hold together; each process's peak over the run, the mean over "
+            "workers, then over runs. The total is the whole tree's peak (learner, workers, Ray's daemons), mean over runs."
+        )
     lines += restart_lines(ctx)
     return table(rows, headers), lines
+
+
+def memory_cell(mib: float | None, remote: bool) -> str:
+    """A worker's memory, or why there is none: in-process backends have no worker process."""
+    if not remote:
+        return "n/a: in-process"
+    return num(mib, 0)
 
 
 def phases_table(ctx: TableContext) -> tuple[str, list[str]]:
