@@ -15,7 +15,6 @@ from algorithms.ppo import PPOLearner
 from backends.envs import EnvSpec
 from backends.sampling import EnvBlock
 
-
 # numpy's matrix products (OpenBLAS) and torch's (MKL, whose kernels differ by CPU) sum 256 float32
 # products in different orders: measured up to 1.2e-6 of the outputs' scale over these cases (AMD EPYC,
 # with and without MKL_CBWR=COMPATIBLE). The bound is 1e-5 of it.
