@@ -13,8 +13,9 @@ import pickle
 import numpy as np
 import pytest
 
+from algorithms.inference import InferencePolicy
 from backends.base import Backend, BackendSpec
-from benchmarks.common import STEPS, initial_weights, started_backend
+from benchmarks.common import POLICY, STEPS, initial_weights, started_backend
 
 WORKERS = 4
 
@@ -37,20 +38,30 @@ def measured_sync_bytes(backend: Backend, weights: np.ndarray, version: int) -> 
 
 @pytest.mark.benchmark(group="weight-sync")
 def test_set_weights(benchmark, record_rate, remote_backend):
-    weights = initial_weights()
     versions = itertools.count(1)
-    last = 0
+    sent: dict[int, np.ndarray] = {}
 
     def sync():
-        nonlocal last
-        last = next(versions)
-        return remote_backend.set_weights(weights, last)
+        # New values every round, as training sends: a worker that kept an old buffer, or took the version
+        # without the weights, is caught below by what it samples.
+        version = next(versions)
+        sent[version] = np.roll(initial_weights(), version) * (1 + 0.01 * version)
+        return remote_backend.set_weights(sent[version], version)
 
     report = benchmark.pedantic(sync, rounds=50, warmup_rounds=1)
     record_rate(STEPS, per="iteration")
+    last = max(sent)
     benchmark.extra_info |= {"workers": WORKERS, "bytes_per_sync": report.bytes_sent}
-    assert report.bytes_sent == measured_sync_bytes(remote_backend, weights, last) < weights.nbytes * WORKERS
+    assert report.bytes_sent == measured_sync_bytes(remote_backend, sent[last], last) < sent[last].nbytes * WORKERS
     assert report.bytes_network == 0  # one machine
-    # Every worker really holds the last version: a fragment sampled now carries it.
-    rollout = remote_backend.collect(WORKERS).rollout
-    assert rollout.policy_version == last and rollout.num_steps == WORKERS
+    # Every worker holds the last weights, not only their version: the values it recorded for the states it
+    # visited are the last weights' values of those states.
+    rollout = remote_backend.collect(WORKERS * 8).rollout
+    policy = InferencePolicy(POLICY)
+    policy.load_flat(sent[last], last)
+    assert rollout.policy_version == last
+    expected = policy.value(rollout.obs.reshape(-1, POLICY.obs_dim)).reshape(rollout.values.shape)
+    np.testing.assert_allclose(rollout.values, expected, rtol=1e-5, atol=1e-5 * float(np.abs(expected).max()))
+    before_last = InferencePolicy(POLICY)
+    before_last.load_flat(sent[last - 1], last - 1)
+    assert not np.allclose(before_last.value(rollout.obs.reshape(-1, POLICY.obs_dim)), expected.reshape(-1))

@@ -96,14 +96,22 @@ def started(spec: BackendSpec, env: EnvSpec = ENV, policy: PolicySpec = POLICY):
     return backend
 
 
-def collect_twice(spec: BackendSpec, workload: Workload = WORKLOADS["pendulum"], steps_per_env: int = 150) -> list[Rollout]:
-    """Two fragments of 150 steps per env: Pendulum's 200-step truncation falls in the second."""
+def fragment_weights(policy: PolicySpec = POLICY) -> list[np.ndarray]:
+    """Different weights for each fragment: a backend that kept the first broadcast, or bumped the version
+    without loading the weights, samples the second fragment visibly differently."""
+    return [np.roll(test_weights(policy), 7 * k) * (1 + 0.1 * k) for k in range(2)]
+
+
+def collect_twice(
+    spec: BackendSpec, workload: Workload = WORKLOADS["pendulum"], steps_per_env: int = 150, weights: list | None = None
+) -> list[Rollout]:
+    """Two fragments of 150 steps per env, each with its own weights (`fragment_weights` unless given):
+    Pendulum's 200-step truncation falls in the second."""
     backend = started(spec, workload.env, workload.policy)
     try:
-        weights = test_weights(workload.policy)
         rollouts = []
-        for version in range(2):
-            backend.set_weights(weights, version)
+        for version, fragment in enumerate(weights or fragment_weights(workload.policy)):
+            backend.set_weights(fragment, version)
             rollouts.append(backend.collect(steps_per_env * spec.num_envs).rollout)
         return rollouts
     finally:
@@ -121,10 +129,12 @@ def reference(references) -> list[Rollout]:
     return reference_for("pendulum", references)
 
 
-def reference_for(workload: str, references: dict[str, list[Rollout]]) -> list[Rollout]:
-    if workload not in references:
-        references[workload] = collect_twice(BackendSpec("vecenv", 1, NUM_ENVS), WORKLOADS[workload])
-    return references[workload]
+def reference_for(workload: str, references: dict[str, list[Rollout]], backend: str = "vecenv") -> list[Rollout]:
+    """`backend`'s fragments for the workload (`vecenv`, or `serial` to check `vecenv` against)."""
+    key = f"{backend}/{workload}"
+    if key not in references:
+        references[key] = collect_twice(BackendSpec(backend, 1, NUM_ENVS), WORKLOADS[workload])
+    return references[key]
 
 
 # Why floats are not compared exactly: a batch-1 and a batch-4 float32 matmul take different
@@ -323,6 +333,7 @@ def test_sampling_workers_never_import_torch(config, request):
 @pytest.mark.parametrize("workload", WORKLOADS)
 @pytest.mark.parametrize("config", PARAMS)
 def test_same_rollout_as_vecenv(config, workload, request, references):
+    """vecenv itself is checked against serial: the same envs and noise, one policy call per env step."""
     actual = collect_twice(make_spec(config, request), WORKLOADS[workload])
     if workload == "pendulum":
         assert actual[1].truncations.any(), "the fragments should cross the 200-step time limit"
@@ -330,7 +341,8 @@ def test_same_rollout_as_vecenv(config, workload, request, references):
         terminated = np.concatenate([r.terminations for r in actual])
         assert (terminated.any(axis=1) & ~terminated.all(axis=1)).any()
         assert len(set(np.concatenate([r.episode_lengths for r in actual]).tolist())) > 1
-    for got, expected in zip(actual, reference_for(workload, references), strict=True):
+    reference = reference_for(workload, references, "serial" if config[0] == "vecenv" else "vecenv")
+    for got, expected in zip(actual, reference, strict=True):
         assert_same_rollout(got, expected)
 
 
@@ -350,5 +362,8 @@ def test_equivalence_check_catches_reordered_duplicated_dropped_or_alike_envs(re
     dropped = dataclasses.replace(first, obs=np.roll(first.obs, 1, axis=0))
     with pytest.raises(AssertionError):
         assert_same_rollout(dropped, first)  # a transition dropped and the rest shifted
-    same_seed = collect_twice(BackendSpec("vecenv", 1, NUM_ENVS))[0]
-    assert_same_rollout(same_seed, first, tolerance=0)  # and the check passes on a true repeat
+    first_weights = fragment_weights()[0]
+    stale = collect_twice(BackendSpec("vecenv", 1, NUM_ENVS), weights=[first_weights, first_weights])
+    with pytest.raises(AssertionError):
+        assert_same_rollout(stale[1], reference[1])  # a backend that ignored the second broadcast
+    assert_same_rollout(stale[0], first, tolerance=0)  # and the check passes on a true repeat

@@ -68,7 +68,11 @@ def test_smoke_suite_writes_run_json_and_report(smoke_run):
     report = (smoke_run / "report.md").read_text()
     assert "| Config" in report and "FPS (steps/s), geometric mean of repeats" in report and "Speedup" in report
     assert "### Where the time goes" in report and "### Communication overhead" in report
-    assert "Intel" in report or "cores" in report
+    machine = run["machine"]  # the header names this run's machine, from run.json
+    assert (
+        f"- Machine: {machine['cpu_model']}, {machine['physical_cores']} physical / {machine['logical_cores']} logical cores"
+        in report
+    )
     assert (smoke_run / "plots" / "smoke-breakdown.png").stat().st_size > 1000
 
 

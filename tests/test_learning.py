@@ -1,10 +1,12 @@
-"""PPO really learns: the `tuned` preset solves Pendulum-v1 (deterministic evaluation >= -200)."""
+"""PPO really learns: the `tuned` preset solves Pendulum-v1 (deterministic evaluation >= -200) and the
+`cartpole` preset CartPole-v1 (>= 475), and both stay solved at the end of their budgets."""
 
 from __future__ import annotations
 
 import pytest
 
 from algorithms.config import PRESETS
+from algorithms.evaluate import evaluation_seeds
 from backends.base import BackendSpec
 from backends.envs import EnvSpec
 from harness.case import CaseRun
@@ -13,19 +15,25 @@ from harness.suite import CaseConfig, MeasureConfig
 pytestmark = pytest.mark.slow
 
 
-def test_tuned_preset_reaches_minus_200_within_150k_steps():
+@pytest.mark.parametrize("seed", [0, 1])
+def test_tuned_preset_solves_pendulum_within_150k_steps(seed):
+    """On two seeds, the `tuned` preset holds -200 at the end of its 150K-step budget: the median of the last
+    three 10-episode evaluations, and a final 20-episode evaluation, all on seeds disjoint from training.
+    (One lucky evaluation among ~19 noisy ones, which the test used to accept, is not solving it.)
+    About 30 s per seed here."""
     case = CaseConfig(
         "learning/vecenv", "learning", "vecenv tuned", BackendSpec("vecenv", 1, 4), EnvSpec(), PRESETS["tuned"], "tuned"
     )
-    measure = MeasureConfig(mode="convergence", seeds=(0,), total_steps=150_000, eval_every=8192, eval_episodes=10,
+    measure = MeasureConfig(mode="convergence", seeds=(seed,), total_steps=150_000, eval_every=8192, eval_episodes=10,
                             final_eval_episodes=20, threshold=-200.0)  # fmt: skip
-    result = CaseRun(case, measure, seed=0).run()
+    result = CaseRun(case, measure, seed=seed).run()
     curve = [(e["steps"], e["mean_return"]) for e in result["evaluations"]]
-    reached = [steps for steps, mean_return in curve if mean_return >= -200.0]
-    assert reached, f"never reached -200 within 150K steps; evaluations: {curve}"
-    assert reached[0] <= 150_000
-    assert result["final_evaluation"]["mean_return"] >= -250.0, result["final_evaluation"]
-    assert sum(it["steps"] for it in result["iterations"]) >= 150_000
+    last_three = sorted(mean_return for _, mean_return in curve[-3:])
+    assert len(curve) >= 3 and last_three[1] >= -200.0, f"evaluations: {curve}"
+    final = result["final_evaluation"]
+    assert len(final["returns"]) == 20 and final["mean_return"] >= -200.0, final
+    # Evaluation episodes are not training episodes: their seeds lie above every training env's.
+    assert min(evaluation_seeds(seed, 20)) > seed + case.backend.num_envs
 
 
 def test_cartpole_preset_solves_cartpole_within_100k_steps():

@@ -104,3 +104,25 @@ def test_a_case_records_each_workers_pss_and_the_trees():
     assert memory["learner_pss_mib"] > 0 and len(memory["workers_pss_mib"]) == 2
     assert all(0 < worker < memory["learner_pss_mib"] for worker in memory["workers_pss_mib"])  # no torch in a worker
     assert memory["tree_pss_mib"] >= memory["learner_pss_mib"] + sum(memory["workers_pss_mib"]) * 0.9
+
+
+def test_the_case_runs_with_the_torch_threads_run_json_records():
+    """The thread count in run.json is the one the case's process really trains with: a case that recorded
+    `[measure] torch_threads` without setting it would leave this process at the 2 set here."""
+    import torch
+
+    from algorithms.config import PPOConfig
+    from backends.base import BackendSpec
+    from backends.envs import EnvSpec
+    from harness.case import CaseRun
+    from harness.suite import CaseConfig, MeasureConfig
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        case = CaseConfig("t/vecenv", "t", "vecenv", BackendSpec("vecenv", 1, 2), EnvSpec(),
+                          PPOConfig(steps_per_iteration=64, epochs=1, hidden_size=16), "report")  # fmt: skip
+        result = CaseRun(case, MeasureConfig(warmup_iterations=0, iterations=1, repeats=1, torch_threads=1), seed=0).run()
+        assert result["torch_threads"] == 1 == torch.get_num_threads()
+    finally:
+        torch.set_num_threads(previous)

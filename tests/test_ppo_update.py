@@ -19,7 +19,7 @@ from algorithms.inference import InferencePolicy
 from algorithms.model import ActorCritic, flatten_weights
 from algorithms.policy import PolicySpec
 from algorithms.ppo import PPOLearner
-from algorithms.ppo_gradients import minibatch_gradients
+from algorithms.ppo_gradients import log_probs, minibatch_gradients
 from algorithms.rollout import Rollout
 from benchmarks.reference_ppo import ReferencePPOLearner
 
@@ -149,3 +149,25 @@ def test_fast_update_trains_like_the_reference(variant, device):
         for name, value in expected.items():
             assert got[name] == pytest.approx(value, rel=1e-3, abs=1e-3), name
     assert fast.version == reference.version == 2 and fast.steps_trained == reference.steps_trained
+
+
+@pytest.mark.parametrize("variant", ["report", "categorical"])
+def test_one_update_moves_log_probs_toward_the_advantages(variant):
+    """A learner whose update silently does nothing (a zero learning rate, a gradient dropped, a step on the
+    wrong buffer) fails here: after one update on its own batch, the log-probabilities of the batch's
+    actions rise where the advantage is positive and fall where it is negative."""
+    spec, config = VARIANTS[variant]
+    rollout = on_policy_rollout(spec, config)  # sampled by the learner's initial policy (seed 0)
+    advantages, returns = compute_gae(rollout, config.gamma, config.gae_lambda)
+    learner = PPOLearner(LearnerSetup(config, spec, seed=0))
+    obs = torch.from_numpy(rollout.obs.reshape(-1, spec.obs_dim))
+    actions = torch.from_numpy(rollout.actions.reshape(-1, *spec.action.action_shape))
+    before = log_probs(spec.action, learner.params, obs, actions)
+    torch.testing.assert_close(before, torch.from_numpy(rollout.log_probs.reshape(-1)), rtol=1e-4, atol=1e-4)
+    learner.update(rollout, advantages, returns)
+    moved = (log_probs(spec.action, learner.params, obs, actions) - before).numpy()
+    advantage = advantages.reshape(-1)
+    assert np.abs(moved).max() > 1e-3, "the update left the policy where it was"
+    # Positive advantages gained probability, negative ones lost it: a clear positive correlation.
+    assert np.corrcoef(advantage, moved)[0, 1] > 0.3
+    assert moved[advantage > 0].mean() > 0 > moved[advantage < 0].mean()
