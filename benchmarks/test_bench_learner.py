@@ -65,14 +65,16 @@ def test_gae(benchmark, record_rate, num_envs):
     record_rate(rollout.num_steps)
     assert advantages.shape == returns.shape == (STEPS, num_envs) and advantages.dtype == np.float32
     assert np.isfinite(advantages).all()
-    # GAE runs each env on its own: reversing the envs reverses the result's columns exactly (an index that
-    # mixed envs up would not). Its values are checked by hand in tests/test_gae.py.
+    # GAE runs each env on its own: permuting the envs permutes the result's columns exactly (an index that
+    # mixed envs up would not; a rotation, since a reversal would hide a reversed index). Its values are
+    # checked by hand in tests/test_gae.py.
+    order = np.roll(np.arange(num_envs), 1)
     per_step = ("obs", "actions", "log_probs", "values", "rewards", "terminations", "truncations", "final_values")
-    flipped = dataclasses.replace(
-        rollout, **{name: getattr(rollout, name)[:, ::-1] for name in per_step}, last_values=rollout.last_values[::-1]
+    permuted = dataclasses.replace(
+        rollout, **{name: getattr(rollout, name)[:, order] for name in per_step}, last_values=rollout.last_values[order]
     )
-    flipped_advantages, _ = compute_gae(flipped, REPORT.gamma, REPORT.gae_lambda)
-    np.testing.assert_array_equal(flipped_advantages, advantages[:, ::-1])
+    permuted_advantages, _ = compute_gae(permuted, REPORT.gamma, REPORT.gae_lambda)
+    np.testing.assert_array_equal(permuted_advantages, advantages[:, order])
 
 
 # The update implementations timed side by side; each builds the same initial weights for SEED.

@@ -62,6 +62,6 @@ def test_set_weights(benchmark, record_rate, remote_backend):
     assert rollout.policy_version == last
     expected = policy.value(rollout.obs.reshape(-1, POLICY.obs_dim)).reshape(rollout.values.shape)
     np.testing.assert_allclose(rollout.values, expected, rtol=1e-5, atol=1e-5 * float(np.abs(expected).max()))
-    before_last = InferencePolicy(POLICY)
-    before_last.load_flat(sent[last - 1], last - 1)
-    assert not np.allclose(before_last.value(rollout.obs.reshape(-1, POLICY.obs_dim)), expected.reshape(-1))
+    first = InferencePolicy(POLICY)  # the weights the fixture started with: the check can tell them apart
+    first.load_flat(initial_weights(), 0)
+    assert not np.allclose(first.value(rollout.obs.reshape(-1, POLICY.obs_dim)), expected.reshape(-1))

@@ -151,14 +151,16 @@ def test_fast_update_trains_like_the_reference(variant, device):
     assert fast.version == reference.version == 2 and fast.steps_trained == reference.steps_trained
 
 
-@pytest.mark.parametrize("variant", ["report", "categorical"])
+@pytest.mark.parametrize("variant", ["report", "categorical", "branches"])
 def test_one_update_moves_log_probs_toward_the_advantages(variant):
     """A learner whose update silently does nothing (a zero learning rate, a gradient dropped, a step on the
-    wrong buffer) fails here: after one update on its own batch, the log-probabilities of the batch's
-    actions rise where the advantage is positive and fall where it is negative."""
+    wrong buffer) fails here: after one update on its own batch, the log-probabilities of the batch's actions
+    rose on average where the advantage is positive and fell where it is negative, and the clipped
+    surrogate's objective, mean(A (ratio - 1)), went up."""
     spec, config = VARIANTS[variant]
     rollout = on_policy_rollout(spec, config)  # sampled by the learner's initial policy (seed 0)
     advantages, returns = compute_gae(rollout, config.gamma, config.gae_lambda)
+    advantages -= advantages.mean()  # both signs (the made-up rewards are all negative), also unnormalised
     learner = PPOLearner(LearnerSetup(config, spec, seed=0))
     obs = torch.from_numpy(rollout.obs.reshape(-1, spec.obs_dim))
     actions = torch.from_numpy(rollout.actions.reshape(-1, *spec.action.action_shape))
@@ -167,7 +169,7 @@ def test_one_update_moves_log_probs_toward_the_advantages(variant):
     learner.update(rollout, advantages, returns)
     moved = (log_probs(spec.action, learner.params, obs, actions) - before).numpy()
     advantage = advantages.reshape(-1)
-    assert np.abs(moved).max() > 1e-3, "the update left the policy where it was"
-    # Positive advantages gained probability, negative ones lost it: a clear positive correlation.
-    assert np.corrcoef(advantage, moved)[0, 1] > 0.3
+    assert np.abs(moved).max() > 1e-2, "the update left the policy where it was"
+    # Measured (AMD EPYC): +0.003 / -0.002 (report), +0.009 / -0.026 (categorical), +0.012 / -0.012 (branches).
     assert moved[advantage > 0].mean() > 0 > moved[advantage < 0].mean()
+    assert np.mean(advantage / advantage.std() * np.expm1(moved)) > 1e-3  # measured 0.003 to 0.02
