@@ -44,14 +44,17 @@ PART = {"measure": {"mode": "convergence", "threshold": -200.0, "total_steps": B
 
 
 def test_table_counts_censored_seeds_shows_granularity_and_the_budget_that_ran():
+    vecenv_4 = _case("vecenv", [8192, 24576, None], workers=1)
+    vecenv_4["backend"]["envs_per_worker"] = 4
     cases = [
         case_stats(_case("multiprocessing", [8192, 24576, None]), PART, 2),
         case_stats(_case("ray_local", [8192, 24576, None]), PART, 2),
         case_stats(_case("serial", [8192, None, None], workers=1), PART, 2),  # 1 env: other rollouts
+        case_stats(vecenv_4, PART, 2),  # 4 envs too, but one policy call for all 4: other float32 rounding
     ]
     table, lines = TABLES["convergence"].render(TableContext(cases, None, HEADERS["en"]))
     assert "24,576 (evaluated every 8,192); 1 seed(s) > 30,720" in table
     assert "not reached: 2 of 3 seeds not within 30,720 steps" in table
     assert "| 6.0 " in table  # seconds to the threshold: the median seed's wall time, 24,576 / 4,096
     assert any(line.startswith("multiprocessing · 4w×1e, ray_local · 4w×1e sample identical rollouts") for line in lines)
-    assert not any("serial" in line and "identical" in line for line in lines)
+    assert not any(("serial" in line or "vecenv" in line) and "identical" in line for line in lines)

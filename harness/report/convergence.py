@@ -63,7 +63,7 @@ def convergence_table(ctx: TableContext) -> tuple[str, list[str]]:
     for key in dict.fromkeys(c.sampling_key for c in shown):
         same = [c.name for c in shown if c.sampling_key == key]
         if len(same) > 1:
-            lines.append(f"{', '.join(same)} sample identical rollouts by construction (same envs, seeds and learner): "
+            lines.append(f"{', '.join(same)} sample identical rollouts by construction (same envs, seeds, learner and policy-call batch): "
                          "their rows are one experiment, and any difference between them is timing noise.")  # fmt: skip
     deviating = {}
     for c in shown:
