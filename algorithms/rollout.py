@@ -6,6 +6,9 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
+PER_STEP_FIELDS = ("obs", "actions", "log_probs", "values", "rewards", "terminations", "truncations", "final_values")
+"""The `(T, N, ...)` fields of a `Rollout`: one column per env."""
+
 
 @dataclass(frozen=True)
 class Rollout:
@@ -49,9 +52,8 @@ class Rollout:
         if len(versions) != 1:
             raise ValueError(f"fragments sampled with different policy versions {sorted(versions)}")
         ordered = sorted(fragments, key=lambda f: int(f.env_ids[0]))
-        per_step = ("obs", "actions", "log_probs", "values", "rewards", "terminations", "truncations", "final_values")
         per_env = ("last_values", "env_ids")
         per_episode = ("episode_returns", "episode_lengths", "episode_env_ids")
-        joined = {name: np.concatenate([getattr(f, name) for f in ordered], axis=1) for name in per_step}
+        joined = {name: np.concatenate([getattr(f, name) for f in ordered], axis=1) for name in PER_STEP_FIELDS}
         joined |= {name: np.concatenate([getattr(f, name) for f in ordered]) for name in per_env + per_episode}
         return Rollout(**joined, policy_version=versions.pop())

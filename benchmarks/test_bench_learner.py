@@ -19,7 +19,7 @@ from algorithms.config import PRESETS
 from algorithms.gae import compute_gae
 from algorithms.inference import InferencePolicy
 from algorithms.ppo import PPOLearner
-from algorithms.rollout import Rollout
+from algorithms.rollout import PER_STEP_FIELDS, Rollout
 from backends import create_backend
 from backends.base import BackendSpec
 from benchmarks.common import ENV, POLICY, SEED, STEPS
@@ -69,9 +69,8 @@ def test_gae(benchmark, record_rate, num_envs):
     # mixed envs up would not; a rotation, since a reversal would hide a reversed index). Its values are
     # checked by hand in tests/test_gae.py.
     order = np.roll(np.arange(num_envs), 1)
-    per_step = ("obs", "actions", "log_probs", "values", "rewards", "terminations", "truncations", "final_values")
     permuted = dataclasses.replace(
-        rollout, **{name: getattr(rollout, name)[:, order] for name in per_step}, last_values=rollout.last_values[order]
+        rollout, **{name: getattr(rollout, name)[:, order] for name in PER_STEP_FIELDS}, last_values=rollout.last_values[order]
     )
     permuted_advantages, _ = compute_gae(permuted, REPORT.gamma, REPORT.gae_lambda)
     np.testing.assert_array_equal(permuted_advantages, advantages[:, order])

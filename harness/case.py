@@ -149,7 +149,8 @@ class CaseRun:
             backend.close()
             self.result["shutdown_s"] = time.perf_counter() - closing
             self.result["resources"] = monitor.summary()
-            self.result["memory"] = memory_by_process(monitor, self.result.get("backend", {}).get("placement", []))
+            placement = self.result.get("backend", {}).get("placement", [])
+            self.result["memory"] = memory_by_process(monitor.peak_pss_mib, self.result["resources"], placement)
         self.result["status"] = "ok"
         self._save()
         return self.result
@@ -231,17 +232,17 @@ def _terminate(signum: int, frame: object) -> None:
 
 
 # Errors that come from the configuration or the code, not the moment: raised during set-up, they would
-def memory_by_process(monitor: ResourceMonitor, placement: list[dict[str, Any]]) -> dict[str, Any]:
-    """Peak PSS (MiB) of this process (the learner), of each worker, and of everything else in the tree.
+def memory_by_process(peaks: dict[int, float], resources: dict[str, Any], placement: list[dict[str, Any]]) -> dict[str, Any]:
+    """Peak PSS (MiB) of this process (the learner), of each worker, and of everything else in the tree, from
+    the monitor's per-process peaks and its summary (`tree_pss_mib`).
 
     A worker outside this process tree (on another node, or under a cluster's raylet) is None; on a
     system without PSS the record is empty.
     """
-    peaks = monitor.peak_pss_mib
     if not peaks:
         return {}
     learner, worker_pids = os.getpid(), {w["pid"] for w in placement}
-    tree = monitor.summary().get("tree_pss_mib", {})
+    tree = resources.get("tree_pss_mib", {})
     return {
         "learner_pss_mib": peaks.get(learner),
         "workers_pss_mib": [peaks.get(w["pid"]) for w in placement],

@@ -18,7 +18,7 @@ import numpy as np
 import psutil
 import pytest
 
-from algorithms.rollout import Rollout
+from algorithms.rollout import PER_STEP_FIELDS, Rollout
 from backends import REGISTRY, available, create_backend
 from backends.base import BackendSpec, PolicySpec
 from backends.envs import STEP_COST_METER, EnvSpec
@@ -96,10 +96,10 @@ def started(spec: BackendSpec, env: EnvSpec = ENV, policy: PolicySpec = POLICY):
     return backend
 
 
-def fragment_weights(policy: PolicySpec = POLICY) -> list[np.ndarray]:
+def fragment_weights(policy: PolicySpec = POLICY, count: int = 2) -> list[np.ndarray]:
     """Different weights for each fragment: a backend that kept the first broadcast, or bumped the version
-    without loading the weights, samples the second fragment visibly differently."""
-    return [np.roll(test_weights(policy), 7 * k) * (1 + 0.1 * k) for k in range(2)]
+    without loading the weights, samples the later fragments visibly differently."""
+    return [np.roll(test_weights(policy), 7 * k) * (1 + 0.1 * k) for k in range(count)]
 
 
 def collect_twice(
@@ -347,8 +347,7 @@ def test_same_rollout_as_vecenv(config, workload, request, references):
 
 
 def _reorder(rollout: Rollout, columns: list[int]) -> Rollout:
-    per_step = ("obs", "actions", "log_probs", "values", "rewards", "terminations", "truncations", "final_values")
-    changes = {name: getattr(rollout, name)[:, columns] for name in per_step}
+    changes = {name: getattr(rollout, name)[:, columns] for name in PER_STEP_FIELDS}
     return dataclasses.replace(rollout, **changes, last_values=rollout.last_values[columns])
 
 

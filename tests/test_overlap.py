@@ -22,9 +22,9 @@ from tests.test_backends import (
     SEED,
     _param,
     assert_same_rollout,
+    fragment_weights,
     make_spec,
     started,
-    test_weights,
 )
 from tests.test_cli import run_suite_text
 from tests.test_ppo_update import on_policy_rollout
@@ -35,7 +35,7 @@ OVERLAP = [_param(c) for c in CONFIGS if "overlap" in REGISTRY[c[0]].schedules a
 
 def three_weights() -> list[np.ndarray]:
     """Three different weight vectors: a backend that kept the first would sample visibly differently."""
-    return [np.roll(test_weights(), 7 * k) * (1 + 0.1 * k) for k in range(3)]
+    return fragment_weights(count=3)
 
 
 def overlap_requests(backend) -> list:
