@@ -1,4 +1,13 @@
-"""Fixtures shared by tests/ and benchmarks/ (one session, so one cluster for both)."""
+"""Fixtures shared by tests/ and benchmarks/ (one session, so one cluster for both), and the session's own
+temp space.
+
+Tests own their temp space (issue 19): the session makes a private folder and points TMPDIR at it, and with it
+every temp file the session or its children make (pytest's tmp_path, multiprocessing's sockets, each case's
+scratch folder, Ray's session dirs, torch.compile's cache), then removes it at the end. The leak check looks
+only at what the session owns: that folder, shared-memory segments carrying the session's prefix, and the
+test process's descendants. Another program writing to /tmp, a cache an earlier run left, or a first run on a
+fresh machine changes nothing.
+"""
 
 from __future__ import annotations
 
@@ -11,21 +20,57 @@ from pathlib import Path
 import psutil
 import pytest
 
+from backends.host import SHM_PREFIX_ENV, SHORT_ROOT_MAX
+
 SHM_DIR = Path("/dev/shm")
-OWNED_BY_SESSION: set[str] = set()
-"""Temp-folder entries that session fixtures create and remove themselves (not a test's leak)."""
+BASE_ENV = "PPO_HARNESS_TEST_TEMP_BASE"
+"""Where session folders go; set by the first pytest process, so pytest-xdist's workers make theirs beside it."""
+SESSION_FOLDER_NAME = len("/t12345678")
+SCRATCH_NAME = len("/ph12345678")
+"""A case's scratch folder inside the session folder must still leave room for Ray's socket paths."""
+OWNED_BY_SESSION: set[str] = {"inductor"}
+"""Entries of the session folder that session fixtures create and remove themselves (not a test's leak)."""
 SESSION_PROCESSES: set[int] = set()
 """Processes a session fixture started (the cluster's nodes): they and their children are its to stop."""
+SESSION_TEMP: Path | None = None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Make the session's temp folder before any test, fixture or child process can look for one."""
+    global SESSION_TEMP
+    base = os.environ.get(BASE_ENV) or tempfile.gettempdir()
+    if len(base) + SESSION_FOLDER_NAME + SCRATCH_NAME > SHORT_ROOT_MAX:
+        base = "/tmp"  # a long TMPDIR would push Ray's sockets out of the session folder
+    os.environ[BASE_ENV] = base
+    SESSION_TEMP = Path(tempfile.mkdtemp(prefix="t", dir=base))
+    os.environ["TMPDIR"] = str(SESSION_TEMP)
+    tempfile.tempdir = str(SESSION_TEMP)
+    # torch.compile's cache would otherwise go to <tmp>/torchinductor_<user> the first time a machine compiles.
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(SESSION_TEMP / "inductor")
+    os.environ["RAY_TMPDIR"] = str(SESSION_TEMP)  # only for a Ray started without our own temp dir
+    os.environ[SHM_PREFIX_ENV] = f"pt{os.getpid()}_"
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return f"private temp folder: {SESSION_TEMP} (TMPDIR; removed at the end)"
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if SESSION_TEMP is not None:
+        shutil.rmtree(SESSION_TEMP, ignore_errors=True)
+    for segment in _shm_entries():  # segments the leak check already reported: don't leave them for the next run
+        (SHM_DIR / segment).unlink(missing_ok=True)
 
 
 def _temp_entries() -> set[str]:
-    root = Path(tempfile.gettempdir())
     # pytest's own folders, and multiprocessing's (its forkserver's socket dir, removed when the session ends)
-    return {p.name for p in root.iterdir() if not p.name.startswith(("pytest-of-", "pymp-"))}
+    return {p.name for p in SESSION_TEMP.iterdir() if not p.name.startswith(("pytest-of-", "pymp-"))}
 
 
 def _shm_entries() -> set[str]:
-    return {p.name for p in SHM_DIR.iterdir()} if SHM_DIR.is_dir() else set()
+    """The session's shared-memory segments: every one our code makes carries the session's prefix."""
+    prefix = os.environ[SHM_PREFIX_ENV]
+    return {p.name for p in SHM_DIR.glob(f"{prefix}*")} if SHM_DIR.is_dir() else set()
 
 
 def _descendants() -> dict[int, str]:
@@ -50,8 +95,9 @@ def _descendants() -> dict[int, str]:
 
 @pytest.fixture(autouse=True, scope="module")
 def no_leaks(request):
-    """Fails a test module that leaves a process, a shared-memory segment or a temp dir behind (Ray session
-    dirs and tokens included). Module scope: module fixtures (a cluster) are torn down before the check."""
+    """Fails a test module that leaves a process, a shared-memory segment or a temp entry behind (Ray session
+    dirs and tokens included), counting only what the session owns (see the module's docstring). Module scope:
+    module fixtures (a cluster) are torn down before the check."""
     processes, shm, temp = set(_descendants()), _shm_entries(), _temp_entries()
     yield
     deadline = time.monotonic() + 20  # Ray's daemons and worker processes take a moment to exit
@@ -64,7 +110,7 @@ def no_leaks(request):
         time.sleep(0.5)
     leaks = [f"processes {sorted(left_processes.values())}" if left_processes else "",
              f"shared memory {sorted(left_shm)}" if left_shm else "",
-             f"temp entries {sorted(left_temp)} in {tempfile.gettempdir()}" if left_temp else ""]  # fmt: skip
+             f"temp entries {sorted(left_temp)} in {SESSION_TEMP}" if left_temp else ""]  # fmt: skip
     pytest.fail(f"{request.module.__name__} left behind: {'; '.join(x for x in leaks if x)}", pytrace=False)
 
 
@@ -77,7 +123,7 @@ def ray_cluster_address():
     """
     from harness import cluster
 
-    state_dir = Path(tempfile.mkdtemp(prefix="rts", dir="/tmp"))
+    state_dir = Path(tempfile.mkdtemp(prefix="rts"))
     OWNED_BY_SESSION.add(state_dir.name)
     state_file = state_dir / "cluster.json"
     previous = os.environ.get("PPO_HARNESS_CLUSTER_STATE")

@@ -33,6 +33,7 @@ import numpy as np
 
 from backends.base import PolicySpec
 from backends.envs import EnvCost, EnvSpec
+from backends.host import new_shm_name
 from backends.remote import RemoteBackend
 from backends.sampling import StepResult
 from backends.workers import CentralStepper, FragmentReply, RolloutWorker, StepReply, WorkerError, WorkerLost
@@ -68,7 +69,8 @@ class SharedArrays:
             offsets[key] = size
             size += int(np.prod(shape)) * np.dtype(dtype).itemsize
         self.layout = layout
-        self.shm = SharedMemory(name=name, create=name is None, size=max(size, 8))
+        # Created under the tree's prefix (backends.host), so the runner's sweep finds what a killed case left.
+        self.shm = SharedMemory(name=name or new_shm_name(), create=name is None, size=max(size, 8))
         self.arrays = {
             k: np.ndarray(shape, dtype, buffer=self.shm.buf, offset=offsets[k]) for k, (shape, dtype) in layout.items()
         }

@@ -38,6 +38,7 @@ import backends
 from backends import ray_connect
 from backends.base import PolicySpec
 from backends.envs import EnvSpec
+from backends.host import short_temp_root
 from backends.remote import RemoteBackend
 from backends.workers import CentralStepper, FragmentReply, RolloutWorker, StepReply, WorkerError, WorkerLost
 
@@ -314,13 +315,6 @@ class RayBackend(RemoteBackend):
         }
 
 
-def _short_temp_root() -> str:
-    """The temp folder (TMPDIR: the harness gives each case its own, removed after it) when short enough for
-    Ray's unix socket paths (107 bytes, about 60 of them Ray's own), else /tmp."""
-    root = tempfile.gettempdir()
-    return root if len(root) <= 40 else "/tmp"
-
-
 class RayLocalBackend(RayBackend):
     """Ray embedded in the learner's process (`ray.init`), on this machine's cores."""
 
@@ -329,7 +323,7 @@ class RayLocalBackend(RayBackend):
         self.num_cpus = float(cpus)
         # A short private temp dir (unix socket paths max 107 bytes), removed on close;
         # token auth with a per-run token so nothing else on the machine can join.
-        self.temp_dir = tempfile.mkdtemp(prefix="rl", dir=_short_temp_root())
+        self.temp_dir = tempfile.mkdtemp(prefix="rl", dir=short_temp_root())
         token_path = Path(self.temp_dir) / "token"
         token_path.write_text(secrets.token_hex(32))
         token_path.chmod(0o600)

@@ -28,6 +28,7 @@ import psutil
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from backends.host import DEFAULT_SHM_PREFIX, SHM_PREFIX_ENV, short_temp_root
 from harness.case import PROGRESS_PREFIX
 from harness.errors import HarnessError
 from harness.machine import commit_info
@@ -39,8 +40,6 @@ CLOSE_GRACE_S = 20.0
 """How long a stopped case may take to close its backend (Ray shutdown, workers joined) before SIGKILL."""
 SCRATCH_ENV = "PPO_HARNESS_SCRATCH"
 """A case process's own temp folder (also its TMPDIR): removed by the runner whatever happened."""
-SHM_PREFIX_ENV = "PPO_HARNESS_SHM_PREFIX"
-"""Shared-memory segments a case makes are named with this prefix, so leftovers can be found in /dev/shm."""
 SHM_DIR = Path("/dev/shm")
 
 
@@ -250,11 +249,11 @@ def _run_job(job: Job, run_dir: Path, log_path: Path, timeout_s: float, on_progr
     # `-c`, not `-m harness.case`: a multiprocessing worker (forkserver or spawn) re-imports its parent's
     # main module, and harness.case would bring the whole harness into every worker (issue 13).
     command = [sys.executable, "-c", CASE_ENTRY, str(spec_path), str(result_path)]
-    scratch = Path(tempfile.mkdtemp(prefix="ph", dir="/tmp"))  # short: Ray's socket paths must fit 107 bytes
+    scratch = Path(tempfile.mkdtemp(prefix="ph", dir=short_temp_root()))  # short: Ray's sockets live in it
     marker = log_path.with_suffix(".scratch")  # found by --resume if the harness itself is killed
     marker.write_text(str(scratch))
     env = os.environ | {"PYTHONUNBUFFERED": "1", "TMPDIR": str(scratch), SCRATCH_ENV: str(scratch),
-                        SHM_PREFIX_ENV: f"ph{os.getpid()}_{scratch.name}_"}  # fmt: skip
+                        SHM_PREFIX_ENV: _shm_prefix(scratch)}  # fmt: skip
     try:
         with open(log_path, "w") as log:
             # Own session: the case's whole tree (workers, embedded Ray) can be found and stopped together.
@@ -347,6 +346,11 @@ def _session_members(sid: int) -> list[psutil.Process]:
     return members
 
 
+def _shm_prefix(scratch: Path) -> str:
+    """The case's segment prefix: ours (the tests' session's, say) extended by this runner and the case's scratch."""
+    return f"{os.environ.get(SHM_PREFIX_ENV, DEFAULT_SHM_PREFIX)}{os.getpid()}_{scratch.name}_"
+
+
 def _clean_scratch(scratch: Path, shm_prefix: str | None = None) -> None:
     """Remove a case's temp folder and its shared-memory segments; kill any process still using the folder."""
     for p in psutil.process_iter():
@@ -354,7 +358,7 @@ def _clean_scratch(scratch: Path, shm_prefix: str | None = None) -> None:
             if p.environ().get(SCRATCH_ENV) == str(scratch):
                 p.kill()
     shutil.rmtree(scratch, ignore_errors=True)
-    prefix = shm_prefix or f"ph{scratch.name}"  # resume: any harness pid
-    for segment in SHM_DIR.glob("ph*"):
-        if segment.name.startswith(prefix) or (shm_prefix is None and f"_{scratch.name}_" in segment.name):
+    for segment in SHM_DIR.glob("*"):
+        # --resume knows the scratch folder but not the pid of the runner that was killed
+        if segment.name.startswith(shm_prefix) if shm_prefix else f"_{scratch.name}_" in segment.name:
             segment.unlink(missing_ok=True)

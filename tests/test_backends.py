@@ -256,11 +256,12 @@ def test_killed_worker_is_detected_not_waited_on(config, request):
         backend.set_weights(test_weights(), 0)
         victim = backend.describe()["placement"][1]["pid"]
         os.kill(victim, signal.SIGKILL)
-        began = time.monotonic()
-        with pytest.raises(WorkerError, match="worker"):
+        # Detected as a death, not as the 30 s deadline running out: the cause, not a wall time another
+        # process could stretch, shows that nothing waited on the dead worker.
+        with pytest.raises(WorkerError, match=r"worker \d+ .*(died|is gone)") as caught:
             backend.set_weights(test_weights(), 1)
             backend.collect(16)
-        assert time.monotonic() - began < 30
+        assert "within" not in str(caught.value)
     finally:
         backend.close()
 
@@ -268,22 +269,26 @@ def test_killed_worker_is_detected_not_waited_on(config, request):
 @pytest.mark.parametrize("config", PARAMS)
 def test_communication_figures_are_measured_and_add_up(config, request):
     """Per-worker figures add up to the aggregates, times are causal on the learner's clock (within each
-    clock's uncertainty), and a 2 ms sleep cost measures what the envs really slept: at least 2 ms, well under 10."""
+    clock's uncertainty), and a 2 ms sleep cost measures what the envs really slept: at least 2 ms a step, and
+    no more than the time it was measured in (a sleep on a loaded machine may take any longer: no bound in ms)."""
     spec = make_spec(config, request)
     backend = started(spec, dataclasses.replace(ENV, step_cost_ms=2.0, step_cost_kind="sleep"))
     try:
         backend.set_weights(test_weights(), 1)
-        before = STEP_COST_METER.reading()
+        before, began = STEP_COST_METER.reading(), time.perf_counter()
         collected = backend.collect(32)
-        here = STEP_COST_METER.reading() - before  # what envs stepped in this process spent
+        here, wall = STEP_COST_METER.reading() - before, time.perf_counter() - began  # envs stepped in this process
     finally:
         backend.close()
     cost = collected.env_cost if spec.name in REMOTE else here
-    assert cost.steps == 32 and 2.0 <= cost.mean_ms < 10.0
+    assert cost.steps == 32 and cost.mean_ms >= 2.0
+    if spec.name not in REMOTE:
+        assert cost.seconds <= wall  # a unit slip (s for ms) would claim 64 s of sleep in a collect of 0.1 s
     if spec.name not in REMOTE:
         assert collected.env_cost is None and collected.workers == () and collected.dispatch_s is None
         return
     shares = collected.workers
+    assert all(w.env_cost_s <= w.compute_s + 1e-9 for w in shares)  # each worker's envs slept within its sampling
     assert len(shares) == spec.workers and [w.env_cost_steps for w in shares] == [32 // spec.workers] * spec.workers
     assert collected.transfer_bytes == sum(w.bytes for w in shares) and all(w.bytes > 0 for w in shares)
     assert collected.clock_violations == 0

@@ -34,7 +34,7 @@ workers = 4
 
 
 def test_cluster_up_suite_down(tmp_path):
-    state_dir = Path(tempfile.mkdtemp(prefix="rts", dir="/tmp"))
+    state_dir = Path(tempfile.mkdtemp(prefix="rts"))
     env = os.environ | {"PPO_HARNESS_CLUSTER_STATE": str(state_dir / "cluster.json")}
     env.pop("RAY_ADDRESS", None)
 

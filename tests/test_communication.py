@@ -191,8 +191,15 @@ def test_iteration_record_carries_measured_communication(name, workers, envs, in
     case = CaseConfig("c/x", "c", "x", backend, env, PPOConfig(steps_per_iteration=32, minibatch_size=16, epochs=1), "custom")
     result = CaseRun(case, MeasureConfig(warmup_iterations=0, iterations=2, repeats=1), seed=0).run()
     for it in result["iterations"]:
-        assert it["env_cost_steps"] == 32 and 1.0 <= it["env_cost_ms_mean"] < 10.0
+        # A busy cost spins on the thread's CPU time, so a step costs at least 1 ms of wall time; how much more
+        # depends on what else runs on the machine, so the upper bound is causal, not a number of ms: the cost
+        # fits in the time that measured it (a worker's own sampling; in-process, the collect phase).
+        assert it["env_cost_steps"] == 32 and it["env_cost_ms_mean"] >= 1.0
         remote, central = name != "vecenv", inference == "central"
+        if remote:
+            assert all(w["env_cost_s"] <= w["compute_s"] + 1e-9 for w in it["workers"])
+        else:
+            assert it["env_cost_steps"] * it["env_cost_ms_mean"] / 1000 <= it["collect_s"]
         assert it["sync_in_process"] == (not remote or central)
         assert it["sync_bytes_network"] == 0
         if remote and not central:

@@ -126,11 +126,11 @@ def test_a_hung_env_in_serial_fails_within_its_deadline_once(tmp_path):
     """An hour-long env step is a hang; the watchdog ends it after `iteration_timeout_s`, and the case's other
     repeats are not run into the same hang."""
     suite = _suite(tmp_path, backend="serial", env="step_cost_ms = 3600000.0", measure="iteration_timeout_s = 4")
-    started = time.monotonic()
+    # The hour-long step ended by the watchdog's 4 s deadline, once: the error names that deadline and the other
+    # repeats were never started (a wall-time bound would be another process's to break; the 120 s subprocess
+    # timeout only stops a hung test).
     proc = harness("run", str(suite), "--out", str(tmp_path / "out"), timeout=120)
-    elapsed = time.monotonic() - started
     assert proc.returncode == 1, proc.stdout + proc.stderr
-    assert elapsed < 60  # 4 s deadline, once; a minute leaves room for start-up on a loaded machine
     (case,) = load_run(only_run_dir(tmp_path / "out"))["cases"]
     first, *others = case["runs"]
     assert first["error"].startswith("hung: no progress in iteration 0 within its deadline of 4 s"), first["error"]

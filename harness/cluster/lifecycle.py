@@ -40,6 +40,7 @@ from pathlib import Path
 
 import psutil
 
+from backends.host import short_temp_root
 from harness.cluster.state import ClusterInfo, default_state_file, read_state, write_state
 from harness.errors import HarnessError
 
@@ -96,13 +97,13 @@ def cluster_up(nodes: int, cpus_per_node: float | None = None, state_file: Path 
         try:
             # A fresh random token per cluster: mkstemp creates the file with mode 0600,
             # so nobody else on the machine can read it and join.
-            fd, token_path = tempfile.mkstemp(prefix="rtok", dir="/tmp")
+            fd, token_path = tempfile.mkstemp(prefix="rtok", dir=short_temp_root())
             info = dataclasses.replace(info, token_path=token_path)
             with os.fdopen(fd, "w") as f:
                 f.write(secrets.token_hex(32))
             # Short dirs: Unix socket paths under them must stay within 107 bytes.
             for _ in range(nodes):
-                info = dataclasses.replace(info, temp_dirs=(*info.temp_dirs, tempfile.mkdtemp(prefix="rt", dir="/tmp")))
+                info = dataclasses.replace(info, temp_dirs=(*info.temp_dirs, tempfile.mkdtemp(prefix="rt", dir=short_temp_root())))
             info = dataclasses.replace(info, client_server_port=_free_port())
             # Recorded before the first `ray start`: however this function ends, `cluster down` finds its processes.
             write_state(path, info)
