@@ -140,6 +140,14 @@ def _measured(run: dict[str, Any]) -> list[dict[str, Any]]:
     return [it for it in run.get("iterations", []) if not it.get("warmup")]
 
 
+def run_fps(run: dict[str, Any]) -> float | None:
+    """One case run's end-to-end FPS: env steps of its measured iterations over their wall time (warm-up
+    excluded); None when it measured none."""
+    measured = _measured(run)
+    steps, total = sum(it["steps"] for it in measured), sum(it["total_s"] for it in measured)
+    return steps / total if measured and total > 0 else None
+
+
 def is_remote(backend_name: str) -> bool:
     """From the registry; a backend no longer registered counts as in-process."""
     entry = REGISTRY.get(backend_name)
@@ -165,9 +173,8 @@ def case_stats(case: dict[str, Any], part: dict[str, Any], cpus: float, host: st
         if not measured:
             continue
         iterations += measured
-        steps = sum(it["steps"] for it in measured)
-        total = sum(it["total_s"] for it in measured)
-        per_run["fps"].append(steps / total if total > 0 else None)
+        steps, total = sum(it["steps"] for it in measured), sum(it["total_s"] for it in measured)
+        per_run["fps"].append(run_fps(run))
         # Sampling FPS: the batch over the time it took to sample. Under overlap the learner's collect_s is
         # only its wait, so the workers' own (slowest) sampling time stands in.
         sampling_s = sum((it.get("worker_compute_s") or 0.0) if overlapped else it["collect_s"] for it in measured)

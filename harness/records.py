@@ -422,6 +422,8 @@ class RunRecord(TypedDict):
     """sys.argv of the run."""
     quick: bool
     """`--quick`: budgets shrunk, not for publishing."""
+    quick_cuts: NotRequired[list[str]]
+    """What `--quick` left out and shrank, one line per part of the suite (a quick run's header shows them)."""
     suite: SuiteRecord
     machine: Machine
     packages: Packages

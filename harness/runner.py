@@ -26,12 +26,12 @@ from typing import Any
 
 import psutil
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from backends.host import DEFAULT_SHM_PREFIX, SHM_PREFIX_ENV, short_temp_root
 from harness.case import PROGRESS_PREFIX
 from harness.errors import HarnessError
 from harness.machine import commit_info
+from harness.progress import run_progress
 from harness.results import load_run, new_run, new_run_dir, save_run
 from harness.suite import CaseConfig, MeasureConfig, Suite, to_json
 
@@ -125,9 +125,12 @@ def run_suite(
         quick = run["quick"]
         suite = suite.quick() if quick else suite
     else:
+        cuts = suite.quick_cuts() if quick else ()
         suite = suite.quick() if quick else suite
         run_dir = new_run_dir(out, suite.name)
         run = new_run(suite, quick, command)
+        if quick:
+            run["quick_cuts"] = list(cuts)
         _save(run_dir, run)
     jobs = [job for job in plan_jobs(suite) if not _finished(run, job)]
     logs = run_dir / "logs"
@@ -135,27 +138,23 @@ def run_suite(
     first_log = 1 + max((int(p.name[:3]) for p in logs.glob("[0-9][0-9][0-9].log")), default=0)
     what = f"resuming {len(jobs)} unfinished runs" if resume else f"{len(jobs)} runs of {len(suite.cases)} cases"
     console.print(f"[bold]{suite.name}[/]: {what} -> {run_dir}")
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     broken: dict[int, str] = {}  # case index -> the error that will recur in every repeat
     try:
-        with stop_on_signals(), Progress(*columns, console=console, transient=False) as progress:
-            overall = progress.add_task("all runs", total=len(jobs))
+        with stop_on_signals(), run_progress(console, len(jobs)) as progress:
             for number, job in enumerate(jobs, start=first_log):
                 name = f"{job.case.id} seed {job.seed} rep {job.repeat}"
                 if job.case_index in broken:
                     result = _skipped(job, broken[job.case_index])
                 else:
-                    task = progress.add_task(name, total=None)
-                    result = _run_job(job, run_dir, logs / f"{number:03d}.log", case_timeout_s,
-                                      lambda d, t, task=task: progress.update(task, completed=d, total=t))  # fmt: skip
-                    progress.remove_task(task)
+                    on_progress = progress.started(name)
+                    result = _run_job(job, run_dir, logs / f"{number:03d}.log", case_timeout_s, on_progress)
                     if result.get("deterministic"):
                         broken[job.case_index] = result["error"]
                 if resume is not None:
                     result["resumed"] = True
                 _record(run, job, result)
                 _save(run_dir, run)
-                progress.advance(overall)
+                progress.finished(name, result)
                 if result["status"] == "error":
                     console.print(f"[red]failed[/] {name}: {result.get('error')} (log: {result.get('log')})")
         run["status"] = "complete"

@@ -21,6 +21,7 @@ import hashlib
 import itertools
 import json
 import math
+import re
 import tomllib
 import types
 import typing
@@ -147,6 +148,43 @@ class SuitePart:
     tables: tuple[str, ...]
     baseline: str | None
     """Label of the case speedups are measured against (its smallest worker count)."""
+    quick_cases: tuple[str, ...] = ()
+    """Ids of the cases `--quick` keeps (each `[[cases]]` table's `quick`, the `[suite]`'s)."""
+
+    def quick(self) -> SuitePart:
+        """What `--quick` runs of this part: its quick cases, on the quick budget."""
+        kept = tuple(c for c in self.cases if c.id in self.quick_cases)
+        return dataclasses.replace(self, measure=self.measure.quick(), cases=kept)
+
+    def quick_cut(self) -> str:
+        """One line saying what `--quick` leaves out of this part and what it shrinks."""
+        dropped = [c.id.split("/", 1)[1] for c in self.cases if c.id not in self.quick_cases]
+        if len(dropped) == len(self.cases):
+            return f"{self.name}: left out"
+        full, quick = self.measure, self.measure.quick()
+        budget = ", ".join(
+            f"{f.name} {_short(getattr(quick, f.name))} of {_short(getattr(full, f.name))}"
+            for f in dataclasses.fields(MeasureConfig)
+            if getattr(full, f.name) != getattr(quick, f.name) and _applies(f.name, full.mode)
+        )
+        cases = f"{len(self.cases) - len(dropped)} of {len(self.cases)} cases" + (
+            f" (left out: {', '.join(dropped)})" if dropped else ""
+        )
+        return f"{self.name}: {cases}" + (f"; {budget}" if budget else "")
+
+
+_THROUGHPUT_ONLY = ("warmup_iterations", "iterations", "repeats")
+_CONVERGENCE_ONLY = ("seeds", "total_steps", "eval_every", "eval_episodes", "final_eval_episodes")
+
+
+def _applies(name: str, mode: str) -> bool:
+    return not (name in _THROUGHPUT_ONLY and mode == "convergence" or name in _CONVERGENCE_ONLY and mode == "throughput")
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, tuple):
+        return "[" + ", ".join(map(str, value)) + "]"
+    return f"{value:,}" if isinstance(value, int) else str(value)
 
 
 @dataclass(frozen=True)
@@ -168,7 +206,17 @@ class Suite:
         return tuple(c for p in self.parts for c in p.cases)
 
     def quick(self) -> Suite:
-        return dataclasses.replace(self, parts=tuple(dataclasses.replace(p, measure=p.measure.quick()) for p in self.parts))
+        """The `--quick` suite: each part's quick cases on the quick budget; parts that keep no case left out."""
+        parts = tuple(p.quick() for p in self.parts if p.quick_cases)
+        if not parts:
+            raise HarnessError(
+                f"{self.path}: --quick keeps no case (every part or case says quick = false); run it without --quick"
+            )
+        return dataclasses.replace(self, parts=parts)
+
+    def quick_cuts(self) -> tuple[str, ...]:
+        """What `--quick` leaves out and shrinks, one line per part (the report header says it)."""
+        return tuple(p.quick_cut() for p in self.parts)
 
 
 # --- the tables of a suite file --------------------------------------------------------------------
@@ -190,6 +238,17 @@ class SuiteTable:
     """Label of the case speedups are measured against."""
     include: OneOrMany[str] = ()
     """Suite files, next to this one, whose parts are appended to it."""
+    quick: bool = True
+    """Whether `--quick` runs this part at all (false: left out of a quick look)."""
+
+
+class QuickSweep(TypedDict, total=False):
+    """The part of a `[[cases]]` sweep that `--quick` keeps: for each key given, a subset of the table's values."""
+
+    workers: OneOrMany[Positive]
+    envs_per_worker: OneOrMany[Positive]
+    inference: OneOrMany[Literal[INFERENCE_MODES]]
+    schedule: OneOrMany[Literal[SCHEDULES]]
 
 
 @dataclass(frozen=True)
@@ -211,6 +270,9 @@ class CaseTable:
     ppo: dict[str, Any] = field(default_factory=dict)
     algorithm: dict[str, Any] = field(default_factory=dict)
     claims: Claims = field(default_factory=dict)
+    quick: bool | QuickSweep = True
+    """What `--quick` keeps of this table: all its cases (true), none (false), or the sub-sweep given, such as
+    `{ workers = [1, 4] }` (each list a subset of the table's own)."""
 
     def __post_init__(self) -> None:
         entry = REGISTRY[self.backend]
@@ -314,8 +376,26 @@ class _Checker:
             # tuples and an integer where a float is wanted.
             return _adapter(model).validate_json(json.dumps(data, default=str), strict=True, extra="forbid")
         except ValidationError as exc:
-            where, message = _explain(exc.errors(include_url=False)[0], model, also_valid)
+            where, message = _explain(_first_error(exc.errors(include_url=False)), model, also_valid)
             self.fail((*loc, *where), message)
+
+
+_TYPE_TAGS = re.compile(r"^(bool|int|float|str|[A-Z][A-Za-z]+)$")
+"""How pydantic names the member of a union it tried (`quick = true` or a table): a type, never one of our
+snake_case keys."""
+
+
+def _first_error(errors: list[Any]) -> Any:
+    """The error to show, without union members' names in its key path. A value checked against a union fails
+    once per member; the member for the kind of value given (a table, say) explains the mistake."""
+
+    def tagged(e: Any) -> bool:
+        return e["type"].endswith("_type") and bool(e["loc"]) and _TYPE_TAGS.match(str(e["loc"][-1])) is not None
+
+    error = next((e for e in errors if not tagged(e)), errors[0])
+    loc = tuple(k for i, k in enumerate(error["loc"]) if not (isinstance(k, str) and _TYPE_TAGS.match(k) and
+                                                              (i < len(error["loc"]) - 1 or tagged(error))))  # fmt: skip
+    return {**error, "loc": loc}
 
 
 def _explain(error: Any, model: Any, also_valid: tuple[str, ...]) -> tuple[Loc, str]:
@@ -365,7 +445,9 @@ def _hint_at(model: Any, path: Loc) -> Any:
 def _unwrap(hint: Any) -> Any:
     """Annotated[X, ...] -> X, X | None -> X, tuple[X, ...] -> X."""
     while typing.get_origin(hint) in (Annotated, typing.Union, types.UnionType, tuple):
-        hint = next(arg for arg in typing.get_args(hint) if arg is not type(None))
+        args = [arg for arg in typing.get_args(hint) if arg is not type(None)]
+        # `bool | QuickSweep`: the table is the member with keys to list
+        hint = next((a for a in args if dataclasses.is_dataclass(a) or is_typeddict(a)), args[0])
     return hint
 
 
@@ -463,9 +545,12 @@ def _load_part(check: _Checker, file: SuiteFile, data: dict[str, Any], name: str
     preset, base_ppo = _ppo(check, file.ppo, "report", PRESETS["report"], ("ppo",))
     base_algorithm = _algorithm(check, file.algorithm, AlgorithmSpec(), ("algorithm",))
     cases: list[CaseConfig] = []
+    quick: list[str] = []
     for index, table in enumerate(file.cases):
         bases = (base_env, preset, base_ppo, base_algorithm)
-        cases.extend(_expand_case(check, table, data["cases"][index], ("cases", index), name, *bases))
+        expanded = _expand_case(check, table, data["cases"][index], ("cases", index), name, *bases)
+        cases.extend(expanded)
+        quick.extend(c.id for c in expanded if file.suite.quick and _quick_keeps(check, table, c, ("cases", index, "quick")))
     ids = [c.id for c in cases]
     duplicates = sorted({i for i in ids if ids.count(i) > 1})
     if duplicates:
@@ -474,7 +559,27 @@ def _load_part(check: _Checker, file: SuiteFile, data: dict[str, Any], name: str
     labels = sorted({c.label for c in cases})
     if baseline is not None and baseline not in labels:
         check.fail(("suite", "baseline"), f"'{baseline}' is not a case label; labels: {', '.join(labels)}")
-    return SuitePart(name, description, file.measure, tuple(cases), file.suite.tables, baseline)
+    kept_labels = {c.label for c in cases if c.id in quick}
+    if baseline is not None and kept_labels and baseline not in kept_labels:
+        check.fail(("suite", "baseline"), f"--quick would leave out the baseline '{baseline}' but keep other cases, whose "
+                                          "speedups it measures; keep one of its cases in quick runs")  # fmt: skip
+    return SuitePart(name, description, file.measure, tuple(cases), file.suite.tables, baseline, tuple(quick))
+
+
+def _quick_keeps(check: _Checker, table: CaseTable, case: CaseConfig, loc: Loc) -> bool:
+    """Whether `--quick` runs `case`, one of `table`'s; a sub-sweep that is not one is refused."""
+    if isinstance(table.quick, bool):
+        return table.quick
+    chosen = {"workers": case.backend.workers, "envs_per_worker": case.backend.envs_per_worker,
+              "inference": case.backend.inference, "schedule": case.backend.schedule}  # fmt: skip
+    keep = True
+    for key, values in table.quick.items():
+        swept = getattr(table, key)
+        if stray := [v for v in values if v not in swept]:
+            check.fail(loc, f"'{key}' {_short(tuple(stray))} is not in the table's {key} {_short(swept)}; "
+                            "quick keeps a subset of the sweep")  # fmt: skip
+        keep = keep and chosen[key] in values
+    return keep
 
 
 def _env(check: _Checker, table: dict[str, Any], base: EnvSpec, loc: Loc, make: bool = True) -> EnvSpec:

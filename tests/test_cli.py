@@ -44,7 +44,26 @@ def smoke_run(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("smoke")
     proc = harness("run", "suites/smoke.toml", "--out", str(out))
     assert proc.returncode == 0, proc.stdout + proc.stderr
+    (out / "stdout.txt").write_text(proc.stdout)  # what a CI log of the run shows (no terminal: a pipe)
     return only_run_dir(out)
+
+
+def test_without_a_terminal_each_finished_run_is_one_log_line(smoke_run):
+    """Piped (CI, nohup), a live display would print nothing until the end: one line per run instead, with its
+    FPS as run.json gives it (steps over wall time of the measured iterations), elapsed time and time left."""
+    import re
+
+    run = load_run(smoke_run)
+    lines = [line for line in (smoke_run.parent / "stdout.txt").read_text().splitlines() if line.startswith("[")]
+    expected = [(case["id"], r) for case in run["cases"] for r in case["runs"]]
+    assert len(lines) == len(expected) == 6
+    for number, (line, (case_id, result)) in enumerate(zip(lines, expected, strict=True), start=1):
+        measured = [it for it in result["iterations"] if not it["warmup"]]
+        fps = sum(it["steps"] for it in measured) / sum(it["total_s"] for it in measured)
+        match = re.fullmatch(rf"\[{number}/6\] {re.escape(case_id)} seed 0 rep 0: ok, ([\d,]+) FPS · (\d+):(\d\d) elapsed, (.*)", line)
+        assert match, line
+        assert int(match[1].replace(",", "")) == round(fps)
+        assert match[4] == ("done" if number == 6 else re.fullmatch(r"~\d+:\d\d left", match[4]) and match[4])
 
 
 def test_smoke_suite_writes_run_json_and_report(smoke_run):
@@ -196,3 +215,24 @@ def test_results_schema_version_is_checked(tmp_path):
     (tmp_path / "run.json").write_text(json.dumps({"schema_version": 999}))
     proc = harness("report", str(tmp_path))
     assert proc.returncode == 2 and "schema version 999" in proc.stderr
+
+
+def test_log_lines_estimate_the_time_left_from_the_runs_so_far():
+    import io
+
+    from rich.console import Console
+
+    from harness.progress import LineProgress
+
+    now = [100.0]
+    out = io.StringIO()
+    progress = LineProgress(Console(file=out, width=200), jobs=4, clock=lambda: now[0])
+    iteration = {"warmup": False, "steps": 1000, "total_s": 0.5}
+    now[0] = 130.0  # 30 s for the first run: 3 left at 30 s each
+    progress.finished("a seed 0 rep 0", {"status": "ok", "iterations": [{**iteration, "warmup": True}, iteration]})
+    now[0] = 190.0  # 90 s for two: 2 left at 45 s each
+    progress.finished("b seed 0 rep 0", {"status": "error", "error": "boom", "iterations": []})
+    assert out.getvalue().splitlines() == [
+        "[1/4] a seed 0 rep 0: ok, 2,000 FPS · 0:30 elapsed, ~1:30 left",
+        "[2/4] b seed 0 rep 0: error · 1:30 elapsed, ~1:30 left",
+    ]

@@ -12,7 +12,6 @@ import contextlib
 import dataclasses
 import os
 import signal
-import time
 from pathlib import Path
 
 import gymnasium as gym

@@ -89,6 +89,49 @@ def test_quick_shrinks_budgets_but_keeps_enough_runs_for_an_interval():
     assert speed.repeats == MIN_SAMPLES_FOR_INTERVAL and speed.iterations == 2
 
 
+def test_quick_keeps_the_cases_each_table_names_and_says_what_it_cut(tmp_path):
+    text = MINIMAL.replace('inference = ["worker", "central"]', 'inference = ["worker", "central"]\nquick = { workers = [2] }')
+    text += '[[cases]]\nbackend = "vecenv"\nenvs_per_worker = 4\nquick = false\n'
+    suite = load_suite(write(tmp_path, text))
+    quick = suite.quick()
+    assert [c.id for c in quick.cases] == ["t/serial/w1xe1", "t/ray_local/worker/w2xe1", "t/ray_local/central/w2xe1"]
+    assert quick.parts[0].measure.iterations == 1  # already below the quick budget
+    (cut,) = suite.quick_cuts()
+    assert cut == "t: 3 of 6 cases (left out: ray_local/worker/w1xe1, ray_local/central/w1xe1, vecenv/w1xe4)"
+    speed_cut = load_suite(REPO / "suites" / "speed.toml").quick_cuts()[0]
+    assert speed_cut.startswith("speed: ") and "iterations 2 of 5" in speed_cut
+
+
+def test_a_part_quick_leaves_out_and_a_quick_that_keeps_nothing_is_refused(tmp_path):
+    write(tmp_path, MINIMAL.replace('name = "t"', 'name = "other"\nquick = false'), "other.toml")
+    suite = load_suite(write(tmp_path, MINIMAL.replace('name = "t"', 'name = "t"\ninclude = ["other.toml"]')))
+    assert [p.name for p in suite.quick().parts] == ["t"] and suite.quick_cuts()[1] == "other: left out"
+    nothing = load_suite(write(tmp_path, MINIMAL.replace('name = "t"', 'name = "t"\nquick = false'), "none.toml"))
+    with pytest.raises(HarnessError, match="--quick keeps no case"):
+        nothing.quick()
+
+
+@pytest.mark.parametrize(
+    ("quick", "message"),
+    [
+        ("quick = { workers = [4] }", "[[cases]] #2 quick: 'workers' [4] is not in the table's workers [1, 2]; quick keeps a subset"),
+        ("quick = { worker = [1] }", "unknown key 'worker'; valid keys: envs_per_worker, inference, schedule, workers"),
+        ('quick = "yes"', "quick"),
+    ],
+)
+def test_a_quick_sweep_must_be_part_of_the_sweep(tmp_path, quick, message):
+    text = MINIMAL.replace('inference = ["worker", "central"]', f'inference = ["worker", "central"]\n{quick}')
+    with pytest.raises(HarnessError) as caught:
+        load_suite(write(tmp_path, text))
+    assert message in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_quick_may_not_leave_out_the_baseline_alone(tmp_path):
+    text = MINIMAL.replace('backend = "serial"', 'backend = "serial"\nquick = false')
+    with pytest.raises(HarnessError, match="--quick would leave out the baseline 'serial'"):
+        load_suite(write(tmp_path, text))
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [
