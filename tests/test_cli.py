@@ -60,7 +60,9 @@ def test_without_a_terminal_each_finished_run_is_one_log_line(smoke_run):
     for number, (line, (case_id, result)) in enumerate(zip(lines, expected, strict=True), start=1):
         measured = [it for it in result["iterations"] if not it["warmup"]]
         fps = sum(it["steps"] for it in measured) / sum(it["total_s"] for it in measured)
-        match = re.fullmatch(rf"\[{number}/6\] {re.escape(case_id)} seed 0 rep 0: ok, ([\d,]+) FPS · (\d+):(\d\d) elapsed, (.*)", line)
+        match = re.fullmatch(
+            rf"\[{number}/6\] {re.escape(case_id)} seed 0 rep 0: ok, ([\d,]+) FPS · (\d+):(\d\d) elapsed, (.*)", line
+        )
         assert match, line
         assert int(match[1].replace(",", "")) == round(fps)
         assert match[4] == ("done" if number == 6 else re.fullmatch(r"~\d+:\d\d left", match[4]) and match[4])

@@ -103,7 +103,9 @@ def cluster_up(nodes: int, cpus_per_node: float | None = None, state_file: Path 
                 f.write(secrets.token_hex(32))
             # Short dirs: Unix socket paths under them must stay within 107 bytes.
             for _ in range(nodes):
-                info = dataclasses.replace(info, temp_dirs=(*info.temp_dirs, tempfile.mkdtemp(prefix="rt", dir=short_temp_root())))
+                info = dataclasses.replace(
+                    info, temp_dirs=(*info.temp_dirs, tempfile.mkdtemp(prefix="rt", dir=short_temp_root()))
+                )
             info = dataclasses.replace(info, client_server_port=_free_port())
             # Recorded before the first `ray start`: however this function ends, `cluster down` finds its processes.
             write_state(path, info)
