@@ -1,4 +1,4 @@
-"""Command line: `python -m harness run|list|report|compare|cluster`.
+"""Command line: `python -m harness run|list|report|export|compare|cluster`.
 
 User mistakes end as one line `error: ...` and exit status 2, never a traceback.
 """
@@ -40,6 +40,14 @@ def build_parser() -> argparse.ArgumentParser:
     report = commands.add_parser("report", help="re-render report.md and plots from a run's run.json")
     report.add_argument("run_dir", type=Path)
     report.add_argument("--lang", choices=("en", "zh"), default="en")
+
+    export = commands.add_parser("export", help="write a run's per-iteration curves for TensorBoard")
+    # One format so far; a flag, so that another one is a second flag beside it.
+    export.add_argument("--tensorboard", dest="format", action="store_const", const="tensorboard", required=True,
+                        help="one TensorBoard event stream per finished case run")  # fmt: skip
+    export.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    export.add_argument("--out", type=Path, default=None,
+                        help="a new or empty folder to write (default: RUN_DIR/tensorboard); never overwritten")  # fmt: skip
 
     compare = commands.add_parser("compare", help="compare two runs case by case")
     compare.add_argument("run_a", type=Path)
@@ -207,6 +215,15 @@ def cmd_compare(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace, console: Console) -> int:
+    from harness.export import export_tensorboard
+
+    done = export_tensorboard(args.run_dir, args.out)
+    skipped = f"; {done.skipped} failed case run(s) left out" if done.skipped else ""
+    console.print(f"tensorboard: {done.out} ({done.streams} case run(s){skipped})\nview with: tensorboard --logdir {done.out}")
+    return 0
+
+
 def _case_config(case: dict) -> dict:
     """What decides a case's numbers, without its results or the report's claims."""
     return {k: v for k, v in case.items() if k not in ("runs", "claims")}
@@ -225,6 +242,8 @@ def main(argv: list[str] | None = None) -> int:
 
             console.print(f"report: {write_report(args.run_dir, args.lang)}")
             return 0
+        if args.command == "export":
+            return cmd_export(args, console)
         if args.command == "compare":
             return cmd_compare(args, console)
         from harness.cluster import run_cluster_command
