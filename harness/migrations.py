@@ -85,10 +85,10 @@ def update_to_2(record: Record) -> None:
     for path, case in _cases(record):
         case.setdefault("algorithm", {"name": "ppo", "device": "cpu"})
         case.setdefault("claims", {})  # a case had no claims before bb1ae93
-        _field(case, "ppo", path).setdefault("compile", False)
+        _table(case, "ppo", path).setdefault("compile", False)
     for path, run in _runs(record):
         for at, iteration in _iterations(run, path):
-            iteration["train_s"] = _seconds(iteration, "gae_s", at) + _seconds(iteration, "update_s", at)
+            iteration["train_s"] = _number(iteration, "gae_s", at) + _number(iteration, "update_s", at)
             iteration["learner"] = {k: iteration.pop(k) for k in V1_LEARNER_STATS if k in iteration}
         if run.get("status") == "ok":
             run["learner"] = {"name": "ppo", "device": "cpu"}
@@ -118,27 +118,27 @@ def update_to_3(record: Record) -> None:
     `transfer_s` its wall-clock difference clamped at 0: caveats, not figures to compare. What version 3
     measured first (MEASURED_SINCE_3) is not recorded."""
     for path, case in _cases(record):
-        backend = _field(case, "backend", path)
+        backend = _table(case, "backend", path)
         backend.setdefault("schedule", "sync")
         backend.setdefault("max_lag", 1)
-        ppo = _field(case, "ppo", path)
+        ppo = _table(case, "ppo", path)
         ppo.setdefault("decoupled", False)
         ppo.setdefault("importance_weight_cap", 2.0)  # its default when it came (3a81325); unused while not decoupled
     for path, run in _runs(record):
         wall = 0.0
         walls = []  # (steps trained, wall time of the iterations so far), after each iteration
         for at, iteration in _iterations(run, path):
-            wall += _seconds(iteration, "total_s", at)
+            wall += _number(iteration, "total_s", at)
             iteration.setdefault("train_wall_s", wall)
             iteration.setdefault("policy_lag", {"min": 0, "mean": 0.0, "max": 0})
-            walls.append((_field(iteration, "steps_trained", at), iteration["train_wall_s"]))
+            walls.append((_number(iteration, "steps_trained", at), _number(iteration, "train_wall_s", at)))
             iteration["sync_in_process"] = _field(iteration, "sync_bytes", at) is None
         evaluations = list(_each(run, "evaluations", path, required=run.get("status") == "ok"))
         if "final_evaluation" in run:
-            evaluations.append(([*path, "final_evaluation"], run["final_evaluation"]))
+            evaluations.append(([*path, "final_evaluation"], _table(run, "final_evaluation", path)))
         for at, evaluation in evaluations:
             # An evaluation follows the iteration that trained its `steps` (harness/case.py of both versions).
-            steps = _field(evaluation, "steps", at)
+            steps = _number(evaluation, "steps", at)
             evaluation.setdefault("train_wall_s", max((w for trained, w in walls if trained <= steps), default=0.0))
     _not_recorded(record, *(f"$.cases[*].runs[*].iterations[*].{key}" for key in MEASURED_SINCE_3))
     _caveat(record, "bytes: computed by formula in version ≤ 2 (array sizes, weights once per worker), measured "
@@ -157,11 +157,11 @@ def update_to_4(record: Record) -> None:
     arguments of `gymnasium.make`, is `env.kwargs`. Records from before 074f57b have no
     `measure.iteration_timeout_s` (no deadline then): not recorded."""
     for path, case in _cases(record):
-        env = _field(case, "env", path)
+        env = _table(case, "env", path)
         _field(env, "options", [*path, "env"])  # a version-3 env always has it: name the path if this one does not
         env["kwargs"] = env.pop("options")
     for path, part in _each(record, "parts", []):
-        if "iteration_timeout_s" not in _field(part, "measure", path):
+        if "iteration_timeout_s" not in _table(part, "measure", path):
             _not_recorded(record, "$.parts[*].measure.iteration_timeout_s")
 
 
@@ -176,7 +176,14 @@ def _field(obj: Any, key: str, path: Path) -> Any:
     return obj[key]
 
 
-def _seconds(obj: Any, key: str, path: Path) -> float:
+def _table(obj: Any, key: str, path: Path) -> Record:
+    value = _field(obj, key, path)
+    if not isinstance(value, dict):
+        raise Damaged(f"{json_path([*path, key])}: expected object, got {json_type(value)}")
+    return value
+
+
+def _number(obj: Any, key: str, path: Path) -> float:
     value = _field(obj, key, path)
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise Damaged(f"{json_path([*path, key])}: expected number, got {json_type(value)}")
