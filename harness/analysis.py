@@ -237,7 +237,7 @@ def case_stats(case: dict[str, Any], part: dict[str, Any], cpus: float, host: st
         communication_share=mean(per_run["comm_share"], unit),
         sync_bytes=_mean([it.get("sync_bytes_serialized") for it in iterations]) if not central else None,
         sync_network_bytes=_mean([it.get("sync_bytes_network") for it in iterations]) if not central else None,
-        # A version-2 record's transfer_bytes are a formula (harness/migrations.py): not this figure.
+        # Before version 3, transfer_bytes were a formula (harness/migrations.py): not this figure.
         transfer_bytes=_mean([it.get("transfer_bytes") for it in iterations]) if "transfer_bytes" not in missing else None,
         startup_s=geometric_mean(per_run["startup"]),
         nodes=sorted(n for n in nodes if n),
@@ -274,7 +274,7 @@ FIGURE_KEYS = {
 
 def _not_recorded(runs: list[dict[str, Any]], iterations: list[dict[str, Any]]) -> frozenset[str]:
     """The figures whose keys the record lacks (absent, not null): an older harness did not measure them
-    (harness/migrations.py lists each such key in the record's `not_recorded`)."""
+    (harness/migrations.py lists those today's schema requires in the record's `not_recorded`)."""
     records = {"run": runs, "learner": [r.get("learner") or {} for r in runs], "iteration": iterations}
     return frozenset(figure for figure, (where, key) in FIGURE_KEYS.items() if any(key not in r for r in records[where]))
 
