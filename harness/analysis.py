@@ -114,6 +114,10 @@ class CaseStats:
     """Memory of one worker process: its peak PSS, the mean over workers, then over runs (None in-process)."""
     total_pss_mib: float | None = None
     """Memory of the whole process tree (learner, workers, Ray's daemons): each run's peak PSS, mean over runs."""
+    not_recorded: frozenset[str] = frozenset()
+    """The figures above (by attribute name) that the record lacks because the harness that wrote it did not
+    measure them: a record migrated from an older schema version (harness/migrations.py). The report says
+    "not recorded" for these, where None alone means "does not apply"."""
 
     @property
     def envs(self) -> int:
@@ -180,7 +184,8 @@ def case_stats(case: dict[str, Any], part: dict[str, Any], cpus: float, host: st
         sampling_s = sum((it.get("worker_compute_s") or 0.0) if overlapped else it["collect_s"] for it in measured)
         per_run["sampling"].append(steps / sampling_s if sampling_s > 0 else None)
         # Start-up: the backend's workers plus building the learner (a compiled learner compiles then).
-        per_run["startup"].append((run.get("startup_s") or 0.0) + (run.get("learner") or {}).get("startup_s", 0.0))
+        learner_s = (run.get("learner") or {}).get("startup_s")  # absent before version 2: no figure, not a smaller one
+        per_run["startup"].append(None if learner_s is None else (run.get("startup_s") or 0.0) + learner_s)
         if remote:
             # Central inference: the policy never leaves the learner, so its weight load is not communication.
             sync = 0.0 if central else sum(it["sync_s"] for it in measured)
@@ -211,6 +216,7 @@ def case_stats(case: dict[str, Any], part: dict[str, Any], cpus: float, host: st
     restarts = [_restarts(run) for run in case["runs"]]
     measure = part["measure"]
     unit = (0.0, 1.0)
+    missing = _not_recorded(ok_runs, iterations)
     return CaseStats(
         id=case["id"],
         part=case["part"],
@@ -236,9 +242,10 @@ def case_stats(case: dict[str, Any], part: dict[str, Any], cpus: float, host: st
         sync_share=mean(per_run["sync_share"], unit) if not central else None,
         transfer_share=mean(per_run["transfer_share"], unit),
         communication_share=mean(per_run["comm_share"], unit),
-        sync_bytes=_mean([_first(it, "sync_bytes_serialized", "sync_bytes") for it in iterations]) if not central else None,
+        sync_bytes=_mean([it.get("sync_bytes_serialized") for it in iterations]) if not central else None,
         sync_network_bytes=_mean([it.get("sync_bytes_network") for it in iterations]) if not central else None,
-        transfer_bytes=_mean([it.get("transfer_bytes") for it in iterations]),
+        # Before version 3, transfer_bytes were a formula (harness/migrations.py): not this figure.
+        transfer_bytes=_mean([it.get("transfer_bytes") for it in iterations]) if "transfer_bytes" not in missing else None,
         startup_s=geometric_mean(per_run["startup"]),
         nodes=sorted(n for n in nodes if n),
         convergence=_convergence(ok_runs, measure) if measure["mode"] == "convergence" else None,
@@ -256,7 +263,27 @@ def case_stats(case: dict[str, Any], part: dict[str, Any], cpus: float, host: st
         restarted_runs=sum(1 for n in restarts if n),
         worker_pss_mib=_mean([_mean((r.get("memory") or {}).get("workers_pss_mib") or []) for r in ok_runs]),
         total_pss_mib=_mean([(r.get("memory") or {}).get("tree_pss_mib") for r in ok_runs]),
+        not_recorded=missing,
     )
+
+
+# Each figure an older record may lack: CaseStats attribute -> (where its key lives, the key).
+FIGURE_KEYS = {
+    "startup_s": ("learner", "startup_s"),  # building the learner: timed since version 2
+    "worker_pss_mib": ("run", "memory"),  # since 80e3465 (version 4)
+    "total_pss_mib": ("run", "memory"),
+    "dispatch_ms": ("iteration", "dispatch_s"),  # since version 3, as is every measured byte
+    "sync_bytes": ("iteration", "sync_bytes_serialized"),  # before, bytes were a formula: not these figures
+    "transfer_bytes": ("iteration", "sync_bytes_serialized"),
+    "env_cost_ms": ("iteration", "env_cost_ms_mean"),
+}
+
+
+def _not_recorded(runs: list[dict[str, Any]], iterations: list[dict[str, Any]]) -> frozenset[str]:
+    """The figures whose keys the record lacks (absent, not null): an older harness did not measure them
+    (harness/migrations.py lists those today's schema requires in the record's `not_recorded`)."""
+    records = {"run": runs, "learner": [r.get("learner") or {} for r in runs], "iteration": iterations}
+    return frozenset(figure for figure, (where, key) in FIGURE_KEYS.items() if any(key not in r for r in records[where]))
 
 
 def _restarts(run: dict[str, Any]) -> int:
@@ -268,10 +295,6 @@ def report_deviations(ppo: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
     """Where a case's PPO settings leave the research report's (the `report` preset)."""
     report = PRESETS["report"]
     return {k: (getattr(report, k), v) for k, v in ppo.items() if hasattr(report, k) and getattr(report, k) != v}
-
-
-def _first(record: dict[str, Any], *keys: str) -> Any:
-    return next((record[k] for k in keys if record.get(k) is not None), None)
 
 
 def _env_cost(case: dict[str, Any], iterations: list[dict[str, Any]]) -> tuple[float, float | None] | None:

@@ -209,6 +209,8 @@ def cmd_compare(args: argparse.Namespace, console: Console) -> int:
     if differing:
         console.print(f"[yellow]warning[/]: {len(differing)} case(s) share a name but not their configuration "
                       f"(env, PPO, backend or learner): {', '.join(differing)}; their ratio is not a like-for-like change")  # fmt: skip
+    for line in _not_comparable(run_a, run_b):
+        console.print(f"[yellow]not comparable[/]: {line}")
     headers = ["case", "FPS A (geometric mean)", "FPS B", "B / A", "95% CI of B / A",
                f"Welch on log FPS, 5%, change >= {EFFECT_THRESHOLD:.0%}"]  # fmt: skip
     console.print(tabulate(rows, headers, tablefmt="github", disable_numparse=True))
@@ -222,6 +224,17 @@ def cmd_export(args: argparse.Namespace, console: Console) -> int:
     skipped = f"; {done.skipped} failed case run(s) left out" if done.skipped else ""
     console.print(f"tensorboard: {done.out} ({done.streams} case run(s){skipped})\nview with: tensorboard --logdir {done.out}")
     return 0
+
+
+def _not_comparable(run_a: dict, run_b: dict) -> list[str]:
+    """One line per caveat of a run read from an older schema version (harness/migrations.py) that the
+    other run does not share: two runs of one old version measured their bytes alike."""
+    lines = []
+    for name, run, other in (("A", run_a, run_b), ("B", run_b, run_a)):
+        for caveat in run.get("caveats", []):
+            if caveat not in other.get("caveats", []):
+                lines.append(f"{caveat} (run {name} has results schema version {run['migrated_from']})")
+    return lines
 
 
 def _case_config(case: dict) -> dict:

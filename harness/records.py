@@ -18,6 +18,7 @@ figure: `Iteration`), with a line saying what it measures, and regenerate the sc
 import functools
 import json
 import re
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, NotRequired
 
@@ -33,10 +34,11 @@ from backends.base import INFERENCE_MODES
 from harness.suite import CaseConfig, MeasureConfig
 
 SCHEMA_VERSION = 4
-"""The version of the record's layout; a reader refuses any other. 2: iterations time one learner
-phase (`train_s`) and keep the learner's statistics as a named map (issue 8). 3: bytes are measured
-serialized sizes, not formulas; times are on one clock (offsets across nodes), never clamped; each
-iteration keeps its per-worker times, the request dispatch and the measured env step cost (issue 10)."""
+"""The version of the record's layout. `load_run` brings an older record forward to it (harness/migrations.py)
+and refuses a newer one. 2: iterations time one learner phase (`train_s`) and keep the learner's
+statistics as a named map (issue 8). 3: bytes are measured serialized sizes, not formulas; times are on
+one clock (offsets across nodes), never clamped; each iteration keeps its per-worker times, the request
+dispatch and the measured env step cost (issue 10). 4: a case's `env.options` is `env.kwargs` (issue 12)."""
 
 # Every part of a record: extra keys allowed (a new field needs no new version); field docstrings become
 # the schema's descriptions.
@@ -406,7 +408,7 @@ class RunRecord(TypedDict):
     harness.schema --write`; `python -m harness.schema RUN_DIR` checks a run against it."""
 
     schema_version: Literal[SCHEMA_VERSION]
-    """harness.records.SCHEMA_VERSION; a reader refuses any other."""
+    """harness.records.SCHEMA_VERSION; `load_run` migrates an older record to it and refuses a newer one."""
     status: Literal["running", "complete", "interrupted"]
     """`running` while cases run (the file is rewritten after each) or if the harness itself died."""
     stopped_by: NotRequired[str]
@@ -430,6 +432,16 @@ class RunRecord(TypedDict):
     commit: Commit
     parts: Annotated[list[PartRecord], MinLen(1)]
     cases: list[CaseRecord]
+    migrated_from: NotRequired[Annotated[int, Ge(1)]]
+    """Set by `load_run` on a record whose file has an older schema version (this one), brought forward by
+    harness/migrations.py; the file itself is never rewritten, so no file on disk has this key."""
+    caveats: NotRequired[list[str]]
+    """Of a migrated record: each figure the old version measured differently from today's, one line
+    (`bytes: computed by formula in version ≤ 2, ...`), which `compare` and the report print."""
+    not_recorded: NotRequired[list[str]]
+    """Of a migrated record: keys today's harness always writes that the old version did not, left absent,
+    as paths with `[*]` for any index (`$.cases[*].runs[*].learner.startup_s`). The check allows exactly
+    these to be missing, and the report shows them as "not recorded"."""
 
 
 # --- checking a record, and its JSON Schema -------------------------------------------------------
@@ -438,15 +450,18 @@ _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _JSON_TYPES = ((bool, "boolean"), (int, "integer"), (float, "number"), (str, "string"), (list, "array"), (dict, "object"))
 
 
-def check_record(run: Any, schema: dict[str, Any] | None = None) -> None:
+def check_record(run: Any, schema: dict[str, Any] | None = None, absent: Collection[str] = ()) -> None:
     """Check a parsed run.json against `schema` (by default the one the models generate); raise
     ValueError naming the JSON path of the first problem, on one line:
-    `$.cases[0].runs[0].iterations[1].sync_s: expected number, got string`."""
+    `$.cases[0].runs[0].iterations[1].sync_s: expected number, got string`.
+
+    `absent`: required keys that may be missing, as `field_path` patterns: a migrated record's
+    `not_recorded` (what its old version never wrote)."""
     validator = _models_validator() if schema is None else Draft202012Validator(schema)
-    errors = list(validator.iter_errors(run))
+    errors = [e for e in validator.iter_errors(run) if _missing(e, absent) != []]
     if errors:
         more = f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
-        raise ValueError(_describe(best_match(errors)) + more)
+        raise ValueError(_describe(best_match(errors), absent) + more)
 
 
 @functools.cache
@@ -454,12 +469,20 @@ def _models_validator() -> Draft202012Validator:
     return Draft202012Validator(run_schema())
 
 
-def _describe(error: jsonschema.ValidationError) -> str:
+def _missing(error: jsonschema.ValidationError, absent: Collection[str]) -> list[str] | None:
+    """For a `required` error, the keys missing that `absent` does not allow; None for any other error."""
+    if error.validator != "required" or not isinstance(error.instance, dict):
+        return None
+    path = list(error.absolute_path)
+    return [k for k in error.validator_value if k not in error.instance and field_path([*path, k]) not in absent]
+
+
+def _describe(error: jsonschema.ValidationError, absent: Collection[str] = ()) -> str:
     """`PATH: problem` on one line, short whatever the offending value is."""
     path = list(error.absolute_path)
     kind, expected, value = error.validator, error.validator_value, error.instance
-    if kind == "required" and isinstance(value, dict):
-        missing = [key for key in expected if key not in value]
+    missing = _missing(error, absent)
+    if missing:
         return f"{json_path([*path, missing[0]])}: required key is missing"
     if kind == "type":
         wanted = " or ".join(expected) if isinstance(expected, list) else expected
@@ -488,6 +511,12 @@ def json_path(parts: Any) -> str:
         else:
             out += f"[{json.dumps(part)}]"
     return out
+
+
+def field_path(parts: Any) -> str:
+    """`$.cases[*].runs[*].learner.startup_s`: `json_path` with every index a wildcard, naming a key in
+    every case, run or iteration at once."""
+    return json_path(["*" if isinstance(part, int) else part for part in parts]).replace('["*"]', "[*]")
 
 
 def json_type(value: Any) -> str:

@@ -16,6 +16,7 @@ from pydantic import ValidationError
 
 from harness.errors import HarnessError
 from harness.machine import commit_info, machine_info, package_versions
+from harness.migrations import OLDEST_VERSION, migrate
 from harness.records import SCHEMA_VERSION, RunRecord, check_record
 from harness.suite import CaseConfig, MeasureConfig, Suite, from_json, to_json
 
@@ -94,15 +95,23 @@ def read_run_json(run_dir: str | Path) -> tuple[Any, Path]:
 
 
 def load_run(run_dir: str | Path) -> dict[str, Any]:
-    """Read a run.json (folder or file path) and check it against the record's models; one-line errors."""
+    """Read a run.json (folder or file path), bring an older schema version forward (harness/migrations.py)
+    and check it against the record's models; one-line errors."""
     run, path = read_run_json(run_dir)
-    if not isinstance(run, dict) or run.get("schema_version") != SCHEMA_VERSION:
-        found = run.get("schema_version") if isinstance(run, dict) else None
-        raise HarnessError(f"{path} has results schema version {found!r}; this harness reads version {SCHEMA_VERSION}")
+    found = run.get("schema_version") if isinstance(run, dict) else None
+    if not (type(found) is int and OLDEST_VERSION <= found <= SCHEMA_VERSION):  # `type`: true is not version 1
+        newer = type(found) is int and found > SCHEMA_VERSION
+        raise HarnessError(f"{path} has results schema version {found!r}; this harness reads versions {OLDEST_VERSION} "
+                           f"to {SCHEMA_VERSION}" + ("; it was written by a newer harness: read it with that" if newer else ""))  # fmt: skip
+    old = found != SCHEMA_VERSION
+    # Where an old record goes wrong, say which version it claimed: its keys are that version's, not today's.
+    claimed = f" (a version {found} record, read as version {SCHEMA_VERSION})" if old else ""
     try:
-        check_record(run)  # against the schema the record's models generate
+        run = migrate(run)
+        # Only a migration may excuse a missing key: a current file's `not_recorded` would be a forgery.
+        check_record(run, absent=run.get("not_recorded", ()) if old else ())
     except ValueError as exc:
-        raise HarnessError(f"{path}: {exc}; was it written by this harness, and completely?") from None
+        raise HarnessError(f"{path}: {exc}{claimed}; was it written by this harness, and completely?") from None
     # The schema has the types; the configs' own range checks (workers >= 1, ...) run in their dataclasses.
     checks = [(f"$.parts[{i}].measure", MeasureConfig, p["measure"]) for i, p in enumerate(run["parts"])]
     checks += [(f"$.cases[{i}]", CaseConfig, {k: v for k, v in c.items() if k != "runs"}) for i, c in enumerate(run["cases"])]

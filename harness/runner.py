@@ -203,6 +203,10 @@ def _skipped(job: Job, error: str) -> dict[str, Any]:
 def _resumable(run_dir: Path, suite: Suite, force: bool, console: Console) -> tuple[Path, dict[str, Any]]:
     """The run to finish: same suite, same code (or --force), its leftovers cleaned up."""
     run = load_run(run_dir)
+    if "migrated_from" in run:
+        # Its code is gone, and saving would write today's layout over the old file: nothing to finish it with.
+        raise HarnessError(f"cannot resume {run_dir}: it has results schema version {run['migrated_from']}, written by "
+                           "older code; rerun the suite from scratch (even --force cannot mix the two)")  # fmt: skip
     run_dir = Path(run_dir)
     if run_dir.is_file():
         run_dir = run_dir.parent

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from harness import cli
 from harness.errors import HarnessError
 from harness.suite import load_suite
+from tests.conftest import REPO
 from tests.test_cli import run_suite_text
 
 BASE_SUITE: dict[str, Any] = {
@@ -140,16 +141,28 @@ def _damage(run: dict[str, Any], path: tuple, value: Any, delete: bool) -> None:
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_report_and_compare_on_a_damaged_run_json_answer_in_one_line(tiny_run, data, capsys):
-    run = json.loads((tiny_run / "run.json").read_text())
+    _damaged_copy_answers_in_one_line(tiny_run, data, capsys)
+
+
+@pytest.mark.parametrize("version", [1, 2, 3])
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_a_damaged_run_json_of_an_older_version_answers_in_one_line(version, data, capsys):
+    """Through harness/migrations.py too: a damaged old record is migrated or refused in one line."""
+    _damaged_copy_answers_in_one_line(REPO / "tests" / "fixtures" / "runs" / f"v{version}" / "smoke", data, capsys)
+
+
+def _damaged_copy_answers_in_one_line(run_dir: Path, data: st.DataObject, capsys: pytest.CaptureFixture) -> None:
+    run = json.loads((run_dir / "run.json").read_text())
     for _ in range(data.draw(st.integers(1, 3))):
         paths = [p for p in _paths(run) if p]
         path = data.draw(st.sampled_from(paths))
         _damage(run, path, data.draw(values | st.just(0) | st.just(-1.0)), data.draw(st.booleans()))
     with tempfile.TemporaryDirectory() as folder:
         copy = Path(folder) / "run"
-        shutil.copytree(tiny_run, copy, ignore=shutil.ignore_patterns("plots", "logs"))
+        shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("plots", "logs"))
         (copy / "run.json").write_text(json.dumps(run))
-        for argv in (["report", str(copy)], ["compare", str(tiny_run), str(copy)]):
+        for argv in (["report", str(copy)], ["compare", str(run_dir), str(copy)]):
             capsys.readouterr()
             status = cli.main(argv)
             err = capsys.readouterr().err

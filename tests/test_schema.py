@@ -149,7 +149,8 @@ def _set(keys: list[Any], value: Any) -> Callable[[dict[str, Any]], None]:
 
 BROKEN: list[tuple[str, Callable[[dict[str, Any]], None], str]] = [
     ("top-level key missing", lambda run: run.pop("machine"), "$.machine: required key is missing"),
-    ("wrong schema version", _set(["schema_version"], 1), f"$.schema_version: must be {SCHEMA_VERSION}, got 1"),
+    ("future schema version", _set(["schema_version"], 999), f"$.schema_version: must be {SCHEMA_VERSION}, got 999"),
+    ("today's record labelled version 1", _set(["schema_version"], 1), f"$.schema_version: must be {SCHEMA_VERSION}, got 1"),
     ("case config missing a field", lambda run: run["cases"][0]["ppo"].pop("gamma"), "$.cases[0].ppo.gamma: required key is missing"),
     ("wrong type in case config", _set(["cases", 0, "backend", "workers"], "2"), "$.cases[0].backend.workers: expected integer, got string"),
     ("run without status", lambda run: run["cases"][0]["runs"][0].pop("status"), "$.cases[0].runs[0].status: required key is missing"),
@@ -172,8 +173,14 @@ def test_broken_copy_fails_naming_the_path(run, tmp_path, change, expected):
     assert "\n" not in message and len(message) < 300
 
 
-# load_run checks the version first, in words of its own; every other problem it words as the schema check does.
-LOAD_RUN_SAYS = {"wrong schema version": f"has results schema version 1; this harness reads version {SCHEMA_VERSION}"}
+# load_run checks the version first, in words of its own, and migrates an older record (harness/migrations.py), which
+# finds what that version always wrote missing; every other problem it words as the schema check does.
+LOAD_RUN_SAYS = {
+    "future schema version": f"has results schema version 999; this harness reads versions 1 to {SCHEMA_VERSION}; it was "
+    "written by a newer harness",
+    "today's record labelled version 1": f".iterations[0].gae_s: required key is missing (a version 1 record, read as "
+    f"version {SCHEMA_VERSION})",
+}
 
 
 @pytest.mark.parametrize(("name", "change", "expected"), [pytest.param(n, c, e, id=n) for n, c, e in BROKEN])

@@ -28,6 +28,7 @@ HEADERS = {
         "ratio": "ratio of geometric means",
         "of_runs": "mean of runs",
         "report": "Report's figure",
+        "not_recorded": "not recorded",
     },
     "zh": {
         "config": "配置",
@@ -46,6 +47,7 @@ HEADERS = {
         "ratio": "几何平均之比",
         "of_runs": "各次运行的平均",
         "report": "报告数值",
+        "not_recorded": "未记录",
     },
 }
 
@@ -98,6 +100,12 @@ def with_interval(estimate: Estimate | None, digits: int = 0, scale: float = 1.0
     if not estimate.has_interval:
         return f"{value(estimate, digits, scale)} (n={estimate.n})"
     return f"{value(estimate, digits, scale)} ({interval(estimate, digits, scale)})"
+
+
+def recorded(ctx: TableContext, case: CaseStats, figure: str, text: str) -> str:
+    """`text`, the cell of `figure` (a CaseStats attribute), or "not recorded" where the case's record
+    lacks it: a run written by an older harness that did not measure it (never a 0 or an "n/a")."""
+    return ctx.h["not_recorded"] if figure in case.not_recorded else text
 
 
 def config(case: CaseStats) -> str:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from harness.report.cells import TableContext, claimed, config, interval, num, table, value
+from harness.report.cells import TableContext, claimed, config, interval, num, recorded, table, value
 
 
 def communication_table(ctx: TableContext) -> tuple[str, list[str]]:
@@ -26,11 +26,13 @@ def communication_table(ctx: TableContext) -> tuple[str, list[str]]:
                 for x in (claimed(c, claim_keys[0], digits=1, suffix=" ms"), claimed(c, claim_keys[1], digits=1, suffix="%"))
                 if x
             )
+            figure = "sync_bytes" if kind == h["weight_sync"] else "transfer_bytes"
             rows.append([kind, value(ms, 2), interval(ms, 2), value(share, 1, 100), interval(share, 1, 100), config(c), c.workers,
-                         num(nbytes), *([num(network)] if multi_node else []), report])  # fmt: skip
-        if c.dispatch_ms:
-            rows.append([h["dispatch"], value(c.dispatch_ms, 2), interval(c.dispatch_ms, 2), "", "", config(c), c.workers,
-                         "", *([""] if multi_node else []), ""])  # fmt: skip
+                         recorded(ctx, c, figure, num(nbytes)), *([num(network)] if multi_node else []), report])  # fmt: skip
+        # Null dispatch means none happened (central inference); absent, that an older harness did not time it.
+        if c.dispatch_ms or ("dispatch_ms" in c.not_recorded and not central):
+            rows.append([h["dispatch"], recorded(ctx, c, "dispatch_ms", value(c.dispatch_ms, 2)), interval(c.dispatch_ms, 2) if c.dispatch_ms else "",
+                         "", "", config(c), c.workers, "", *([""] if multi_node else []), ""])  # fmt: skip
         if c.clock_violations:
             lines.append(f"{c.name}: {c.clock_violations} worker time(s) broke causality by more than the clock offset's "
                          "uncertainty; those transfer times are suspect (kept as measured, never clamped).")  # fmt: skip

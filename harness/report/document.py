@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.analysis import run_stats
+from harness.records import SCHEMA_VERSION
 from harness.report.cells import HEADERS, INTERVAL_RULE, TableContext
 from harness.report.claims import claim_lines
 from harness.report.tables import TABLES
@@ -72,6 +73,7 @@ def machine_header(run: dict[str, Any]) -> list[str]:
         for case in run["cases"] for r in case["runs"] if "learner" in r
     })  # fmt: skip
     return [
+        *migration_lines(run),
         f"- Machine: {m['cpu_model']}, {m['physical_cores']} physical / {m['logical_cores']} logical cores"
         + (f" ({m['usable_cpus']:g} usable by this run)" if m.get("usable_cpus") not in (None, m["logical_cores"]) else "")
         + f", {m['memory_gib']} GiB, {load_text}; GPUs: {gpus}",
@@ -85,6 +87,17 @@ def machine_header(run: dict[str, Any]) -> list[str]:
         + (f"; resumed {len(run['resumed'])} time(s), {resumed} run(s) by --resume" if run.get("resumed") else "")
         + (", **--quick** (budgets shrunk: a look, not a measurement)" if run.get("quick") else ""),
         *(f"- --quick cut {line}" for line in run.get("quick_cuts", [])),
+    ]
+
+
+def migration_lines(run: dict[str, Any]) -> list[str]:
+    """Where the record came from, when an older harness wrote it, and what it says differently; none otherwise."""
+    if "migrated_from" not in run:
+        return []
+    return [
+        f"- Record: results schema version {run['migrated_from']}, read as version {SCHEMA_VERSION} (harness/migrations.py; "
+        'the file is unchanged). What that version did not measure says "not recorded".',
+        *(f"- Not comparable with version {SCHEMA_VERSION} runs: {caveat}" for caveat in run.get("caveats", [])),
     ]
 
 

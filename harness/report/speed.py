@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from harness.analysis import CaseStats
 from harness.report.cells import (
     TableContext,
     claimed,
@@ -10,6 +11,7 @@ from harness.report.cells import (
     notes,
     num,
     pct,
+    recorded,
     restart_lines,
     table,
     value,
@@ -27,7 +29,8 @@ def speed_table(ctx: TableContext) -> tuple[str, list[str]]:
         rows.append([
             config(c), c.workers, value(c.fps), interval(c.fps), num(s.ratio.value if s else None, 2),
             "baseline" if c is base else interval(s.ratio if s else None, 2), c.envs, c.schedule, value(c.sampling_fps),
-            num(efficiency, 2), value(c.startup_s, 1), memory_cell(c.worker_pss_mib, c.remote), num(c.total_pss_mib, 0),
+            num(efficiency, 2), recorded(ctx, c, "startup_s", value(c.startup_s, 1)), memory_cell(ctx, c),
+            recorded(ctx, c, "total_pss_mib", num(c.total_pss_mib, 0)),
             claimed(c, "fps") + (" / " + claimed(c, "speedup", digits=1, suffix="x") if "speedup" in c.claims else ""),
             notes(c),
         ])  # fmt: skip
@@ -72,11 +75,11 @@ def speed_table(ctx: TableContext) -> tuple[str, list[str]]:
     return table(rows, headers), lines
 
 
-def memory_cell(mib: float | None, remote: bool) -> str:
+def memory_cell(ctx: TableContext, case: CaseStats) -> str:
     """A worker's memory, or why there is none: in-process backends have no worker process."""
-    if not remote:
+    if not case.remote:
         return "n/a: in-process"
-    return num(mib, 0)
+    return recorded(ctx, case, "worker_pss_mib", num(case.worker_pss_mib, 0))
 
 
 def phases_table(ctx: TableContext) -> tuple[str, list[str]]:
@@ -84,7 +87,8 @@ def phases_table(ctx: TableContext) -> tuple[str, list[str]]:
     rows = []
     for c in ctx.cases:
         iteration_ms = 1000 * c.total_seconds / c.measured_iterations if c.measured_iterations else None
-        cost = "" if c.env_cost_ms is None else f"{c.env_cost_ms[0]:g} → {num(c.env_cost_ms[1], 3)}"
+        measured = "" if c.env_cost_ms is None else recorded(ctx, c, "env_cost_ms", num(c.env_cost_ms[1], 3))
+        cost = "" if c.env_cost_ms is None else f"{c.env_cost_ms[0]:g} → {measured}"
         rows.append([
             config(c), c.workers, c.schedule, pct(c.share("sync")), pct(c.share("collect")), pct(c.share("transfer")),
             pct(c.share("train")), num(iteration_ms, 1), num(c.worker_compute_ms, 1), cost,
