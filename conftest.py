@@ -11,7 +11,10 @@ fresh machine changes nothing.
 
 from __future__ import annotations
 
+import getpass
+import multiprocessing.util
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -28,7 +31,10 @@ BASE_ENV = "PPO_HARNESS_TEST_TEMP_BASE"
 SESSION_FOLDER_NAME = len("/t12345678")
 SCRATCH_NAME = len("/ph12345678")
 """A case's scratch folder inside the session folder must still leave room for Ray's socket paths."""
-OWNED_BY_SESSION: set[str] = {"inductor"}
+# torch.compile's cache: the folder torch would pick under our TMPDIR anyway (a few of its modules ask for that
+# default directly, ignoring TORCHINDUCTOR_CACHE_DIR), named as torch names it.
+INDUCTOR_CACHE = "torchinductor_" + re.sub(r'[\\/:*?"<>|]', "_", getpass.getuser())
+OWNED_BY_SESSION: set[str] = {INDUCTOR_CACHE}
 """Entries of the session folder that session fixtures create and remove themselves (not a test's leak)."""
 SESSION_PROCESSES: set[int] = set()
 """Processes a session fixture started (the cluster's nodes): they and their children are its to stop."""
@@ -46,9 +52,27 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ["TMPDIR"] = str(SESSION_TEMP)
     tempfile.tempdir = str(SESSION_TEMP)
     # torch.compile's cache would otherwise go to <tmp>/torchinductor_<user> the first time a machine compiles.
-    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(SESSION_TEMP / "inductor")
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(SESSION_TEMP / INDUCTOR_CACHE)
     os.environ["RAY_TMPDIR"] = str(SESSION_TEMP)  # only for a Ray started without our own temp dir
     os.environ[SHM_PREFIX_ENV] = f"pt{os.getpid()}_"
+
+
+SPREAD_MODULES = ("tests.test_backends",)
+"""Modules whose tests share no costly fixture: pytest-xdist may spread them over its workers one by one."""
+OWN_CLUSTER_MODULES = ("tests.test_cluster", "tests.test_cluster_suite")
+"""Modules that start clusters of their own rather than use the session's `ray_cluster_address`."""
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Groups for pytest-xdist's `--dist loadgroup` (tox runs the tests on several workers): a module's tests
+    stay on one worker, where they share its module fixtures (a smoke run, a cluster) and its leak check; the
+    tests that use the session's two-node cluster share one worker, and so one cluster."""
+    for item in items:
+        module = item.module.__name__ if item.module else item.nodeid
+        if item.get_closest_marker("ray_cluster") and module not in OWN_CLUSTER_MODULES:
+            item.add_marker(pytest.mark.xdist_group("ray_cluster"))
+        elif module not in SPREAD_MODULES:
+            item.add_marker(pytest.mark.xdist_group(module))
 
 
 def pytest_report_header(config: pytest.Config) -> str:
@@ -57,7 +81,16 @@ def pytest_report_header(config: pytest.Config) -> str:
 
 def pytest_unconfigure(config: pytest.Config) -> None:
     if SESSION_TEMP is not None:
-        shutil.rmtree(SESSION_TEMP, ignore_errors=True)
+        for entry in SESSION_TEMP.iterdir():
+            if entry.name.startswith("pymp-"):  # multiprocessing removes its own at exit
+                continue
+            if entry.is_dir():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+        # The folder itself after multiprocessing's own exit finalizers (priority -100) have run.
+        multiprocessing.util.Finalize(None, shutil.rmtree, args=(SESSION_TEMP,), kwargs={"ignore_errors": True},
+                                      exitpriority=-200)  # fmt: skip
     for segment in _shm_entries():  # segments the leak check already reported: don't leave them for the next run
         (SHM_DIR / segment).unlink(missing_ok=True)
 

@@ -52,11 +52,12 @@ def _suite(tmp_path: Path, backend: str = "vecenv", env: str = "", measure: str 
 
 
 def _scratch_processes() -> list[psutil.Process]:
-    """Processes of any harness case (they carry their scratch folder in their environment)."""
-    found = []
+    """Processes of this session's harness cases (they carry their scratch folder, made in the session's temp
+    folder, in their environment); another harness on the machine is none of this test's business."""
+    found, ours = [], tempfile.gettempdir() + os.sep
     for p in psutil.process_iter():
         try:
-            if SCRATCH_ENV in p.environ():
+            if p.environ().get(SCRATCH_ENV, "").startswith(ours):
                 found.append(p)
         except psutil.Error:
             continue
