@@ -241,3 +241,15 @@ def test_log_lines_estimate_the_time_left_from_the_runs_so_far():
         "[1/4] a seed 0 rep 0: ok, 2,000 FPS · 0:30 elapsed, ~1:30 left",
         "[2/4] b seed 0 rep 0: error · 1:30 elapsed, ~1:30 left",
     ]
+
+
+def test_a_quick_runs_header_says_what_quick_cut():
+    from harness.report import machine_header
+    from harness.suite import load_suite
+
+    run = load_run(REPO / "tests" / "fixtures" / "runs" / "v4" / "smoke")
+    cuts = load_suite(REPO / "suites" / "report.toml").quick_cuts()
+    header = machine_header(run | {"quick": True, "quick_cuts": list(cuts)})
+    assert "**--quick**" in header[-1 - len(cuts)]
+    assert header[-len(cuts) :] == [f"- Quick look, {line}" for line in cuts]
+    assert any("convergence-tuned: left out" in line for line in header)

@@ -86,7 +86,7 @@ def machine_header(run: dict[str, Any]) -> list[str]:
         + (f" (stopped by {run['stopped_by']})" if run.get("stopped_by") and run["status"] == "interrupted" else "")
         + (f"; resumed {len(run['resumed'])} time(s), {resumed} run(s) by --resume" if run.get("resumed") else "")
         + (", **--quick** (budgets shrunk: a look, not a measurement)" if run.get("quick") else ""),
-        *(f"- --quick cut {line}" for line in run.get("quick_cuts", [])),
+        *(f"- Quick look, {line}" for line in run.get("quick_cuts", [])),
     ]
 
 
