@@ -57,26 +57,6 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ[SHM_PREFIX_ENV] = f"pt{os.getpid()}_"
 
 
-SPREAD_MODULES = ("tests.test_backends",)
-"""Modules whose tests share no costly fixture: pytest-xdist may spread them over its workers one by one."""
-OWN_CLUSTER_MODULES = ("tests.test_cluster", "tests.test_cluster_suite")
-"""Modules that start clusters of their own rather than use the session's `ray_cluster_address`."""
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Groups for pytest-xdist's `--dist loadgroup` (tox runs the tests on several workers): a module's tests
-    stay on one worker, where they share its module fixtures (a smoke run, a cluster) and its leak check; the
-    tests that use the session's two-node cluster share one worker, and so one cluster."""
-    if not config.pluginmanager.hasplugin("xdist"):
-        return
-    for item in items:
-        module = item.module.__name__ if item.module else item.nodeid
-        if item.get_closest_marker("ray_cluster") and module not in OWN_CLUSTER_MODULES:
-            item.add_marker(pytest.mark.xdist_group("ray_cluster"))
-        elif module not in SPREAD_MODULES:
-            item.add_marker(pytest.mark.xdist_group(module))
-
-
 def pytest_report_header(config: pytest.Config) -> str:
     return f"private temp folder: {SESSION_TEMP} (TMPDIR; removed at the end)"
 
