@@ -1,6 +1,6 @@
 """The research report's own figures (`claims` on a case), each checked against our measurement.
 
-One entry per claim a suite may make: the table it is shown under and how our figure is judged.
+One entry per claim a suite may make (its name also in harness/names.py): the table it is shown under and how our figure is judged.
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from harness.analysis import CaseStats
+from harness.names import CLAIM_NAMES, check_registry
 from harness.report.cells import TableContext
 from harness.stats import Estimate, censored_median, mean
 
@@ -93,6 +94,7 @@ CLAIMS: dict[str, Claim] = {
     "transfer_share": Claim("communication", "trajectory transfer share of total time (%)", _share("transfer_share")),
     "communication_share": Claim("communication", "communication share of total time (%)", _share("communication_share")),
 }
+check_registry("claims", CLAIMS, CLAIM_NAMES)
 
 
 def claim_lines(ctx: TableContext, table: str, part_tables: tuple[str, ...] | list[str]) -> list[str]:
