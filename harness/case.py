@@ -29,35 +29,30 @@ from algorithms.evaluate import evaluate, evaluation_seeds
 from algorithms.inference import InferencePolicy
 from algorithms.registry import create_learner
 from backends import create_backend
-from backends.base import DEFAULT_MAX_RESTARTS, Backend, PolicySpec
+from backends.base import DEFAULT_MAX_RESTARTS, Backend, PolicySpec, SyncReport, WorkerRestart
 from backends.envs import STEP_COST_METER, describe_env, make_env
 from backends.remote import DEFAULT_TIMEOUT_S, RemoteBackend
 from harness.errors import HarnessError
 from harness.monitor import ResourceMonitor
-from harness.schedule import SCHEDULE_CLASSES, Schedule, lag_summary
+from harness.schedule import SCHEDULE_CLASSES, Iteration, Schedule
 from harness.suite import CaseConfig, MeasureConfig, from_json
 from harness.watchdog import EPISODE_STEPS, RESTART_STARTUP_S, STARTUP_S, Watchdog, default_deadline
 
 PROGRESS_PREFIX = "@@progress"
 
 
-def sync_fields(backend: Backend) -> dict[str, Any]:
-    """This iteration's weight broadcasts, summed (the schedule hands on only their serialized bytes)."""
-    if not isinstance(backend, RemoteBackend):  # the policy copy is the learner's own: nothing crosses
-        return {"sync_bytes_serialized": 0, "sync_bytes_network": 0, "sync_in_process": True}
-    reports = backend.drain_sync_reports()
-    return {
-        "sync_bytes_serialized": sum(r.bytes_sent or 0 for r in reports),
-        "sync_bytes_network": sum(r.bytes_network or 0 for r in reports),
-        "sync_in_process": bool(reports) and all(r.in_process for r in reports),
-    }
+def sync_reports(backend: Backend) -> list[SyncReport] | None:
+    """This iteration's weight broadcasts; None in-process, where the policy copy is the learner's own."""
+    if not isinstance(backend, RemoteBackend):
+        return None
+    return backend.drain_sync_reports()
 
 
-def worker_restarts(backend: Backend) -> list[dict[str, Any]]:
+def worker_restarts(backend: Backend) -> list[WorkerRestart]:
     """This iteration's worker restarts (`on_worker_failure = "restart"`), oldest first; none in-process."""
     if not isinstance(backend, RemoteBackend):
         return []
-    return [dataclasses.asdict(restart) for restart in backend.drain_restarts()]
+    return backend.drain_restarts()
 
 
 class CaseRun:
@@ -158,42 +153,22 @@ class CaseRun:
     def _iteration(self, index: int, schedule: Schedule) -> dict[str, Any]:
         cost_before = STEP_COST_METER.reading()
         done = schedule.iteration(index)
-        collected, rollout = done.collected, done.collected.rollout
+        collected = done.collected
         # Workers measure their envs' step cost; an in-process backend's envs step here, on this process's meter.
         env_cost = collected.env_cost if collected.env_cost is not None else STEP_COST_METER.reading() - cost_before
         self.train_wall_s += done.total_s
         restarts = worker_restarts(schedule.backend)
         self.result["worker_restarts"] += len(restarts)
-        return {
-            "index": index,
-            "warmup": self.measure.mode == "throughput" and index < self.measure.warmup_iterations,
-            "steps": rollout.num_steps,
-            "sync_s": done.sync_s,
-            "collect_s": done.collect_s,
-            "train_s": done.train_s,
-            "total_s": done.total_s,
-            "train_wall_s": self.train_wall_s,
-            "policy_lag": lag_summary(done.lags),
-            "sync_bytes": done.sync_bytes,
-            **sync_fields(schedule.backend),
-            "dispatch_s": collected.dispatch_s,
-            "worker_compute_s": collected.worker_compute_s,
-            "transfer_s": collected.transfer_s,
-            "transfer_uncertainty_s": collected.transfer_uncertainty_s,
-            "clock_violations": collected.clock_violations,
-            "transfer_bytes": collected.transfer_bytes,
-            "asked_s": collected.asked_s,
-            "joined_s": collected.joined_s,
-            "workers": [dataclasses.asdict(share) for share in collected.workers] if collected.workers else None,
-            "worker_restarts": restarts,
-            "env_cost_ms_mean": env_cost.mean_ms,
-            "env_cost_steps": env_cost.steps,
-            "policy_version": rollout.policy_version,
-            "episodes": len(rollout.episode_returns),
-            "episode_return_mean": float(rollout.episode_returns.mean()) if len(rollout.episode_returns) else None,
-            "steps_trained": schedule.learner.steps_trained,
-            "learner": {name: float(value) for name, value in done.stats.items()},
-        }
+        return Iteration.measured(
+            done,
+            index=index,
+            warmup=self.measure.mode == "throughput" and index < self.measure.warmup_iterations,
+            train_wall_s=self.train_wall_s,
+            steps_trained=schedule.learner.steps_trained,
+            sync_reports=sync_reports(schedule.backend),
+            restarts=restarts,
+            env_cost=env_cost,
+        ).record()
 
     def _evaluate(self, learner: Learner, policy: InferencePolicy, episodes: int) -> dict[str, Any]:
         policy.load_flat(learner.weights(), learner.version)
