@@ -36,7 +36,7 @@ def _against(claimed: float, ours: Estimate | None, unit: str = "", digits: int 
 
 
 def _fps(case: CaseStats, claimed: float, ctx: TableContext) -> str:
-    return _against(claimed, case.fps, " steps/s")
+    return _against(claimed, case["fps"], " steps/s")
 
 
 def _speedup(case: CaseStats, claimed: float, ctx: TableContext) -> str:
@@ -67,18 +67,18 @@ def _final(case: CaseStats, claimed: float, ctx: TableContext) -> str:
     return _against(claimed, mean(case.convergence.final_returns) if case.convergence else None, "", 1)
 
 
-def _share(attribute: str) -> Callable[[CaseStats, float, TableContext], str]:
+def _share(metric: str) -> Callable[[CaseStats, float, TableContext], str]:
     def check(case: CaseStats, claimed: float, ctx: TableContext) -> str:
-        return _against(claimed, getattr(case, attribute), "%", 1, 100)
+        return _against(claimed, case[metric], "%", 1, 100)
 
     return check
 
 
-def _ms(attribute: str) -> Callable[[CaseStats, float, TableContext], str]:
+def _ms(metric: str) -> Callable[[CaseStats, float, TableContext], str]:
     def check(case: CaseStats, claimed: float, ctx: TableContext) -> str:
-        if attribute == "sync_ms" and case.inference == "central":
+        if metric == "sync_ms" and case.inference == "central":
             return "no weight sync crosses a process boundary with central inference"
-        return _against(claimed, getattr(case, attribute), " ms", 2)
+        return _against(claimed, case[metric], " ms", 2)
 
     return check
 
