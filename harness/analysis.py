@@ -8,6 +8,7 @@ from the raw samples. The unit of every interval is an independent sample: a fre
 
 from __future__ import annotations
 
+import functools
 import json
 from collections import Counter
 from dataclasses import dataclass, field
@@ -94,10 +95,6 @@ class CaseStats:
     """Workers lost and replaced (`on_worker_failure = "restart"`), summed over every run of the case, failed ones too."""
     restarted_runs: int = 0
     """Runs with at least one worker restart."""
-    not_recorded: frozenset[str] = frozenset()
-    """The metrics the record lacks because the harness that wrote it did not measure them (their
-    `recorded_by` key is absent): a record migrated from an older schema version (harness/migrations.py). The
-    report says "not recorded" for these, where None alone means "does not apply"."""
     _computed: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     def __getitem__(self, metric: str) -> Any:
@@ -111,6 +108,25 @@ class CaseStats:
         per_run = METRICS[metric].per_run
         assert per_run is not None, f"{metric} is pooled over iterations: it has no per-run samples"
         return [v for v in (per_run(self, run) for run in self.runs) if v is not None]
+
+    @functools.cached_property
+    def not_recorded(self) -> frozenset[str]:
+        """The metrics that apply to this case but that the record lacks because the harness that wrote it did not
+        measure them (their `recorded_by` key is absent, not null): a record migrated from an older schema version
+        (harness/migrations.py lists those today's schema requires in the record's `not_recorded`). The report says
+        "not recorded" for these, where None alone means "does not apply"."""
+        records = {
+            "run": [r.record for r in self.runs],
+            "learner": [r.record.get("learner") or {} for r in self.runs],
+            "iteration": self.iterations,
+        }
+        return frozenset(
+            name
+            for name, metric in METRICS.items()
+            if metric.recorded_by
+            and metric.applies(self)
+            and any(metric.recorded_by[1] not in r for r in records[metric.recorded_by[0]])
+        )
 
     @property
     def iterations(self) -> list[dict[str, Any]]:
@@ -185,22 +201,6 @@ def case_stats(case: dict[str, Any], part: dict[str, Any], cpus: float, host: st
         deviations=report_deviations(case.get("ppo") or {}),
         worker_restarts=sum(restarts),
         restarted_runs=sum(1 for n in restarts if n),
-        not_recorded=_not_recorded(runs),
-    )
-
-
-def _not_recorded(runs: list[RunSamples]) -> frozenset[str]:
-    """The metrics whose `recorded_by` keys the record lacks (absent, not null): an older harness did not
-    measure them (harness/migrations.py lists those today's schema requires in the record's `not_recorded`)."""
-    records = {
-        "run": [r.record for r in runs],
-        "learner": [r.record.get("learner") or {} for r in runs],
-        "iteration": [it for r in runs for it in r.measured],
-    }
-    return frozenset(
-        name
-        for name, metric in METRICS.items()
-        if metric.recorded_by and any(metric.recorded_by[1] not in r for r in records[metric.recorded_by[0]])
     )
 
 
