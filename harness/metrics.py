@@ -117,6 +117,12 @@ def _total_pss_mib(case: CaseStats, run: RunSamples) -> float | None:
     return (run.record.get("memory") or {}).get("tree_pss_mib")
 
 
+def _straggler_ms(case: CaseStats, it: Record) -> float | None:
+    """The slowest worker's sampling time minus the fastest's, in ms: how long the fastest waited for the batch."""
+    compute = [w["compute_s"] for w in it.get("workers") or []]
+    return 1000 * (max(compute) - min(compute)) if compute else None
+
+
 def _phase(phase: str) -> Callable[[CaseStats, Record], tuple[float, float]]:
     """(this phase's seconds, the three phases' seconds) of one iteration: the parts of a pooled share."""
     return lambda case, it: (it.get(f"{phase}_s") or 0.0, sum(it[f"{p}_s"] for p in PHASES))
@@ -245,6 +251,14 @@ METRICS: dict[str, Metric] = {
         pooled_mean,
         per_iteration=lambda case, it: 1000 * (it.get("worker_compute_s") or 0.0),
         applies=_remote,
+    ),
+    "straggler_ms": Metric(
+        {"en": "Straggler spread (ms, mean)", "zh": "工作器快慢之差（毫秒，平均）"},
+        "ms",
+        pooled_mean,
+        per_iteration=_straggler_ms,
+        applies=_remote,
+        recorded_by=("iteration", "workers"),  # per-worker times since version 3
     ),
     "env_cost_ms": Metric(
         {"en": "Env cost per step (ms, set → measured mean)", "zh": "每步环境开销（毫秒，设定 → 实测平均）"},

@@ -90,9 +90,9 @@ def phases_table(ctx: TableContext) -> tuple[str, list[str]]:
         measured = recorded(ctx, c, "env_cost_ms", num(c["env_cost_ms"], 3))
         cost = f"{c.env_cost_set:g} → {measured}" if c.env_cost_set else ""
         rows.append([config(c), c.workers, c.schedule, *(pct(c[share]) for share in shares), num(c["iteration_ms"], 1),
-                     num(c["worker_compute_ms"], 1), cost])  # fmt: skip
+                     num(c["worker_compute_ms"], 1), recorded(ctx, c, "straggler_ms", num(c["straggler_ms"], 1)), cost])  # fmt: skip
     headers = [h["config"], h["workers"], h["schedule"], *map(ctx.header, shares), ctx.header("iteration_ms"),
-               ctx.header("worker_compute_ms"), ctx.header("env_cost_ms")]  # fmt: skip
+               ctx.header("worker_compute_ms"), ctx.header("straggler_ms"), ctx.header("env_cost_ms")]  # fmt: skip
     lines = []
     for phase in ("train", "collect", "sync"):
         names = [
