@@ -106,6 +106,16 @@ def test_pooled_metrics_are_plain_means_of_every_measured_iteration():
     assert got["worker_pss_mib"] == pytest.approx(workers)
 
 
+def test_straggler_spread_is_the_mean_over_iterations_of_slowest_minus_fastest_worker():
+    case = _case()
+    rng = np.random.default_rng(3)
+    for run in case["runs"]:
+        for it in run["iterations"]:
+            it["workers"] = [{"compute_s": float(s)} for s in rng.uniform(0.01, 0.05, 2)]
+    spreads = [1000 * np.ptp([w["compute_s"] for w in it["workers"]]) for m in _measured(case) for it in m]
+    assert case_stats(case, THROUGHPUT, cpus=8)["straggler_ms"] == pytest.approx(np.mean(spreads))
+
+
 def test_a_metric_that_does_not_apply_is_none():
     central = case_stats(_case(inference="central"), THROUGHPUT, cpus=8)
     assert central["sync_ms"] is None and central["sync_share"] is None and central["transfer_ms"] is not None
