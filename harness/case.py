@@ -17,11 +17,13 @@ import signal
 import sys
 import time
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, ClassVar
 
 import numpy as np
 import psutil
+from annotated_types import Ge, MinLen
 from threadpoolctl import threadpool_limits
 
 from algorithms.base import Learner, LearnerSetup
@@ -29,7 +31,7 @@ from algorithms.evaluate import evaluate, evaluation_seeds
 from algorithms.inference import InferencePolicy
 from algorithms.registry import create_learner
 from backends import create_backend
-from backends.base import DEFAULT_MAX_RESTARTS, Backend, PolicySpec, SyncReport, WorkerRestart
+from backends.base import DEFAULT_MAX_RESTARTS, Backend, Count, PolicySpec, Seconds, SyncReport, WorkerRestart
 from backends.envs import STEP_COST_METER, describe_env, make_env
 from backends.remote import DEFAULT_TIMEOUT_S, RemoteBackend
 from harness.errors import HarnessError
@@ -39,6 +41,36 @@ from harness.suite import CaseConfig, MeasureConfig, from_json
 from harness.watchdog import EPISODE_STEPS, RESTART_STARTUP_S, STARTUP_S, Watchdog, default_deadline
 
 PROGRESS_PREFIX = "@@progress"
+MiB = Annotated[float, Ge(0)]
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Deterministic evaluation (mean action) on seeds disjoint from training: an entry of a run's
+    `evaluations`, or its `final_evaluation`."""
+
+    steps: Count
+    train_wall_s: Seconds
+    """Wall time of the iterations before this evaluation: what 'seconds to the threshold' counts."""
+    mean_return: float
+    returns: Annotated[list[float], MinLen(1)]
+    seconds: Seconds
+
+
+@dataclass(frozen=True)
+class Memory:
+    """Peak PSS in MiB, each process charged its share of shared pages (`memory_by_process`). An empty record
+    where the system has no PSS (Linux's smaps)."""
+
+    NOT_REQUIRED: ClassVar[tuple[str, ...]] = ("learner_pss_mib", "workers_pss_mib", "others_pss_mib", "tree_pss_mib")
+
+    learner_pss_mib: MiB | None
+    workers_pss_mib: list[MiB | None]
+    """In worker order; None for a worker outside the case's process tree (another node, a cluster's raylet)."""
+    others_pss_mib: MiB
+    """Every other process of the tree (Ray's daemons, the forkserver), each at its own peak, summed."""
+    tree_pss_mib: MiB | None
+    """The largest total over the tree at one sample."""
 
 
 def sync_reports(backend: Backend) -> list[SyncReport] | None:
@@ -179,13 +211,10 @@ class CaseRun:
         with self.watchdog.phase(f"the evaluation after {learner.steps_trained:,} steps", deadline):
             returns = evaluate(policy, lambda: make_env(dataclasses.replace(self.case.env, step_cost_ms=0.0)),
                                evaluation_seeds(self.seed, episodes))  # fmt: skip
-        return {
-            "steps": learner.steps_trained,
-            "train_wall_s": self.train_wall_s,
-            "mean_return": float(np.mean(returns)),
-            "returns": returns.tolist(),
-            "seconds": time.perf_counter() - started,
-        }
+        seconds = time.perf_counter() - started
+        return dataclasses.asdict(
+            Evaluation(learner.steps_trained, self.train_wall_s, float(np.mean(returns)), returns.tolist(), seconds)
+        )
 
     def _progress(self, done: int, total: int) -> None:
         print(f"{PROGRESS_PREFIX} {done} {total}", flush=True)
@@ -217,13 +246,9 @@ def memory_by_process(peaks: dict[int, float], resources: dict[str, Any], placem
     if not peaks:
         return {}
     learner, worker_pids = os.getpid(), {w["pid"] for w in placement}
-    tree = resources.get("tree_pss_mib", {})
-    return {
-        "learner_pss_mib": peaks.get(learner),
-        "workers_pss_mib": [peaks.get(w["pid"]) for w in placement],
-        "others_pss_mib": sum(v for pid, v in peaks.items() if pid != learner and pid not in worker_pids),
-        "tree_pss_mib": tree.get("max"),
-    }
+    others = sum(v for pid, v in peaks.items() if pid != learner and pid not in worker_pids)
+    workers = [peaks.get(w["pid"]) for w in placement]
+    return dataclasses.asdict(Memory(peaks.get(learner), workers, others, resources.get("tree_pss_mib", {}).get("max")))
 
 
 # recur in every repeat, so the runner runs the case's other repeats no more (harness/runner.py).

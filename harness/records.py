@@ -3,11 +3,12 @@
 A record is read as plain dicts (analysis, report). Its measured parts are the dataclasses that measured
 them, whose fields are the record's keys: an iteration is `harness.schedule.Iteration` (the schedule's phase
 times, the backend's `BatchFigures`, `WorkerShare`s and `WorkerRestart`s), a worker's clock is
-`backends.remote.ClockOffset`. The configs in it (`MeasureConfig`, `CaseConfig` and what it holds) are the
-suite's dataclasses themselves, as `harness.suite.to_json` writes them. The rest (the run's header, its
-parts, each case run's envelope) is written as plain dicts by `harness.results.new_run`, `harness.runner`
-and `harness.case`, so those parts are TypedDicts here: `NotRequired` marks the keys only some runs carry
-(a dataclass lists them in its `NOT_REQUIRED`).
+`backends.remote.ClockOffset`, an evaluation and a run's memory are `harness.case.Evaluation` and `Memory`.
+The configs in it (`MeasureConfig`, `CaseConfig` and what it holds) are the suite's dataclasses themselves,
+as `harness.suite.to_json` writes them. The rest (the run's header, its parts, each case run's envelope) is
+written as plain dicts by `harness.results.new_run`, `harness.runner` and `harness.case`, so those parts
+are TypedDicts here: `NotRequired` marks the keys only some runs carry (a dataclass lists them in its
+`NOT_REQUIRED`).
 
 From these comes `run_schema()`, their JSON Schema: `load_run` checks a record against it
 (`check_record`), and `harness/run_schema.json` holds a copy, which `python -m harness.schema RUN_DIR`
@@ -36,6 +37,7 @@ from typing_extensions import TypedDict  # pydantic needs typing_extensions' Typ
 
 from backends.base import INFERENCE_MODES
 from backends.remote import ClockOffset
+from harness.case import Evaluation, Memory
 from harness.schedule import Iteration
 from harness.suite import CaseConfig, MeasureConfig
 
@@ -180,18 +182,6 @@ class BackendDescription(TypedDict):
 
 
 @_record
-class Evaluation(TypedDict):
-    """Deterministic evaluation (mean action) on seeds disjoint from training."""
-
-    steps: Count
-    mean_return: float
-    returns: Annotated[list[float], MinLen(1)]
-    seconds: Seconds
-    train_wall_s: Seconds
-    """Wall time of the iterations before this evaluation: what 'seconds to the threshold' counts."""
-
-
-@_record
 class MeanMax(TypedDict):
     mean: float
     max: float
@@ -204,20 +194,6 @@ class Resources(TypedDict, extra_items=MeanMax):
     interval_s: Annotated[float, Gt(0)]
     samples: Count
     gpu_present: bool
-
-
-@_record
-class Memory(TypedDict, total=False):
-    """harness.case.memory_by_process: peak PSS in MiB, each process charged its share of shared pages.
-    Empty where the system has no PSS (Linux's smaps)."""
-
-    learner_pss_mib: Annotated[float, Ge(0)] | None
-    workers_pss_mib: list[Annotated[float, Ge(0)] | None]
-    """In worker order; None for a worker outside the case's process tree (another node, a cluster's raylet)."""
-    others_pss_mib: Annotated[float, Ge(0)]
-    """Every other process of the tree (Ray's daemons, the forkserver), each at its own peak, summed."""
-    tree_pss_mib: Annotated[float, Ge(0)] | None
-    """The largest total over the tree at one sample."""
 
 
 OK_RUN_KEYS = ("torch_threads", "startup_s", "shutdown_s", "learner", "backend", "iterations", "evaluations", "resources")
@@ -414,9 +390,9 @@ class _RecordSchema(GenerateJsonSchema):
     def dataclass_schema(self, schema: Any) -> Any:
         json_schema = super().dataclass_schema(schema)
         optional = getattr(schema["cls"], "NOT_REQUIRED", ())
-        if optional and "required" in json_schema:
-            json_schema["required"] = [name for name in json_schema["required"] if name not in optional]
-        return json_schema
+        required = [name for name in json_schema.get("required", []) if name not in optional]
+        json_schema.pop("required", None)
+        return {**json_schema, "required": required} if required else json_schema
 
     def field_is_required(self, field: Any, total: bool) -> bool:
         return super().field_is_required(field, total) if field["type"] == "typed-dict-field" else True

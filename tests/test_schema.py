@@ -23,6 +23,7 @@ from backends.base import Collected, SyncReport, WorkerRestart, WorkerShare
 from backends.envs import EnvCost
 from backends.remote import ClockOffset
 from harness import schema
+from harness.case import Evaluation, Memory
 from harness.errors import HarnessError
 from harness.results import RUN_FILE, SCHEMA_VERSION, load_run
 from harness.schedule import Iteration, PolicyLag, Scheduled
@@ -117,7 +118,7 @@ def test_write_regenerates_the_schema(tmp_path, monkeypatch):
 
 # The dataclasses whose fields are a measured record's keys, by the name the schema gives them (issue 20).
 MEASURED = {"Iteration": Iteration, "WorkerShare": WorkerShare, "WorkerRestart": WorkerRestart, "ClockOffset": ClockOffset,
-            "PolicyLag": PolicyLag}  # fmt: skip
+            "PolicyLag": PolicyLag, "Evaluation": Evaluation, "Memory": Memory}  # fmt: skip
 
 
 @pytest.mark.parametrize("name", MEASURED)
@@ -127,7 +128,7 @@ def test_checked_in_schema_has_exactly_the_measuring_dataclass_fields(name):
     definition = load_schema()["$defs"][name]
     fields = {f.name for f in dataclasses.fields(MEASURED[name])}
     assert set(definition["properties"]) == fields
-    assert set(definition["required"]) == fields - set(getattr(MEASURED[name], "NOT_REQUIRED", ()))
+    assert set(definition.get("required", [])) == fields - set(getattr(MEASURED[name], "NOT_REQUIRED", ()))
     assert definition["additionalProperties"] is True  # a new figure needs no new schema version
 
 
@@ -140,6 +141,10 @@ def test_a_fixture_iteration_has_the_keys_an_iteration_records():
     assert set(iteration["workers"][0]) == {f.name for f in dataclasses.fields(WorkerShare)}
     assert set(runs["ray_local"]["backend"]["placement"][0]["clock"]) == {f.name for f in dataclasses.fields(ClockOffset)}
     assert set(iteration["policy_lag"]) == {f.name for f in dataclasses.fields(PolicyLag)}
+    assert set(runs["multiprocessing"]["memory"]) == {f.name for f in dataclasses.fields(Memory)}
+    convergence = json.loads((REPO / "tests/fixtures/runs/v4/convergence/run.json").read_text())
+    evaluation = convergence["cases"][0]["runs"][0]["evaluations"][0]
+    assert set(evaluation) == {f.name for f in dataclasses.fields(Evaluation)}
 
 
 def test_an_iteration_record_is_its_dataclass_as_json():
