@@ -34,12 +34,13 @@ CENTRAL_REFUSES_RESTART = (
     'on_worker_failure = "restart" needs inference = "worker": with central inference the learner holds every env\'s '
     "state between steps, so a lost worker would leave the fragment half-sampled"
 )
-__all__ = ["Backend", "BackendSpec", "BatchFigures", "Collected", "PolicySpec", "SyncReport", "WorkerRestart", "WorkerShare"]
 # PolicySpec: re-exported
+__all__ = ["Backend", "BackendSpec", "BatchFigures", "Collected", "PolicySpec", "SyncReport", "WorkerRestart", "WorkerShare"]
 
 Seconds = Annotated[float, Ge(0)]
 """A duration, never negative (the run record's JSON Schema says so: harness/records.py)."""
 Count = Annotated[int, Ge(0)]
+"""A count or a size in bytes."""
 
 
 @dataclass(frozen=True)
