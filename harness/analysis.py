@@ -80,7 +80,6 @@ class CaseStats:
     schedule: str = "sync"
     env_cost_set: float = 0.0
     """The synthetic per-step env cost the suite set, ms (0: none)."""
-    nodes: list[str] = field(default_factory=list)
     convergence: Convergence | None = None
     claims: dict[str, float] = field(default_factory=dict)
     sampling_key: str = ""
@@ -192,7 +191,6 @@ def case_stats(case: dict[str, Any], part: dict[str, Any], cpus: float, host: st
         runs=runs,
         schedule=backend.get("schedule", "sync"),
         env_cost_set=case["env"].get("step_cost_ms") or 0.0,
-        nodes=sorted({n for placement in placements for w in placement if (n := w.get("node", ""))}),
         convergence=_convergence(ok_runs, measure) if measure["mode"] == "convergence" else None,
         claims=case.get("claims", {}),
         sampling_key=sampling_key(case),
