@@ -14,9 +14,10 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
+from annotated_types import Ge
 
 from algorithms.policy import PolicySpec
 from algorithms.rollout import Rollout
@@ -33,7 +34,13 @@ CENTRAL_REFUSES_RESTART = (
     'on_worker_failure = "restart" needs inference = "worker": with central inference the learner holds every env\'s '
     "state between steps, so a lost worker would leave the fragment half-sampled"
 )
-__all__ = ["Backend", "BackendSpec", "Collected", "PolicySpec", "SyncReport", "WorkerRestart"]  # PolicySpec: re-exported
+# PolicySpec: re-exported
+__all__ = ["Backend", "BackendSpec", "BatchFigures", "Collected", "PolicySpec", "SyncReport", "WorkerRestart", "WorkerShare"]
+
+Seconds = Annotated[float, Ge(0)]
+"""A duration, never negative (the run record's JSON Schema says so: harness/records.py)."""
+Count = Annotated[int, Ge(0)]
+"""A count or a size in bytes."""
 
 
 @dataclass(frozen=True)
@@ -95,77 +102,93 @@ class SyncReport:
 
 @dataclass(frozen=True)
 class WorkerRestart:
-    """A lost worker replaced under `on_worker_failure = "restart"`."""
+    """A lost worker replaced under `on_worker_failure = "restart"`. Its fields are its record in run.json
+    (an iteration's `worker_restarts`), written by `dataclasses.asdict`."""
 
-    worker: int
+    worker: Count
     reason: str
-    """Why it counted as lost, in one line: it died (with its exit code or Ray's word), or sent no reply within `timeout_s`."""
+    """Why it counted as lost, one line: it died (exit code, or Ray's word for it), or sent no reply within timeout_s."""
     during: str
-    """What the learner was waiting for when it found out: `load weights`, `sample` (dispatching or receiving one)."""
+    """What the learner was doing when it found out: `load weights` or `sample` (dispatching or receiving one)."""
     replaced_pid: int | None
-    """The lost worker's process."""
+    """The lost worker's process (the placement recorded at start-up names the first one of each worker)."""
     pid: int | None
-    """Its replacement's process."""
-    replace_s: float
-    """From finding the loss to the replacement started, its weights reloaded and its requests sent again (learner clock)."""
-    redispatched: int
-    """Requests in flight sent again to the replacement (each sampled afresh from its envs' seeds)."""
+    """The replacement's process; null if it was lost before it said."""
+    replace_s: Seconds
+    """From finding the loss to the replacement started, its weights reloaded and its requests sent again (learner
+    clock); part of this iteration's sync_s or collect_s."""
+    redispatched: Count
+    """Requests in flight sent again to the replacement: its envs restart from reset with the same seeds, so those
+    fragments differ from what the lost worker would have sampled."""
 
 
 @dataclass(frozen=True)
 class WorkerShare:
     """One worker's part in one request. Times in seconds on the learner's clock (the worker's clock
-    corrected by its measured offset), counted from the moment the learner began dispatching the request."""
+    corrected by its measured offset), counted from the moment the learner began dispatching the request.
+    Its fields are its record in run.json (an iteration's `workers`), written by `dataclasses.asdict`."""
 
-    compute_s: float
+    compute_s: Seconds
     """The worker's own sampling (worker inference) or env-stepping time (central inference, summed over steps)."""
-    bytes: int
+    bytes: Count
     """Serialized size of what crossed for this worker: its returned fragment message (worker inference),
     or every per-step message both ways plus shared memory written (central inference)."""
-    env_cost_s: float = 0.0
+    env_cost_s: Seconds = 0.0
     """Wall seconds spent inside the synthetic step cost by this worker's envs."""
-    env_cost_steps: int = 0
+    env_cost_steps: Count = 0
     """Env steps that paid that cost."""
     sent_s: float | None = None
-    """When the learner began handing this worker its request (worker inference)."""
+    """When the learner began handing this worker its request (null with central inference)."""
     start_s: float | None = None
-    """When the worker began sampling (worker inference)."""
+    """When the worker began sampling, after the clock offset (null with central inference)."""
     ready_s: float | None = None
-    """When the worker handed its fragment to the transport (worker inference)."""
-    clock_uncertainty_s: float = 0.0
+    """When the worker handed its fragment to the transport (null with central inference)."""
+    clock_uncertainty_s: Seconds = 0.0
     """How far `start_s` and `ready_s` may be off: 0 on the learner's host (one clock), half the best
     ping-pong round trip for a worker on another node."""
 
 
+@dataclass(frozen=True, kw_only=True)
+class BatchFigures:
+    """The backend's own breakdown of how a batch was gathered: the figures of `Collected` that the run
+    record keeps, under these names, in each iteration (`harness.schedule.Iteration` inherits them).
+    None throughout for in-process backends."""
+
+    dispatch_s: Seconds | None = None
+    """The learner sending this batch's sample request to every worker (in neither compute nor transfer;
+    under overlap it was sent during the previous iteration). Null in-process and with central inference,
+    where the per-step requests are part of transfer_s."""
+    worker_compute_s: Seconds | None = None
+    """The slowest worker's own sampling time for this batch (null in-process); under overlap it runs in
+    parallel with the learner."""
+    transfer_s: float | None = None
+    """From the last fragment being ready (or the learner asking, if later) to the learner holding the joined
+    rollout; central inference: per-step round trips less dispatch and the slowest worker's stepping. Null
+    in-process. Never clamped: across nodes, worker clocks are corrected by an estimated offset, so it may come
+    out below zero by up to transfer_uncertainty_s."""
+    transfer_uncertainty_s: Seconds | None = None
+    """Largest clock-offset uncertainty among workers that may have been ready after the learner asked (0 on one host)."""
+    clock_violations: Count | None = None
+    """Workers whose corrected times contradict causality (started before being asked, or ready after the
+    learner held their fragment) by more than their clock's uncertainty: suspect, kept as measured."""
+    transfer_bytes: Count | None = None
+    """Serialized bytes of the workers' replies (multiprocessing: pickled message sizes; Ray: serialized
+    object sizes), summed; central inference: every step's messages both ways. Null in-process."""
+    asked_s: float | None = None
+    """When the learner asked for the batch (`take`), seconds after it began dispatching the request."""
+    joined_s: float | None = None
+    """When the learner held the joined rollout, on the same scale."""
+
+
 @dataclass(frozen=True)
-class Collected:
-    """A rollout plus the backend's own breakdown of how it was gathered."""
+class Collected(BatchFigures):
+    """A rollout plus the backend's own breakdown of how it was gathered (`BatchFigures`)."""
 
     rollout: Rollout
-    worker_compute_s: float | None = None
-    """The slowest worker's own sampling time (None for in-process backends)."""
-    transfer_s: float | None = None
-    """From the last fragment being ready (or the learner asking, if later) to the learner holding the
-    joined rollout; central inference: per-step round trips less dispatch and the slowest worker's stepping.
-    Never clamped: across nodes it may come out below zero by up to `transfer_uncertainty_s`."""
-    transfer_bytes: int | None = None
-    """Serialized bytes of trajectory data that crossed a process boundary (sum over `workers`)."""
     fragment_versions: tuple[int, ...] = ()
     """The policy version each fragment (each worker's share) was sampled with."""
-    dispatch_s: float | None = None
-    """The learner's time handing the sample request to every worker (central inference: the per-step
-    requests, summed). Neither worker compute nor transfer."""
-    transfer_uncertainty_s: float | None = None
-    """How far `transfer_s` may be off because worker clocks were corrected by an estimated offset."""
-    clock_violations: int | None = None
-    """Workers whose corrected times contradict causality (started before being asked, or ready after the
-    learner held their fragment) by more than their clock's uncertainty: a bad offset estimate."""
-    asked_s: float | None = None
-    """When the learner asked for the batch (`take`), from the request's dispatch."""
-    joined_s: float | None = None
-    """When the learner held the joined rollout, from the request's dispatch."""
     workers: tuple[WorkerShare, ...] = ()
-    """Per worker, the figures the aggregates above come from (empty for in-process backends)."""
+    """Per worker, the figures the aggregates come from (empty for in-process backends)."""
     env_cost: EnvCost | None = None
     """Measured synthetic step cost over the fragment, all envs (None: measured by the caller, in-process)."""
 

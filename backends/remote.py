@@ -33,11 +33,12 @@ so a worker lost mid-fragment would leave a joint fragment half-sampled.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from abc import abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -50,6 +51,7 @@ from backends.base import (
     Backend,
     Collected,
     PolicySpec,
+    Seconds,
     SyncReport,
     WorkerRestart,
     WorkerShare,
@@ -65,21 +67,22 @@ CLOCK_PROBES = 8
 
 @dataclass(frozen=True)
 class ClockOffset:
-    """How a worker's `perf_counter` relates to the learner's: learner time = worker time - `offset_s`."""
+    """How a worker's `perf_counter` relates to the learner's: learner time = worker time - `offset_s`.
+    Its fields are its record in run.json (a worker placement's `clock`), written by `describe`."""
 
-    method: str
-    """`shared`: the learner's host, one system-wide clock; `cristian`: estimated by ping-pong."""
+    method: Literal["shared", "cristian"]
+    """`shared`: one system-wide CLOCK_MONOTONIC on the learner's host; `cristian`: estimated at start-up by
+    ping-pong (Cristian's method), keeping the smallest round trip."""
     offset_s: float = 0.0
-    uncertainty_s: float = 0.0
-    """The true offset lies within `offset_s` +- this (half the best round trip)."""
-    round_trip_s: float | None = None
+    uncertainty_s: Seconds = 0.0
+    """Half the best round trip: the true offset lies within offset_s +- this."""
+    round_trip_s: Seconds | None = None
 
     def to_learner(self, worker_time: float) -> float:
         return worker_time - self.offset_s
 
     def describe(self) -> dict[str, Any]:
-        return {"method": self.method, "offset_s": self.offset_s, "uncertainty_s": self.uncertainty_s,
-                "round_trip_s": self.round_trip_s}  # fmt: skip
+        return dataclasses.asdict(self)
 
 
 SHARED_CLOCK = ClockOffset("shared")

@@ -17,11 +17,13 @@ import signal
 import sys
 import time
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, ClassVar
 
 import numpy as np
 import psutil
+from annotated_types import Ge, MinLen
 from threadpoolctl import threadpool_limits
 
 from algorithms.base import Learner, LearnerSetup
@@ -29,35 +31,60 @@ from algorithms.evaluate import evaluate, evaluation_seeds
 from algorithms.inference import InferencePolicy
 from algorithms.registry import create_learner
 from backends import create_backend
-from backends.base import DEFAULT_MAX_RESTARTS, Backend, PolicySpec
+from backends.base import DEFAULT_MAX_RESTARTS, Backend, Count, PolicySpec, Seconds, SyncReport, WorkerRestart
 from backends.envs import STEP_COST_METER, describe_env, make_env
 from backends.remote import DEFAULT_TIMEOUT_S, RemoteBackend
 from harness.errors import HarnessError
 from harness.monitor import ResourceMonitor
-from harness.schedule import SCHEDULE_CLASSES, Schedule, lag_summary
+from harness.schedule import SCHEDULE_CLASSES, Iteration, Schedule
 from harness.suite import CaseConfig, MeasureConfig, from_json
 from harness.watchdog import EPISODE_STEPS, RESTART_STARTUP_S, STARTUP_S, Watchdog, default_deadline
 
 PROGRESS_PREFIX = "@@progress"
+MiB = Annotated[float, Ge(0)]
 
 
-def sync_fields(backend: Backend) -> dict[str, Any]:
-    """This iteration's weight broadcasts, summed (the schedule hands on only their serialized bytes)."""
-    if not isinstance(backend, RemoteBackend):  # the policy copy is the learner's own: nothing crosses
-        return {"sync_bytes_serialized": 0, "sync_bytes_network": 0, "sync_in_process": True}
-    reports = backend.drain_sync_reports()
-    return {
-        "sync_bytes_serialized": sum(r.bytes_sent or 0 for r in reports),
-        "sync_bytes_network": sum(r.bytes_network or 0 for r in reports),
-        "sync_in_process": bool(reports) and all(r.in_process for r in reports),
-    }
+@dataclass(frozen=True)
+class Evaluation:
+    """Deterministic evaluation (mean action) on seeds disjoint from training: an entry of a run's
+    `evaluations`, or its `final_evaluation`."""
+
+    steps: Count
+    train_wall_s: Seconds
+    """Wall time of the iterations before this evaluation: what 'seconds to the threshold' counts."""
+    mean_return: float
+    returns: Annotated[list[float], MinLen(1)]
+    seconds: Seconds
 
 
-def worker_restarts(backend: Backend) -> list[dict[str, Any]]:
+@dataclass(frozen=True)
+class Memory:
+    """Peak PSS in MiB, each process charged its share of shared pages (`memory_by_process`). An empty record
+    where the system has no PSS (Linux's smaps)."""
+
+    NOT_REQUIRED: ClassVar[tuple[str, ...]] = ("learner_pss_mib", "workers_pss_mib", "others_pss_mib", "tree_pss_mib")
+
+    learner_pss_mib: MiB | None
+    workers_pss_mib: list[MiB | None]
+    """In worker order; None for a worker outside the case's process tree (another node, a cluster's raylet)."""
+    others_pss_mib: MiB
+    """Every other process of the tree (Ray's daemons, the forkserver), each at its own peak, summed."""
+    tree_pss_mib: MiB | None
+    """The largest total over the tree at one sample."""
+
+
+def sync_reports(backend: Backend) -> list[SyncReport] | None:
+    """This iteration's weight broadcasts; None in-process, where the policy copy is the learner's own."""
+    if not isinstance(backend, RemoteBackend):
+        return None
+    return backend.drain_sync_reports()
+
+
+def worker_restarts(backend: Backend) -> list[WorkerRestart]:
     """This iteration's worker restarts (`on_worker_failure = "restart"`), oldest first; none in-process."""
     if not isinstance(backend, RemoteBackend):
         return []
-    return [dataclasses.asdict(restart) for restart in backend.drain_restarts()]
+    return backend.drain_restarts()
 
 
 class CaseRun:
@@ -158,42 +185,22 @@ class CaseRun:
     def _iteration(self, index: int, schedule: Schedule) -> dict[str, Any]:
         cost_before = STEP_COST_METER.reading()
         done = schedule.iteration(index)
-        collected, rollout = done.collected, done.collected.rollout
+        collected = done.collected
         # Workers measure their envs' step cost; an in-process backend's envs step here, on this process's meter.
         env_cost = collected.env_cost if collected.env_cost is not None else STEP_COST_METER.reading() - cost_before
         self.train_wall_s += done.total_s
         restarts = worker_restarts(schedule.backend)
         self.result["worker_restarts"] += len(restarts)
-        return {
-            "index": index,
-            "warmup": self.measure.mode == "throughput" and index < self.measure.warmup_iterations,
-            "steps": rollout.num_steps,
-            "sync_s": done.sync_s,
-            "collect_s": done.collect_s,
-            "train_s": done.train_s,
-            "total_s": done.total_s,
-            "train_wall_s": self.train_wall_s,
-            "policy_lag": lag_summary(done.lags),
-            "sync_bytes": done.sync_bytes,
-            **sync_fields(schedule.backend),
-            "dispatch_s": collected.dispatch_s,
-            "worker_compute_s": collected.worker_compute_s,
-            "transfer_s": collected.transfer_s,
-            "transfer_uncertainty_s": collected.transfer_uncertainty_s,
-            "clock_violations": collected.clock_violations,
-            "transfer_bytes": collected.transfer_bytes,
-            "asked_s": collected.asked_s,
-            "joined_s": collected.joined_s,
-            "workers": [dataclasses.asdict(share) for share in collected.workers] if collected.workers else None,
-            "worker_restarts": restarts,
-            "env_cost_ms_mean": env_cost.mean_ms,
-            "env_cost_steps": env_cost.steps,
-            "policy_version": rollout.policy_version,
-            "episodes": len(rollout.episode_returns),
-            "episode_return_mean": float(rollout.episode_returns.mean()) if len(rollout.episode_returns) else None,
-            "steps_trained": schedule.learner.steps_trained,
-            "learner": {name: float(value) for name, value in done.stats.items()},
-        }
+        return Iteration.measured(
+            done,
+            index=index,
+            warmup=self.measure.mode == "throughput" and index < self.measure.warmup_iterations,
+            train_wall_s=self.train_wall_s,
+            steps_trained=schedule.learner.steps_trained,
+            sync_reports=sync_reports(schedule.backend),
+            restarts=restarts,
+            env_cost=env_cost,
+        ).record()
 
     def _evaluate(self, learner: Learner, policy: InferencePolicy, episodes: int) -> dict[str, Any]:
         policy.load_flat(learner.weights(), learner.version)
@@ -204,13 +211,10 @@ class CaseRun:
         with self.watchdog.phase(f"the evaluation after {learner.steps_trained:,} steps", deadline):
             returns = evaluate(policy, lambda: make_env(dataclasses.replace(self.case.env, step_cost_ms=0.0)),
                                evaluation_seeds(self.seed, episodes))  # fmt: skip
-        return {
-            "steps": learner.steps_trained,
-            "train_wall_s": self.train_wall_s,
-            "mean_return": float(np.mean(returns)),
-            "returns": returns.tolist(),
-            "seconds": time.perf_counter() - started,
-        }
+        seconds = time.perf_counter() - started
+        return dataclasses.asdict(
+            Evaluation(learner.steps_trained, self.train_wall_s, float(np.mean(returns)), returns.tolist(), seconds)
+        )
 
     def _progress(self, done: int, total: int) -> None:
         print(f"{PROGRESS_PREFIX} {done} {total}", flush=True)
@@ -242,13 +246,9 @@ def memory_by_process(peaks: dict[int, float], resources: dict[str, Any], placem
     if not peaks:
         return {}
     learner, worker_pids = os.getpid(), {w["pid"] for w in placement}
-    tree = resources.get("tree_pss_mib", {})
-    return {
-        "learner_pss_mib": peaks.get(learner),
-        "workers_pss_mib": [peaks.get(w["pid"]) for w in placement],
-        "others_pss_mib": sum(v for pid, v in peaks.items() if pid != learner and pid not in worker_pids),
-        "tree_pss_mib": tree.get("max"),
-    }
+    others = sum(v for pid, v in peaks.items() if pid != learner and pid not in worker_pids)
+    workers = [peaks.get(w["pid"]) for w in placement]
+    return dataclasses.asdict(Memory(peaks.get(learner), workers, others, resources.get("tree_pss_mib", {}).get("max")))
 
 
 # recur in every repeat, so the runner runs the case's other repeats no more (harness/runner.py).

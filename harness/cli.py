@@ -191,15 +191,17 @@ def cmd_compare(args: argparse.Namespace, console: Console) -> int:
     rows, differing = [], []
     for case_id, a in stats_a.items():
         b = stats_b.get(case_id)
-        if b is None or a.fps is None or b.fps is None:
+        if b is None or a["fps"] is None or b["fps"] is None:
             continue
         if configs_a[case_id] != configs_b[case_id]:
             differing.append(case_id)
-        result = compare(a.fps_samples, b.fps_samples)
+        result = compare(a.samples("fps"), b.samples("fps"))
         ratio = result.ratio
         span = f"{ratio.low:.3f} – {ratio.high:.3f}" if ratio.has_interval else f"n={ratio.n}: too few"
         mark = " (config differs)" if case_id in differing else ""
-        rows.append([case_id + mark, f"{a.fps.value:,.0f}", f"{b.fps.value:,.0f}", f"{ratio.value:.3f}", span, result.verdict()])
+        rows.append(
+            [case_id + mark, f"{a['fps'].value:,.0f}", f"{b['fps'].value:,.0f}", f"{ratio.value:.3f}", span, result.verdict()]
+        )
     if not rows:
         raise HarnessError(f"{args.run_a} and {args.run_b} have no measured case in common; compare runs of the same suite")
     if run_a.get("quick") != run_b.get("quick"):

@@ -42,7 +42,7 @@ def render_plots(run: dict[str, Any], run_dir: Path) -> dict[str, list[str]]:
             figures.append((learning_figure(cases), f"{slug}-learning.png"))
         if "scaling" in part["tables"]:
             figures.append((scaling_figure(cases, part.get("baseline")), f"{slug}-scaling.png"))
-        if any(c.total_seconds for c in cases) and part["measure"]["mode"] == "throughput":
+        if any(c["iteration_ms"] for c in cases) and part["measure"]["mode"] == "throughput":
             figures.append((breakdown_figure(cases), f"{slug}-breakdown.png"))
         out[part["name"]] = [str(_save(fig, plot_dir / name).relative_to(run_dir)) for fig, name in figures]
     return out
@@ -79,9 +79,9 @@ def scaling_figure(cases: list[CaseStats], baseline_label: str | None) -> plt.Fi
         groups.setdefault(case.label, []).append(case)
     max_count = max(c.parallelism for c in cases)
     for label, members in groups.items():
-        members = sorted((c for c in members if c.fps_samples), key=lambda c: c.parallelism)
+        members = sorted((c for c in members if c.samples("fps")), key=lambda c: c.parallelism)
         if len(members) > 1 and base is not None:
-            ratios = [compare(base.fps_samples, c.fps_samples).ratio for c in members]
+            ratios = [compare(base.samples("fps"), c.samples("fps")).ratio for c in members]
             ax.plot([c.parallelism for c in members], [r.value for r in ratios], marker="o", label=label)
     ax.plot([1, max_count], [1, max_count], color="grey", linestyle="--", label="ideal (linear)")
     ax.set(xscale="log", yscale="log", xlabel="workers (vecenv: envs)",
@@ -98,10 +98,10 @@ def breakdown_figure(cases: list[CaseStats]) -> plt.Figure:
     for key, label in BREAKDOWN:
         ms = []
         for c in cases:
-            seconds = c.phase_seconds.get(key, 0.0)
+            share = c[f"{key}_time_share"] if key != "worker_compute" else None
             if key == "worker_compute":  # collect time not accounted for by transfer
-                seconds = c.phase_seconds["collect"] - c.phase_seconds.get("transfer", 0.0)
-            ms.append(1000 * max(seconds, 0.0) / c.measured_iterations if c.measured_iterations else 0.0)
+                share = (c["collect_time_share"] or 0.0) - (c["transfer_time_share"] or 0.0)
+            ms.append(max(share or 0.0, 0.0) * (c["iteration_ms"] or 0.0))
         ax.bar(positions, ms, bottom=bottom, label=label)
         bottom += ms
     ax.set_xticks(positions, [c.name.replace(" · ", "\n") for c in cases], rotation=30, ha="right", fontsize=7)

@@ -1,9 +1,14 @@
-"""The run record, `run.json`, described once: TypedDicts over the suite's own dataclasses.
+"""The run record, `run.json`, described once: TypedDicts over the dataclasses that measured it.
 
-A record is written as plain dicts (`harness.results.new_run`, `harness.runner`, `harness.case`) and
-read as plain dicts (analysis, report), so its parts are TypedDicts: `NotRequired` marks the keys only
-some runs carry. The configs in it (`MeasureConfig`, `CaseConfig` and what it holds) are the suite's
-dataclasses themselves, as `harness.suite.to_json` writes them.
+A record is read as plain dicts (analysis, report). Its measured parts are the dataclasses that measured
+them, whose fields are the record's keys: an iteration is `harness.schedule.Iteration` (the schedule's phase
+times, the backend's `BatchFigures`, `WorkerShare`s and `WorkerRestart`s), a worker's clock is
+`backends.remote.ClockOffset`, an evaluation and a run's memory are `harness.case.Evaluation` and `Memory`.
+The configs in it (`MeasureConfig`, `CaseConfig` and what it holds) are the suite's dataclasses themselves,
+as `harness.suite.to_json` writes them. The rest (the run's header, its parts, each case run's envelope) is
+written as plain dicts by `harness.results.new_run`, `harness.runner` and `harness.case`, so those parts
+are TypedDicts here: `NotRequired` marks the keys only some runs carry (a dataclass lists them in its
+`NOT_REQUIRED`).
 
 From these comes `run_schema()`, their JSON Schema: `load_run` checks a record against it
 (`check_record`), and `harness/run_schema.json` holds a copy, which `python -m harness.schema RUN_DIR`
@@ -11,8 +16,8 @@ checks runs against without the code. After a change here, `python -m harness.sc
 regenerates that file (a test compares the two).
 
 Keys are required where the harness always writes them, and types are enforced; extra keys are allowed
-everywhere, so a new field needs no new schema version. Add it here all the same (a per-iteration
-figure: `Iteration`), with a line saying what it measures, and regenerate the schema.
+everywhere, so a new field needs no new schema version. A new per-iteration figure is a field of the
+dataclass that measures it, with a line saying what it measures; then regenerate the schema.
 """
 
 import functools
@@ -31,6 +36,9 @@ from pydantic.json_schema import GenerateJsonSchema
 from typing_extensions import TypedDict  # pydantic needs typing_extensions' TypedDict before 3.12
 
 from backends.base import INFERENCE_MODES
+from backends.remote import ClockOffset
+from harness.case import Evaluation, Memory
+from harness.schedule import Iteration
 from harness.suite import CaseConfig, MeasureConfig
 
 SCHEMA_VERSION = 4
@@ -144,19 +152,6 @@ class LearnerInfo(TypedDict):
 
 
 @_record
-class ClockInfo(TypedDict):
-    """How the worker's perf_counter relates to the learner's: learner time = worker time - offset_s."""
-
-    method: Literal["shared", "cristian"]
-    """`shared`: one system-wide CLOCK_MONOTONIC on the learner's host; `cristian`: estimated at start-up by
-    ping-pong (Cristian's method), keeping the smallest round trip."""
-    offset_s: float
-    uncertainty_s: Seconds
-    """Half the best round trip: the true offset lies within offset_s +- this."""
-    round_trip_s: Seconds | None
-
-
-@_record
 class Placement(TypedDict):
     """Where one worker runs (pid, host, Ray node, ...)."""
 
@@ -164,7 +159,7 @@ class Placement(TypedDict):
     host: NotRequired[str]
     cpus: NotRequired[Annotated[float, Gt(0)]]
     """CPUs usable on the worker's host (affinity mask, cgroup quota): oversubscription is judged per host."""
-    clock: NotRequired[ClockInfo]
+    clock: NotRequired[ClockOffset]
 
 
 @_record
@@ -187,137 +182,6 @@ class BackendDescription(TypedDict):
 
 
 @_record
-class PolicyLag(TypedDict):
-    """Over the iteration's fragments: the learner's version when it trained on the batch minus the
-    version each fragment was sampled with."""
-
-    min: Count
-    mean: Annotated[float, Ge(0)]
-    max: Count
-
-
-@_record
-class WorkerTimes(TypedDict):
-    """One worker's share of a batch; times in seconds after the learner began dispatching, on its clock."""
-
-    compute_s: Seconds
-    """The worker's own sampling (central inference: its stepping, summed)."""
-    bytes: Count
-    """Serialized size of its reply."""
-    env_cost_s: Seconds
-    env_cost_steps: Count
-    sent_s: float | None
-    """When the learner began handing it the request (null with central inference)."""
-    start_s: float | None
-    """When it began sampling, after the clock offset."""
-    ready_s: float | None
-    """When it handed the fragment to the transport."""
-    clock_uncertainty_s: Seconds
-
-
-@_record
-class WorkerRestart(TypedDict):
-    """A lost worker replaced under `options.on_worker_failure = "restart"` (backends.base.WorkerRestart)."""
-
-    worker: Count
-    reason: str
-    """Why it counted as lost, one line: it died (exit code, or Ray's word for it), or sent no reply within timeout_s."""
-    during: str
-    """What the learner was doing when it found out: `load weights` or `sample`."""
-    replaced_pid: int | None
-    """The lost worker's process (the placement recorded at start-up names the first one of each worker)."""
-    pid: int | None
-    """The replacement's process; null if it was lost before it said."""
-    replace_s: Seconds
-    """From finding the loss to the replacement started, its weights reloaded and its requests sent again; part of
-    this iteration's sync_s or collect_s."""
-    redispatched: Count
-    """Requests in flight sent again to the replacement: its envs restart from reset with the same seeds, so those
-    fragments differ from what the lost worker would have sampled."""
-
-
-@_record
-class Iteration(TypedDict):
-    """One iteration of the learner/backend loop, each phase timed by the harness with time.perf_counter()."""
-
-    index: Count
-    warmup: bool
-    """Excluded from every statistic."""
-    steps: Positive
-    sync_s: Seconds
-    """The learner's time sending weights (sync: until every copy loaded them; overlap: handing them over
-    without waiting, plus the first barrier broadcast in iteration 0)."""
-    collect_s: Seconds
-    """The learner's time getting this iteration's batch (sync: sampling it; overlap: waiting for it, plus
-    dispatching the next request)."""
-    train_s: Seconds
-    """Learner.train(rollout): for PPO, GAE plus the update."""
-    total_s: Seconds
-    """Wall time of the iteration on the learner's timeline: sync_s + collect_s + train_s. Under overlap the
-    workers' sampling runs during train_s and is not added in."""
-    train_wall_s: Seconds
-    """Wall time of this run's iterations so far, this one included (evaluations excluded)."""
-    policy_lag: PolicyLag
-    sync_bytes: Count | None
-    """Serialized bytes of this iteration's weight broadcasts, measured (stored once however many workers
-    read them); 0 with central inference, null in-process."""
-    sync_bytes_serialized: Count
-    """As sync_bytes, but 0 rather than null in-process."""
-    sync_bytes_network: Count
-    """Of those, bytes fetched over the network: serialized size times the Ray nodes other than the driver's
-    that host workers (0 on one node and for multiprocessing)."""
-    sync_in_process: bool
-    """True when no policy copy left the learner's process (in-process backends, central inference)."""
-    dispatch_s: Seconds | None
-    """The learner sending this batch's sample request to every worker (in neither compute nor transfer;
-    under overlap it was sent during the previous iteration). Null in-process and with central inference."""
-    worker_compute_s: Seconds | None
-    """The slowest worker's own sampling time for this batch (null in-process); under overlap it runs in
-    parallel with the learner."""
-    transfer_s: float | None
-    """From the last fragment being ready to the learner holding the joined rollout (null in-process).
-    Across nodes, worker clocks are corrected by an estimated offset, so it may come out slightly negative."""
-    transfer_bytes: Count | None
-    """Serialized bytes of the workers' replies (multiprocessing: pickled message sizes; Ray: serialized
-    object sizes), summed; central inference: every step's messages both ways. Null in-process."""
-    transfer_uncertainty_s: Seconds | None
-    """Largest clock-offset uncertainty among workers that may have been ready after the learner asked (0 on one host)."""
-    clock_violations: Count | None
-    """Workers whose corrected times broke causality by more than their uncertainty: suspect, kept as measured."""
-    asked_s: float | None
-    """When the learner asked for the batch, seconds after it began dispatching the request."""
-    joined_s: float | None
-    """When the learner held the joined rollout, on the same scale."""
-    workers: list[WorkerTimes] | None
-    """Per worker, the times and sizes the aggregates above come from (null in-process)."""
-    worker_restarts: NotRequired[list[WorkerRestart]]
-    """Workers lost and replaced during this iteration (on_worker_failure = "restart"); empty when none."""
-    env_cost_ms_mean: Annotated[float, Ge(0)] | None
-    """Measured wall time per env step inside the synthetic step cost, over all envs; null without one."""
-    env_cost_steps: Count
-    policy_version: Count
-    episodes: Count
-    episode_return_mean: float | None
-    steps_trained: Count
-    learner: dict[str, float]
-    """The named statistics Learner.train returned (PPO: policy_loss, value_loss, entropy, approx_kl,
-    clip_fraction, learning_rate, gae_s, update_s). Names ending in _s are durations the learner measured
-    inside the call."""
-
-
-@_record
-class Evaluation(TypedDict):
-    """Deterministic evaluation (mean action) on seeds disjoint from training."""
-
-    steps: Count
-    mean_return: float
-    returns: Annotated[list[float], MinLen(1)]
-    seconds: Seconds
-    train_wall_s: Seconds
-    """Wall time of the iterations before this evaluation: what 'seconds to the threshold' counts."""
-
-
-@_record
 class MeanMax(TypedDict):
     mean: float
     max: float
@@ -330,20 +194,6 @@ class Resources(TypedDict, extra_items=MeanMax):
     interval_s: Annotated[float, Gt(0)]
     samples: Count
     gpu_present: bool
-
-
-@_record
-class Memory(TypedDict, total=False):
-    """harness.case.memory_by_process: peak PSS in MiB, each process charged its share of shared pages.
-    Empty where the system has no PSS (Linux's smaps)."""
-
-    learner_pss_mib: Annotated[float, Ge(0)] | None
-    workers_pss_mib: list[Annotated[float, Ge(0)] | None]
-    """In worker order; None for a worker outside the case's process tree (another node, a cluster's raylet)."""
-    others_pss_mib: Annotated[float, Ge(0)]
-    """Every other process of the tree (Ray's daemons, the forkserver), each at its own peak, summed."""
-    tree_pss_mib: Annotated[float, Ge(0)] | None
-    """The largest total over the tree at one sample."""
 
 
 OK_RUN_KEYS = ("torch_threads", "startup_s", "shutdown_s", "learner", "backend", "iterations", "evaluations", "resources")
@@ -533,8 +383,16 @@ def _short(value: Any, limit: int = 60) -> str:
 
 
 class _RecordSchema(GenerateJsonSchema):
-    """The JSON Schema of a record, not of an input: every dataclass field is required (`to_json` writes
-    them all) and shows no default; no per-field titles; `X | None` is `"type": [X, "null"]`."""
+    """The JSON Schema of a record, not of an input: every dataclass field is required (`to_json` and
+    `dataclasses.asdict` write them all) but those a class names in `NOT_REQUIRED`, and shows no default;
+    no per-field titles; `X | None` is `"type": [X, "null"]`."""
+
+    def dataclass_schema(self, schema: Any) -> Any:
+        json_schema = super().dataclass_schema(schema)
+        optional = getattr(schema["cls"], "NOT_REQUIRED", ())
+        required = [name for name in json_schema.get("required", []) if name not in optional]
+        json_schema.pop("required", None)
+        return {**json_schema, "required": required} if required else json_schema
 
     def field_is_required(self, field: Any, total: bool) -> bool:
         return super().field_is_required(field, total) if field["type"] == "typed-dict-field" else True

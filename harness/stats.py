@@ -12,6 +12,9 @@ Each estimate names its estimator, so a table header can say what a cell shows:
 - **Returns and shares** (which can be negative or zero) use the arithmetic mean with a t-interval; a
   share's interval is clipped to [0, 1].
 - **Steps to a threshold** use the median over seeds with censored seeds counted (`censored_median`).
+- **Pooled figures** (bytes, lag, KL, the phase shares of "where the time goes") pool every measured
+  iteration of every run into one point figure without an interval, since iterations of one run are not
+  independent: `pooled_mean`, `pooled_share` (a ratio of sums), `total`.
 
 An interval needs `MIN_SAMPLES_FOR_INTERVAL` samples: with two, the t-quantile is 12.7 and the interval
 spans an order of magnitude, which says nothing; the report then says n is too small instead.
@@ -138,6 +141,23 @@ def compare(a: Sequence[float | None], b: Sequence[float | None]) -> Comparison 
                 low, high = math.exp(diff - half), math.exp(diff + half)
     ratio = Estimate(n, math.exp(diff), low, high, "ratio of geometric means")
     return Comparison(ratio, p_value)
+
+
+def pooled_mean(values: Sequence[float | None]) -> float | None:
+    """The plain mean of the present values, no interval (pooled samples are not independent); None if none."""
+    present = [v for v in values if v is not None]
+    return float(np.mean(present)) if present else None
+
+
+def pooled_share(parts: Sequence[tuple[float, float]]) -> float | None:
+    """Sum of the parts over sum of the wholes, from (part, whole) pairs; None when the wholes sum to 0."""
+    whole = sum(w for _, w in parts)
+    return sum(p for p, _ in parts) / whole if whole else None
+
+
+def total(values: Sequence[float | None]) -> float:
+    """The sum of the present values (a count: 0 when there are none)."""
+    return sum(v for v in values if v is not None)
 
 
 def censored_median(values: Sequence[float | None]) -> float | None:

@@ -40,7 +40,7 @@ from backends import REGISTRY, BackendEntry
 from backends.base import CENTRAL_REFUSES_RESTART, INFERENCE_MODES, SCHEDULES, BackendSpec
 from backends.envs import EnvError, EnvSpec, describe_env
 from harness.errors import HarnessError
-from harness.report import CLAIMS, TABLES  # the registries: a suite may name their tables and claims
+from harness.names import CLAIM_NAMES, TABLE_NAMES  # a leaf: the suite format never imports the report
 
 Mode = Literal["throughput", "convergence"]
 MODES: tuple[str, ...] = typing.get_args(Mode)
@@ -132,7 +132,7 @@ class CaseConfig:
     preset: str
     """The `[ppo]` preset the case's PPO settings start from."""
     claims: dict[str, float] = field(default_factory=dict)
-    """The research report's figures for this case (names from harness.report.CLAIMS), shown beside ours."""
+    """The research report's figures for this case (names from harness.names.CLAIM_NAMES), shown beside ours."""
     algorithm: AlgorithmSpec = AlgorithmSpec()
     """The learner that trains the case, and its device."""
 
@@ -221,7 +221,7 @@ class Suite:
 
 # --- the tables of a suite file --------------------------------------------------------------------
 
-Claims = TypedDict("Claims", {name: float for name in CLAIMS}, total=False)
+Claims = TypedDict("Claims", dict.fromkeys(CLAIM_NAMES, float), total=False)
 Claims.__doc__ = "A case's `claims` table: the research report's figures, by name."
 
 
@@ -232,7 +232,7 @@ class SuiteTable:
     name: str | None = None
     """The suite's name in reports and folder names (default: the file's stem)."""
     description: str = ""
-    tables: OneOrMany[Literal[tuple(TABLES)]] = ("speed", "phases")
+    tables: OneOrMany[Literal[TABLE_NAMES]] = ("speed", "phases")
     """The report's tables for this part."""
     baseline: str | None = None
     """Label of the case speedups are measured against."""

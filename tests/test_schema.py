@@ -3,20 +3,30 @@ of it failing with the JSON path named, both in the schema check and in `load_ru
 
 from __future__ import annotations
 
+import ast
 import copy
+import dataclasses
 import json
 import subprocess
 import sys
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
+import numpy as np
 import pytest
 from jsonschema import Draft202012Validator
 
+from backends.base import Collected, SyncReport, WorkerRestart, WorkerShare
+from backends.envs import EnvCost
+from backends.remote import ClockOffset
 from harness import schema
+from harness.case import Evaluation, Memory
 from harness.errors import HarnessError
 from harness.results import RUN_FILE, SCHEMA_VERSION, load_run
+from harness.schedule import Iteration, PolicyLag, Scheduled
 from harness.schema import SCHEMA_PATH, WRITE_COMMAND, load_schema, schema_text, validate_run
 from tests.conftest import REPO
 
@@ -104,6 +114,65 @@ def test_write_regenerates_the_schema(tmp_path, monkeypatch):
     monkeypatch.setattr(schema, "SCHEMA_PATH", tmp_path / "run_schema.json")
     assert schema.main(["--write"]) == 0
     assert (tmp_path / "run_schema.json").read_text() == SCHEMA_PATH.read_text()
+
+
+# The dataclasses whose fields are a measured record's keys, by the name the schema gives them (issue 20).
+MEASURED = {"Iteration": Iteration, "WorkerShare": WorkerShare, "WorkerRestart": WorkerRestart, "ClockOffset": ClockOffset,
+            "PolicyLag": PolicyLag, "Evaluation": Evaluation, "Memory": Memory}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", MEASURED)
+def test_checked_in_schema_has_exactly_the_measuring_dataclass_fields(name):
+    """A field added to the dataclass but not the published schema (or the reverse) fails here: the record's
+    keys are defined once, by the object that measured them."""
+    definition = load_schema()["$defs"][name]
+    fields = {f.name for f in dataclasses.fields(MEASURED[name])}
+    assert set(definition["properties"]) == fields
+    assert set(definition.get("required", [])) == fields - set(getattr(MEASURED[name], "NOT_REQUIRED", ()))
+    assert definition["additionalProperties"] is True  # a new figure needs no new schema version
+
+
+def test_a_fixture_iteration_has_the_keys_an_iteration_records():
+    """The keys written before the record came from the dataclasses (tests/fixtures/runs/v4) are still its keys."""
+    fixture = json.loads((REPO / "tests/fixtures/runs/v4/smoke/run.json").read_text())
+    runs = {case["backend"]["name"]: case["runs"][0] for case in fixture["cases"]}
+    iteration = runs["multiprocessing"]["iterations"][0]
+    assert set(iteration) == {f.name for f in dataclasses.fields(Iteration)}
+    assert set(iteration["workers"][0]) == {f.name for f in dataclasses.fields(WorkerShare)}
+    assert set(runs["ray_local"]["backend"]["placement"][0]["clock"]) == {f.name for f in dataclasses.fields(ClockOffset)}
+    assert set(iteration["policy_lag"]) == {f.name for f in dataclasses.fields(PolicyLag)}
+    assert set(runs["multiprocessing"]["memory"]) == {f.name for f in dataclasses.fields(Memory)}
+    convergence = json.loads((REPO / "tests/fixtures/runs/v4/convergence/run.json").read_text())
+    evaluation = convergence["cases"][0]["runs"][0]["evaluations"][0]
+    assert set(evaluation) == {f.name for f in dataclasses.fields(Evaluation)}
+
+
+def test_an_iteration_record_is_its_dataclass_as_json():
+    """`Iteration.measured` + `record()`: what case.py writes, from a schedule's result and a backend's batch."""
+    rollout = SimpleNamespace(num_steps=8, policy_version=3, episode_returns=np.array([-100.0, -300.0]))
+    share = WorkerShare(compute_s=0.5, bytes=10, sent_s=0.0, start_s=0.1, ready_s=0.6)
+    collected = Collected(rollout, fragment_versions=(2,), workers=(share,), transfer_s=0.01, dispatch_s=0.002)  # type: ignore[arg-type]
+    done = Scheduled(sync_s=0.1, collect_s=0.7, train_s=0.2, total_s=1.0, sync_bytes=100, collected=collected,
+                     stats={"approx_kl": np.float32(0.5)}, lags=(1,))  # fmt: skip
+    record = Iteration.measured(done, index=0, warmup=True, train_wall_s=1.0, steps_trained=8,
+                                sync_reports=[SyncReport(bytes_sent=100, bytes_network=0)], restarts=[],
+                                env_cost=EnvCost(0.008, 8)).record()  # fmt: skip
+    assert record["workers"] == [dataclasses.asdict(share)] and record["policy_lag"] == {"min": 1, "mean": 1.0, "max": 1}
+    assert record["episode_return_mean"] == -200.0 and record["env_cost_ms_mean"] == pytest.approx(1.0)
+    assert record["sync_bytes_serialized"] == 100 and record["sync_in_process"] is False and record["transfer_bytes"] is None
+    assert json.loads(json.dumps(record)) == record  # plain JSON already
+    Draft202012Validator({"$defs": load_schema()["$defs"], "$ref": "#/$defs/Iteration"}).validate(record)
+
+
+def test_no_class_name_means_two_things():
+    """Each class name in the code is one class (the record's Iteration is not the schedule's result)."""
+    names = [
+        node.name
+        for path in [*REPO.glob("harness/**/*.py"), *REPO.glob("backends/*.py"), *REPO.glob("algorithms/*.py")]
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.ClassDef)
+    ]
+    assert [name for name, n in Counter(names).items() if n > 1] == []
 
 
 def test_fresh_run_validates(run_dir, run):

@@ -161,7 +161,7 @@ def test_communication_share_claim_has_an_interval_and_never_divides_by_zero():
     lines = claim_lines(ctx, "communication", ["communication"])
     assert len(lines) == 2 and all("95% CI" in line for line in lines)
     assert "we measure 0.0%" in lines[0] and "outside" in lines[0]
-    share = ctx.cases[0].communication_share
+    share = ctx.cases[0]["communication_share"]
     assert share.has_interval and share.low == 0.0
 
 
@@ -170,8 +170,8 @@ def test_central_inference_counts_no_weight_sync_in_table_or_claim():
     case["backend"]["inference"] = "central"
     ctx = _ctx(case)
     stats = ctx.cases[0]
-    assert stats.sync_ms is None and stats.sync_share is None
-    assert stats.communication_share.value == pytest.approx(stats.transfer_share.value)  # the claim's figure
+    assert stats["sync_ms"] is None and stats["sync_share"] is None
+    assert stats["communication_share"].value == pytest.approx(stats["transfer_share"].value)  # the claim's figure
     table, lines = TABLES["communication"].render(ctx)
     assert "n/a: in-process" in table
     assert any("trajectory transfer (weight loads stay in-process)" in line for line in lines)

@@ -335,3 +335,18 @@ def test_restart_options_load_and_reach_the_backend_spec(tmp_path):
     (case,) = load_suite(write(tmp_path, FAILURE_SUITE.format(backend="ray_local", inference="worker", options=options))).cases
     assert case.backend.options == {"on_worker_failure": "restart", "max_restarts": 5}
     assert from_json(CaseConfig, json.loads(json.dumps(to_json(case)))) == case
+
+
+def test_the_suite_format_imports_no_part_of_the_report():
+    """harness.suite takes table and claim names from the leaf harness.names, not from the report (issue 20)."""
+    code = "import harness.suite; import sys; print([m for m in sys.modules if m.startswith('harness.report')])"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
+
+
+def test_table_and_claim_names_are_the_registries_keys():
+    from harness.names import CLAIM_NAMES, TABLE_NAMES
+    from harness.report import CLAIMS, TABLES
+
+    assert tuple(TABLES) == TABLE_NAMES and tuple(CLAIMS) == CLAIM_NAMES

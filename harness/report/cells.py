@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from tabulate import tabulate
 
 from harness.analysis import CaseStats, baseline_case
+from harness.metrics import METRICS
 from harness.stats import MIN_SAMPLES_FOR_INTERVAL, Comparison, Estimate, compare
 
 # The research report's own column headers (section 4), and the words around them, for `--lang zh`.
@@ -29,6 +30,20 @@ HEADERS = {
         "of_runs": "mean of runs",
         "report": "Report's figure",
         "not_recorded": "not recorded",
+        "fps_ci": "FPS 95% CI",
+        "speedup_ci": "Speedup 95% CI",
+        "envs": "Envs",
+        "schedule": "Schedule",
+        "efficiency": "Efficiency (speedup / parallelism)",
+        "report_fps_speedup": "Report's figure (FPS / speedup)",
+        "notes": "Notes",
+        "sync_fps": "Sync FPS (geometric mean)",
+        "overlap_fps": "Overlap FPS (geometric mean)",
+        "overlap_ratio": "Overlap / sync (95% CI)",
+        "change": "Change (Welch on log FPS)",
+        "steps_sync": "Steps to {threshold:g}, sync (median of seeds)",
+        "seconds_sync": "Seconds to {threshold:g}, sync (median)",
+        "then_overlap": "…overlap",
     },
     "zh": {
         "config": "配置",
@@ -48,6 +63,20 @@ HEADERS = {
         "of_runs": "各次运行的平均",
         "report": "报告数值",
         "not_recorded": "未记录",
+        "fps_ci": "FPS 95% 置信区间",
+        "speedup_ci": "加速比 95% 置信区间",
+        "envs": "环境数",
+        "schedule": "调度",
+        "efficiency": "并行效率（加速比 / 并行度）",
+        "report_fps_speedup": "报告数值（FPS / 加速比）",
+        "notes": "备注",
+        "sync_fps": "同步 FPS（几何平均）",
+        "overlap_fps": "重叠 FPS（几何平均）",
+        "overlap_ratio": "重叠 / 同步（95% 置信区间）",
+        "change": "变化（对数 FPS 的 Welch 检验）",
+        "steps_sync": "达到{threshold:g}分阈值的步数，同步（各种子的中位数）",
+        "seconds_sync": "达到{threshold:g}分阈值的秒数，同步（中位数）",
+        "then_overlap": "…重叠",
     },
 }
 
@@ -59,6 +88,12 @@ class TableContext:
     cases: list[CaseStats]
     baseline_label: str | None
     h: dict[str, str]
+    lang: str = "en"
+    """The report's language: `h` holds its words, and each metric its own header (harness/metrics.py)."""
+
+    def header(self, metric: str) -> str:
+        """A metric's column header in this report's language."""
+        return METRICS[metric].header[self.lang]
 
     @property
     def baseline(self) -> CaseStats | None:
@@ -67,9 +102,9 @@ class TableContext:
     def speedup(self, case: CaseStats) -> Comparison | None:
         """The case's FPS over the baseline's, with the interval of the ratio (both cases' repeats count)."""
         base = self.baseline
-        if base is None or not case.fps_samples or not base.fps_samples:
+        if base is None or not case.samples("fps") or not base.samples("fps"):
             return None
-        return compare(base.fps_samples, case.fps_samples)
+        return compare(base.samples("fps"), case.samples("fps"))
 
 
 def num(value: float | None, digits: int = 0) -> str:
@@ -103,7 +138,7 @@ def with_interval(estimate: Estimate | None, digits: int = 0, scale: float = 1.0
 
 
 def recorded(ctx: TableContext, case: CaseStats, figure: str, text: str) -> str:
-    """`text`, the cell of `figure` (a CaseStats attribute), or "not recorded" where the case's record
+    """`text`, the cell of `figure` (a metric of harness/metrics.py), or "not recorded" where the case's record
     lacks it: a run written by an older harness that did not measure it (never a 0 or an "n/a")."""
     return ctx.h["not_recorded"] if figure in case.not_recorded else text
 

@@ -1,6 +1,6 @@
 """The research report's own figures (`claims` on a case), each checked against our measurement.
 
-One entry per claim a suite may make: the table it is shown under and how our figure is judged.
+One entry per claim a suite may make (its name also in harness/names.py): the table it is shown under and how our figure is judged.
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from harness.analysis import CaseStats
+from harness.names import CLAIM_NAMES, check_registry
 from harness.report.cells import TableContext
 from harness.stats import Estimate, censored_median, mean
 
@@ -35,7 +36,7 @@ def _against(claimed: float, ours: Estimate | None, unit: str = "", digits: int 
 
 
 def _fps(case: CaseStats, claimed: float, ctx: TableContext) -> str:
-    return _against(claimed, case.fps, " steps/s")
+    return _against(claimed, case["fps"], " steps/s")
 
 
 def _speedup(case: CaseStats, claimed: float, ctx: TableContext) -> str:
@@ -66,18 +67,18 @@ def _final(case: CaseStats, claimed: float, ctx: TableContext) -> str:
     return _against(claimed, mean(case.convergence.final_returns) if case.convergence else None, "", 1)
 
 
-def _share(attribute: str) -> Callable[[CaseStats, float, TableContext], str]:
+def _share(metric: str) -> Callable[[CaseStats, float, TableContext], str]:
     def check(case: CaseStats, claimed: float, ctx: TableContext) -> str:
-        return _against(claimed, getattr(case, attribute), "%", 1, 100)
+        return _against(claimed, case[metric], "%", 1, 100)
 
     return check
 
 
-def _ms(attribute: str) -> Callable[[CaseStats, float, TableContext], str]:
+def _ms(metric: str) -> Callable[[CaseStats, float, TableContext], str]:
     def check(case: CaseStats, claimed: float, ctx: TableContext) -> str:
-        if attribute == "sync_ms" and case.inference == "central":
+        if metric == "sync_ms" and case.inference == "central":
             return "no weight sync crosses a process boundary with central inference"
-        return _against(claimed, getattr(case, attribute), " ms", 2)
+        return _against(claimed, case[metric], " ms", 2)
 
     return check
 
@@ -93,6 +94,7 @@ CLAIMS: dict[str, Claim] = {
     "transfer_share": Claim("communication", "trajectory transfer share of total time (%)", _share("transfer_share")),
     "communication_share": Claim("communication", "communication share of total time (%)", _share("communication_share")),
 }
+check_registry("claims", CLAIMS, CLAIM_NAMES)
 
 
 def claim_lines(ctx: TableContext, table: str, part_tables: tuple[str, ...] | list[str]) -> list[str]:

@@ -8,37 +8,35 @@ from harness.report.cells import TableContext, claimed, config, interval, num, r
 def communication_table(ctx: TableContext) -> tuple[str, list[str]]:
     h, rows, lines = ctx.h, [], []
     remote = [c for c in ctx.cases if c.remote]
-    multi_node = any(c.sync_network_bytes for c in remote)
+    multi_node = any(c["sync_network_bytes"] for c in remote)
     for c in remote:
         central = c.inference == "central"
-        kinds = (
-            (h["weight_sync"], c.sync_ms, c.sync_share, c.sync_bytes, c.sync_network_bytes, ("sync_ms", "sync_share")),
-            (h["transfer"], c.transfer_ms, c.transfer_share, c.transfer_bytes, None, ("transfer_ms", "transfer_share")),
-        )
-        for kind, ms, share, nbytes, network, claim_keys in kinds:
-            if central and kind == h["weight_sync"]:
+        for kind, what in ((h["weight_sync"], "sync"), (h["transfer"], "transfer")):  # metrics `sync_ms`, `transfer_ms`, ...
+            if central and what == "sync":
                 rows.append(
                     [kind, "n/a: in-process", "", "0.0", "", config(c), c.workers, "0", *([""] if multi_node else []), ""]
                 )
                 continue
+            ms, share, nbytes = c[f"{what}_ms"], c[f"{what}_share"], c[f"{what}_bytes"]
+            network = c["sync_network_bytes"] if what == "sync" else None
             report = " / ".join(
                 x
-                for x in (claimed(c, claim_keys[0], digits=1, suffix=" ms"), claimed(c, claim_keys[1], digits=1, suffix="%"))
+                for x in (claimed(c, f"{what}_ms", digits=1, suffix=" ms"), claimed(c, f"{what}_share", digits=1, suffix="%"))
                 if x
             )
-            figure = "sync_bytes" if kind == h["weight_sync"] else "transfer_bytes"
+            figure = f"{what}_bytes"
             rows.append([kind, value(ms, 2), interval(ms, 2), value(share, 1, 100), interval(share, 1, 100), config(c), c.workers,
                          recorded(ctx, c, figure, num(nbytes)), *([num(network)] if multi_node else []), report])  # fmt: skip
         # Null dispatch means none happened (central inference); absent, that an older harness did not time it.
-        if c.dispatch_ms or ("dispatch_ms" in c.not_recorded and not central):
-            rows.append([h["dispatch"], recorded(ctx, c, "dispatch_ms", value(c.dispatch_ms, 2)), interval(c.dispatch_ms, 2) if c.dispatch_ms else "",
+        if c["dispatch_ms"] or ("dispatch_ms" in c.not_recorded and not central):
+            rows.append([h["dispatch"], recorded(ctx, c, "dispatch_ms", value(c["dispatch_ms"], 2)), interval(c["dispatch_ms"], 2) if c["dispatch_ms"] else "",
                          "", "", config(c), c.workers, "", *([""] if multi_node else []), ""])  # fmt: skip
-        if c.clock_violations:
-            lines.append(f"{c.name}: {c.clock_violations} worker time(s) broke causality by more than the clock offset's "
+        if c["clock_violations"]:
+            lines.append(f"{c.name}: {c['clock_violations']} worker time(s) broke causality by more than the clock offset's "
                          "uncertainty; those transfer times are suspect (kept as measured, never clamped).")  # fmt: skip
-        if c.communication_share:
+        if c["communication_share"]:
             what = "trajectory transfer (weight loads stay in-process)" if central else "weight sync + trajectory transfer"
-            share = c.communication_share
+            share = c["communication_share"]
             span = f" (95% CI {interval(share, 1, 100)})" if share.has_interval else f" (n={share.n}: no interval)"
             lines.append(f"{c.name}: {what} is {100 * share.value:.1f}%{span} of iteration time.")
     if not rows:

@@ -112,7 +112,7 @@ def render_markdown(run: dict[str, Any], lang: str = "en", plots: dict[str, list
                 "the learner's host). Workers of a sleeping env cost wait rather than compete, and are not counted; the "
                 "learner counts when it samples itself.", ""]  # fmt: skip
     for part in run["parts"]:
-        ctx = TableContext(stats[part["name"]], part.get("baseline"), h)
+        ctx = TableContext(stats[part["name"]], part.get("baseline"), h, lang)
         m = part["measure"]
         out += [f"## {part['name']}", ""]
         if part.get("description") and part["description"] != run["suite"].get("description"):

@@ -21,7 +21,7 @@ def scaling_table(ctx: TableContext) -> tuple[str, list[str]]:
         for n in counts:
             c = by_count.get(n)
             s = ctx.speedup(c) if c else None
-            fps_row.append(value(c.fps if c else None) + (" ⚠" if c and c.oversubscribed else ""))
+            fps_row.append(value(c["fps"] if c else None) + (" ⚠" if c and c.oversubscribed else ""))
             speed_row.append("baseline" if c is base and c is not None else with_interval(s.ratio if s else None, 2))
             eff_row.append(num(s.ratio.value / n if s else None, 2))
             report_fps.append(num(c.claims.get("fps")) if c and "fps" in c.claims else "")
@@ -31,10 +31,10 @@ def scaling_table(ctx: TableContext) -> tuple[str, list[str]]:
             rows.append(report_fps)
         if any(cell for cell in report_speedup[1:]):
             rows.append(report_speedup)
-        measured = sorted((c for c in by_count.values() if c.fps), key=lambda c: c.parallelism)
+        measured = sorted((c for c in by_count.values() if c["fps"]), key=lambda c: c.parallelism)
         unit = "workers" if measured and measured[0].remote else "envs"
         if len(measured) > 1 and base:
-            top, best = measured[-1], max(measured, key=lambda c: c.fps.value)
+            top, best = measured[-1], max(measured, key=lambda c: c["fps"].value)
             lines.append(
                 f"{label}: {top.parallelism} {unit} give {ctx.speedup(top).ratio.value:.2f}x the baseline ({base.name}); "
                 f"the best is {best.parallelism} {unit} at {ctx.speedup(best).ratio.value:.2f}x."

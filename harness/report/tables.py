@@ -1,11 +1,12 @@
 """The tables a suite may ask for (`[suite] tables`): name -> title and renderer. A new table is one
-module and one line here."""
+module, one line here and its name in harness/names.py."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from harness.names import TABLE_NAMES, check_registry
 from harness.report.cells import TableContext
 from harness.report.communication import communication_table
 from harness.report.convergence import convergence_table
@@ -28,3 +29,4 @@ TABLES: dict[str, Table] = {
     "communication": Table("Communication overhead", communication_table),
     "overlap": Table("What overlap buys", overlap_table),
 }
+check_registry("tables", TABLES, TABLE_NAMES)
