@@ -67,6 +67,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     """Groups for pytest-xdist's `--dist loadgroup` (tox runs the tests on several workers): a module's tests
     stay on one worker, where they share its module fixtures (a smoke run, a cluster) and its leak check; the
     tests that use the session's two-node cluster share one worker, and so one cluster."""
+    if not config.pluginmanager.hasplugin("xdist"):  # its marker is unknown without it (--strict-markers)
+        return
     for item in items:
         module = item.module.__name__ if item.module else item.nodeid
         if item.get_closest_marker("ray_cluster") and module not in OWN_CLUSTER_MODULES:
