@@ -31,17 +31,13 @@ from typing import Any
 
 import numpy as np
 
-from backends.base import PolicySpec
+from backends.base import BackendSpec, PolicySpec
 from backends.envs import EnvCost, EnvSpec
 from backends.host import new_shm_name
 from backends.remote import RemoteBackend
 from backends.sampling import StepResult
 from backends.workers import CentralStepper, FragmentReply, RolloutWorker, StepReply, WorkerError, WorkerLost
 
-START_METHODS = ("forkserver", "spawn", "fork")
-# forkserver: children fork from a clean server that imported torch once, so they start
-# fast without inheriting the learner's threads (fork after OpenMP use can deadlock).
-DEFAULT_START_METHOD = "forkserver"
 # What a worker writes into its shared memory after a central-inference step.
 STEP_OUTPUTS = (*StepResult.__dataclass_fields__, "step_s", "env_cost_s", "env_cost_steps")
 
@@ -157,18 +153,21 @@ def worker_main(conn: Connection, index: int, env: EnvSpec, env_ids: np.ndarray,
 class MultiprocessingBackend(RemoteBackend):
     """N worker processes with k envs each."""
 
+    def __init__(self, spec: BackendSpec) -> None:
+        super().__init__(spec)
+        self.start_method: str | None = None
+        """The start method in use: None until `start`."""
+        self.procs: list[Any] = []  # multiprocessing.Process; None until its worker starts
+        self.conns: list[Any] = []  # Connection; None until its worker starts
+        self.shared: list[SharedArrays] = []
+        """Every segment, created (and unlinked, on close) by the learner alone."""
+
     def _launch(self, env: EnvSpec, policy: PolicySpec, seed: int) -> list[dict[str, Any]]:
-        method = self.spec.options.get("start_method", DEFAULT_START_METHOD)
-        if method not in START_METHODS:
-            raise ValueError(f"start_method must be one of {', '.join(START_METHODS)}, got {method!r}")
-        self.start_method = method
+        method = self.start_method = self.options.start_method
         self.ctx = mp.get_context(method)
         if method == "forkserver":
             self.ctx.set_forkserver_preload(["backends.workers"])
         self.launch_args = (env, seed, policy)
-        self.procs: list[Any] = []
-        self.conns: list[Any] = []  # Connection; None until its worker starts
-        self.shared: list[SharedArrays] = []
         num_params = policy.num_params
         k = self.spec.envs_per_worker
         if self.spec.inference == "worker":
@@ -320,8 +319,8 @@ class MultiprocessingBackend(RemoteBackend):
         return _SharedMemoryStepper(self, obs_dim)
 
     def close(self) -> None:
-        procs = [proc for proc in getattr(self, "procs", []) if proc is not None]
-        conns = [conn for conn in getattr(self, "conns", []) if conn is not None]
+        procs = [proc for proc in self.procs if proc is not None]
+        conns = [conn for conn in self.conns if conn is not None]
         for conn in conns:
             with contextlib.suppress(OSError, ValueError):
                 send_message(conn, ("close",))
@@ -334,7 +333,7 @@ class MultiprocessingBackend(RemoteBackend):
                 proc.join(timeout=5)
         for conn in conns:
             conn.close()
-        for shared in getattr(self, "shared", []):
+        for shared in self.shared:
             shared.close(unlink=True)
         self.procs, self.conns, self.shared = [], [], []
 
@@ -344,8 +343,7 @@ class MultiprocessingBackend(RemoteBackend):
             if self.spec.inference == "worker"
             else "actions and step results: per-worker shared-memory arrays; pipes carry control messages only"
         )
-        return super().describe() | {"start_method": getattr(self, "start_method", None), "transport": transport,
-                                     "placement": getattr(self, "placement", [])}  # fmt: skip
+        return super().describe() | {"start_method": self.start_method, "transport": transport, "placement": self.placement}
 
 
 class _SharedMemoryStepper(CentralStepper):

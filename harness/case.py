@@ -29,9 +29,8 @@ from algorithms.evaluate import evaluate, evaluation_seeds
 from algorithms.inference import InferencePolicy
 from algorithms.registry import create_learner
 from backends import create_backend
-from backends.base import DEFAULT_MAX_RESTARTS, Backend, PolicySpec
+from backends.base import Backend, PolicySpec
 from backends.envs import STEP_COST_METER, describe_env, make_env
-from backends.remote import DEFAULT_TIMEOUT_S, RemoteBackend
 from harness.errors import HarnessError
 from harness.monitor import ResourceMonitor
 from harness.schedule import SCHEDULE_CLASSES, Schedule, lag_summary
@@ -42,21 +41,18 @@ PROGRESS_PREFIX = "@@progress"
 
 
 def sync_fields(backend: Backend) -> dict[str, Any]:
-    """This iteration's weight broadcasts, summed (the schedule hands on only their serialized bytes)."""
-    if not isinstance(backend, RemoteBackend):  # the policy copy is the learner's own: nothing crosses
-        return {"sync_bytes_serialized": 0, "sync_bytes_network": 0, "sync_in_process": True}
+    """This iteration's weight broadcasts, summed (the schedule hands on only their serialized bytes). A backend
+    whose policy copy is the learner's own drains none: nothing crossed, and the sync stayed in process."""
     reports = backend.drain_sync_reports()
     return {
         "sync_bytes_serialized": sum(r.bytes_sent or 0 for r in reports),
         "sync_bytes_network": sum(r.bytes_network or 0 for r in reports),
-        "sync_in_process": bool(reports) and all(r.in_process for r in reports),
+        "sync_in_process": all(r.in_process for r in reports),
     }
 
 
 def worker_restarts(backend: Backend) -> list[dict[str, Any]]:
     """This iteration's worker restarts (`on_worker_failure = "restart"`), oldest first; none in-process."""
-    if not isinstance(backend, RemoteBackend):
-        return []
     return [dataclasses.asdict(restart) for restart in backend.drain_restarts()]
 
 
@@ -77,13 +73,7 @@ class CaseRun:
         if self.measure.iteration_timeout_s:
             return self.measure.iteration_timeout_s
         deadline = default_deadline(steps, self.case.env.step_cost_ms, self.case.backend.workers)
-        options = self.case.backend.options
-        if options.get("on_worker_failure") == "restart":
-            # Finding a hung worker takes its own timeout, then a replacement starts and samples again:
-            # room for every restart the case allows, or the watchdog would end what the restart saves.
-            restarts = int(options.get("max_restarts", DEFAULT_MAX_RESTARTS))
-            deadline += restarts * (float(options.get("timeout_s", DEFAULT_TIMEOUT_S)) + RESTART_STARTUP_S)
-        return deadline
+        return deadline + self.case.backend.settings.restart_room_s(RESTART_STARTUP_S)
 
     def _expired(self, what: str) -> None:
         """The main thread never took the watchdog's signal: record the hang before the process exits."""
