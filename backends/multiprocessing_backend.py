@@ -30,14 +30,18 @@ from multiprocessing.shared_memory import SharedMemory
 from typing import Any
 
 import numpy as np
+import psutil
 
+from backends import processes
 from backends.base import BackendSpec, PolicySpec
 from backends.envs import EnvCost, EnvSpec
-from backends.host import new_shm_name
+from backends.processes import new_shm_name
 from backends.remote import RemoteBackend
 from backends.sampling import StepResult
 from backends.workers import CentralStepper, FragmentReply, RolloutWorker, StepReply, WorkerError, WorkerLost
 
+CLOSE_GRACE_S = 5.0
+"""How long workers told to close may take to exit before they are killed."""
 # What a worker writes into its shared memory after a central-inference step.
 STEP_OUTPUTS = (*StepResult.__dataclass_fields__, "step_s", "env_cost_s", "env_cost_steps")
 
@@ -324,13 +328,11 @@ class MultiprocessingBackend(RemoteBackend):
         for conn in conns:
             with contextlib.suppress(OSError, ValueError):
                 send_message(conn, ("close",))
-        deadline = time.monotonic() + 5
+        # Asked by message rather than SIGTERM; those not gone within the grace period are killed. `is_alive` reaps
+        # the ones that exited, so the pids handed on are still our unreaped children: none can have been reused.
+        processes.stop([psutil.Process(proc.pid) for proc in procs if proc.is_alive()], CLOSE_GRACE_S, terminate=False)
         for proc in procs:
-            proc.join(timeout=max(0.0, deadline - time.monotonic()))
-        for proc in procs:
-            if proc.is_alive():
-                proc.kill()
-                proc.join(timeout=5)
+            proc.join(timeout=1)  # collect the exit status: `stop` never reaps
         for conn in conns:
             conn.close()
         for shared in self.shared:

@@ -35,7 +35,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 import algorithms
 import backends
-from backends import ray_connect
+from backends import processes, ray_connect
 from backends.base import BackendSpec, PolicySpec
 from backends.envs import EnvSpec
 from backends.host import short_temp_root
@@ -120,15 +120,9 @@ def restore_environment(previous: dict[str, str | None]) -> None:
 
 
 def stop_processes_using(path: str, grace_s: float = 3.0) -> int:
-    """SIGTERM, then SIGKILL, every process whose command line names `path` (our own temp dir)."""
-    own = [p for p in psutil.process_iter(["cmdline"]) if any(path in part for part in (p.info["cmdline"] or []))]
-    for proc in own:
-        with contextlib.suppress(psutil.Error):
-            proc.terminate()
-    _, alive = psutil.wait_procs(own, timeout=grace_s)
-    for proc in alive:
-        with contextlib.suppress(psutil.Error):
-            proc.kill()
+    """SIGTERM, then SIGKILL, every process whose command line names `path` (our own temp dir); how many."""
+    own = processes.find(lambda p: any(path in part for part in p.cmdline()))
+    processes.stop(own, grace_s)
     return len(own)
 
 

@@ -15,13 +15,13 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
-import psutil
 import pytest
 
 from algorithms.rollout import PER_STEP_FIELDS, Rollout
 from backends import REGISTRY, available, create_backend
 from backends.base import BackendSpec, PolicySpec
 from backends.envs import STEP_COST_METER, EnvSpec
+from backends.processes import running
 from backends.workers import WorkerError
 from tests.conftest import wait_for_no_children
 
@@ -216,16 +216,9 @@ def test_close_leaves_no_worker_process(config, request):
     assert wait_for_no_children() == []
     # Workers on cluster nodes are not our children: check their processes by pid.
     deadline = time.monotonic() + 15
-    while (alive := [pid for pid in worker_pids if _running(pid)]) and time.monotonic() < deadline:
+    while (alive := [pid for pid in worker_pids if running(pid)]) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert alive == []
-
-
-def _running(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
 
 
 @pytest.mark.parametrize("config", PARAMS)
