@@ -11,6 +11,7 @@ fresh machine changes nothing.
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import multiprocessing.util
 import os
@@ -23,9 +24,10 @@ from pathlib import Path
 import psutil
 import pytest
 
-from backends.host import SHM_PREFIX_ENV, SHORT_ROOT_MAX
+from backends.host import SHORT_ROOT_MAX
+from backends.processes import SHM_DIR, SHM_PREFIX_ENV
+from tests.conftest import SESSION_PROCESSES, child_processes
 
-SHM_DIR = Path("/dev/shm")
 BASE_ENV = "PPO_HARNESS_TEST_TEMP_BASE"
 """Where session folders go; set by the first pytest process, so pytest-xdist's workers make theirs beside it."""
 SESSION_FOLDER_NAME = len("/t12345678")
@@ -36,8 +38,6 @@ SCRATCH_NAME = len("/ph12345678")
 INDUCTOR_CACHE = "torchinductor_" + re.sub(r'[\\/:*?"<>|]', "_", getpass.getuser())
 OWNED_BY_SESSION: set[str] = {INDUCTOR_CACHE}
 """Entries of the session folder that session fixtures create and remove themselves (not a test's leak)."""
-SESSION_PROCESSES: set[int] = set()
-"""Processes a session fixture started (the cluster's nodes): they and their children are its to stop."""
 SESSION_TEMP: Path | None = None
 
 
@@ -89,22 +89,12 @@ def _shm_entries() -> set[str]:
 
 
 def _descendants() -> dict[int, str]:
-    """Live descendants of the test process, besides multiprocessing's helpers, which live as long as it
-    does by design (a forkserver, a resource tracker)."""
+    """The test process's live descendants that are a test's business (tests/conftest.py), by pid, with their
+    command lines for the message."""
     out = {}
-    for proc in psutil.Process().children(recursive=True):
-        try:
-            if SESSION_PROCESSES & {proc.pid, *(p.pid for p in proc.parents())}:
-                continue
-            cmdline = " ".join(proc.cmdline())
-            if (
-                proc.status() != psutil.STATUS_ZOMBIE
-                and "multiprocessing.forkserver" not in cmdline
-                and "resource_tracker" not in cmdline
-            ):
-                out[proc.pid] = cmdline[:120]
-        except psutil.Error:
-            continue
+    for proc in child_processes():
+        with contextlib.suppress(psutil.Error):
+            out[proc.pid] = " ".join(proc.cmdline())[:120]
     return out
 
 

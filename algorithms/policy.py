@@ -3,8 +3,8 @@
 The learner trains an `ActorCritic` (algorithms/model.py) and broadcasts its
 parameters as one flat float32 buffer; this module says where each parameter
 lies in that buffer. Everything that slices the buffer (the fast PPO update,
-and the numpy inference to come) reads this one layout, and a test checks it
-against the torch module's own parameter order.
+and the workers' numpy inference in algorithms/inference.py) reads this one
+layout, and a test checks it against the torch module's own parameter order.
 """
 
 from __future__ import annotations

@@ -2,59 +2,88 @@
 
 Imports are lazy: `ray` is imported only when a Ray backend is created.
 A new backend is one module plus one entry in `REGISTRY`; the entry says everything
-the rest of the code needs to know about it, and the conformance tests
+the rest of the code needs to know about it (its options with their defaults, the
+rules a configuration of it must keep), and the conformance tests
 (tests/test_backends.py) run every entry.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import importlib.util
 import math
 import multiprocessing
+import typing
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from annotated_types import Gt, Predicate
-from typing_extensions import TypedDict  # pydantic needs typing_extensions' TypedDict before Python 3.12
 
-from backends.base import ON_WORKER_FAILURE, Backend, BackendSpec
+from backends.base import Backend, BackendSpec
 
 # --- options: what a suite may set in a case's `options` table, per backend -------------------------
-# Plain TypedDicts with `annotated_types` constraints: harness.suite validates a case's table against
-# them with pydantic, while workers that import this package never import pydantic.
+# Frozen dataclasses whose defaults are the backend's defaults, with `annotated_types` constraints:
+# harness.suite validates a case's table against them with pydantic (types, ranges, choices), while
+# workers that import this package never import pydantic (`BackendEntry.parse_options` checks the choices).
 
 PositiveFinite = Annotated[float, Gt(0), Predicate(math.isfinite)]
+ON_WORKER_FAILURE = ("fail", "restart")
+"""What a remote backend does when a worker dies or hangs (its `options.on_worker_failure`): raise
+`WorkerError`, or replace the worker and sample its share again (RLlib's `restart_failed_env_runners`)."""
+CENTRAL_REFUSES_RESTART = (
+    'on_worker_failure = "restart" needs inference = "worker": with central inference the learner holds every env\'s '
+    "state between steps, so a lost worker would leave the fragment half-sampled"
+)
 
 
-class NoOptions(TypedDict, total=False):
-    """A backend that takes no options."""
+@dataclass(frozen=True)
+class NoOptions:
+    """A backend that takes no options; the base of every options model, with the answers the harness may ask
+    of any backend's options."""
+
+    def restart_room_s(self, replacement_s: float) -> float:
+        """How much longer than usual one iteration may take because lost workers are replaced, each replacement
+        taking `replacement_s` to start and sample again: no time for a backend without workers to lose."""
+        return 0.0
 
 
-class WaitOptions(TypedDict, total=False):
+@dataclass(frozen=True)
+class WaitOptions(NoOptions):
     """Options of every backend whose workers live in other processes."""
 
-    timeout_s: PositiveFinite
-    """How long any wait on a worker may take before it counts as hung (default 120 s)."""
-    on_worker_failure: Literal[ON_WORKER_FAILURE]
-    """A worker that dies or hangs: `fail` the run (default), or `restart` it (a new worker with the same envs and
+    timeout_s: PositiveFinite = 120.0
+    """How long any wait on a worker may take before it counts as hung."""
+    on_worker_failure: Literal[ON_WORKER_FAILURE] = "fail"
+    """A worker that dies or hangs: `fail` the run, or `restart` it (a new worker with the same envs and
     seeds samples its share again; worker inference only)."""
-    max_restarts: Annotated[int, Gt(0)]
-    """Under `restart`: restarts one run may make; the next lost worker fails it (default 3)."""
+    max_restarts: Annotated[int, Gt(0)] = 3
+    """Under `restart`: restarts one run may make; the next lost worker fails it."""
+
+    def restart_room_s(self, replacement_s: float) -> float:
+        # Finding a hung worker takes its own timeout, then a replacement starts and samples again: room for every
+        # restart the case allows, or the watchdog would end what the restart saves.
+        return self.max_restarts * (self.timeout_s + replacement_s) if self.on_worker_failure == "restart" else 0.0
 
 
-class MultiprocessingOptions(WaitOptions, total=False):
-    start_method: Literal[tuple(multiprocessing.get_all_start_methods())]
-    """How worker processes start: one of the methods this platform offers (default forkserver)."""
+@dataclass(frozen=True)
+class MultiprocessingOptions(WaitOptions):
+    start_method: Literal[tuple(multiprocessing.get_all_start_methods())] = "forkserver"
+    """How worker processes start: one of the methods this platform offers. forkserver: children fork from a
+    clean server that imported the worker code once, so they start fast without inheriting the learner's
+    threads (fork after OpenMP use can deadlock)."""
 
 
-class RayLocalOptions(WaitOptions, total=False):
-    num_cpus: Annotated[int, Gt(0)]
+@dataclass(frozen=True)
+class RayLocalOptions(WaitOptions):
+    num_cpus: Annotated[int, Gt(0)] | None = None
     """CPUs the embedded Ray instance may schedule (default: every core)."""
 
 
-class RayClusterOptions(WaitOptions, total=False):
-    address: str
+@dataclass(frozen=True)
+class RayClusterOptions(WaitOptions):
+    address: str | None = None
     """The cluster's address, `host:port` (default: RAY_ADDRESS, --address, or `harness cluster up`'s cluster)."""
 
 
@@ -69,9 +98,11 @@ class BackendEntry:
     """Workers live in other processes: weight sync and trajectory transfer cross a process boundary
     and are measured (sync bytes, transfer time, worker compute)."""
     inference_modes: tuple[str, ...] = ("worker",)
-    options_model: type = NoOptions
-    """TypedDict of the keys a case's `options` table may set, with their types and ranges."""
+    options_model: type[NoOptions] = NoOptions
+    """The keys a case's `options` table may set, with their types, ranges and defaults."""
     multi_worker: bool = True
+    batched_inference: bool = True
+    """A policy copy is called once per step for all the envs it serves; False: once per env step (`serial`)."""
     needs: str | None = None
     """Module that must be importable for the backend to be available."""
     schedules: tuple[str, ...] = ("sync",)
@@ -86,11 +117,59 @@ class BackendEntry:
     @property
     def options(self) -> tuple[str, ...]:
         """Keys a suite may give in the case's `options` table."""
-        return tuple(self.options_model.__annotations__)
+        return tuple(f.name for f in dataclasses.fields(self.options_model))
+
+    def parse_options(self, options: Mapping[str, Any]) -> NoOptions:
+        """A case's `options` table as `options_model`, with the defaults of the keys it leaves out. Unknown keys
+        and values outside a `Literal`'s choices raise ValueError (a suite's validation has also checked the
+        types and ranges, with pydantic)."""
+        if unknown := sorted(set(options) - set(self.options)):
+            valid = ", ".join(self.options) or "none"
+            raise ValueError(f"unknown option '{unknown[0]}' for this backend; valid options: {valid}")
+        hints = typing.get_type_hints(self.options_model)
+        for key, value in options.items():
+            choices = typing.get_args(hints[key]) if typing.get_origin(hints[key]) is Literal else ()
+            if choices and value not in choices:
+                raise ValueError(f"{key} must be one of {', '.join(choices)}, got {value!r}")
+        return self.options_model(**options)
+
+    def check(self, spec: BackendSpec) -> None:
+        """Raise ValueError for the first rule of this backend that `spec` breaks: its inference mode, schedule
+        and worker count, and what its options ask of them. The suite checks every case of a `[[cases]]` table
+        with it before anything runs, a remote backend again when it starts; the options' types and ranges
+        are `options_model`'s."""
+        name = spec.name
+        if spec.inference not in self.inference_modes:
+            raise ValueError(
+                f"backend '{name}' has no inference mode '{spec.inference}'; choose {', '.join(self.inference_modes)}"
+            )
+        if spec.schedule not in self.schedules:
+            able = ", ".join(other for other, e in REGISTRY.items() if spec.schedule in e.schedules)
+            raise ValueError(f"backend '{name}' cannot overlap sampling with training (it samples in the learner's "
+                             f"process); use one of {able}")  # fmt: skip
+        if spec.schedule == "overlap" and spec.inference == "central":
+            raise ValueError(
+                "schedule 'overlap' needs inference = \"worker\": with central inference the learner does the sampling"
+            )
+        if not self.multi_worker and spec.workers != 1:
+            raise ValueError(f"backend '{name}' runs in one process: set workers = 1 and sweep 'envs_per_worker' instead")
+        if not {"on_worker_failure", "max_restarts"} & spec.options.keys():
+            return
+        if not self.remote:
+            able = ", ".join(other for other, e in REGISTRY.items() if e.remote)
+            raise ValueError(f"backend '{name}' samples in the learner's process: it has no worker to restart or "
+                             f"fail; on_worker_failure needs one of {able}")  # fmt: skip
+        restart = spec.options.get("on_worker_failure") == "restart"
+        if restart and spec.inference == "central":
+            raise ValueError(CENTRAL_REFUSES_RESTART)
+        if "max_restarts" in spec.options and not restart:
+            raise ValueError('options.max_restarts applies only with on_worker_failure = "restart"; set that, or remove it')
 
 
 REGISTRY: dict[str, BackendEntry] = {
-    "serial": BackendEntry("backends.serial:SerialBackend", "one process, one policy call per env step", multi_worker=False),
+    "serial": BackendEntry(
+        "backends.serial:SerialBackend", "one process, one policy call per env step", multi_worker=False, batched_inference=False
+    ),
     "vecenv": BackendEntry(
         "backends.vecenv:VecEnvBackend", "N envs in one process, batched policy inference", multi_worker=False
     ),

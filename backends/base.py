@@ -7,14 +7,19 @@ request while the learner trains, and each fragment comes back with the policy
 version it was sampled with. The harness times every call from outside, so no
 backend can under-report; backends add their own inner breakdown (worker
 sampling compute, transfer, bytes) to what they return. Backends never touch loss code.
+
+Whatever else the harness asks of a backend (the weight broadcasts and worker restarts
+since it last asked, its self-description) has a default here that suits an in-process
+backend, so the harness asks every backend alike and never checks which kind it holds.
 """
 
 from __future__ import annotations
 
+import functools
 from abc import ABC, abstractmethod
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import numpy as np
 from annotated_types import Ge
@@ -23,17 +28,11 @@ from algorithms.policy import PolicySpec
 from algorithms.rollout import Rollout
 from backends.envs import EnvCost, EnvSpec
 
+if TYPE_CHECKING:
+    from backends import NoOptions
+
 INFERENCE_MODES = ("worker", "central")
 SCHEDULES = ("sync", "overlap")
-ON_WORKER_FAILURE = ("fail", "restart")
-"""What a remote backend does when a worker dies or hangs (its `options.on_worker_failure`): raise
-`WorkerError`, or replace the worker and sample its share again (RLlib's `restart_failed_env_runners`)."""
-DEFAULT_MAX_RESTARTS = 3
-"""Worker restarts one run may make before a lost worker fails it (`options.max_restarts`)."""
-CENTRAL_REFUSES_RESTART = (
-    'on_worker_failure = "restart" needs inference = "worker": with central inference the learner holds every env\'s '
-    "state between steps, so a lost worker would leave the fragment half-sampled"
-)
 # PolicySpec: re-exported
 __all__ = ["Backend", "BackendSpec", "BatchFigures", "Collected", "PolicySpec", "SyncReport", "WorkerRestart", "WorkerShare"]
 
@@ -54,7 +53,8 @@ class BackendSpec:
     """`worker`: each worker holds a policy copy and samples fragments.
     `central`: workers only step envs; the learner batches inference every step."""
     options: dict[str, Any] = field(default_factory=dict)
-    """Backend-specific settings (see each backend's `OPTIONS`)."""
+    """Backend-specific settings, as the suite gave them (the keys its registry entry's `options_model` has;
+    `settings` is that model, parsed)."""
     schedule: str = "sync"
     """`sync`: sample, then train, then broadcast: a barrier each iteration. `overlap`: workers
     sample the next batch with the weights they hold while the learner trains on this one."""
@@ -68,6 +68,14 @@ class BackendSpec:
             raise ValueError(f"max_lag must be at least 1, got {self.max_lag}")
         if self.workers < 1 or self.envs_per_worker < 1:
             raise ValueError(f"workers and envs_per_worker must be positive, got {self.workers} and {self.envs_per_worker}")
+
+    @functools.cached_property
+    def settings(self) -> NoOptions:
+        """`options` parsed once into the backend's options model (`options_model` of its registry entry), with
+        the defaults of the keys the suite left out: what the harness and the backend read."""
+        from backends import REGISTRY  # the registry imports this module
+
+        return REGISTRY[self.name].parse_options(self.options)
 
     @property
     def pipeline_depth(self) -> int:
@@ -195,7 +203,8 @@ class Collected(BatchFigures):
 
 class Backend(ABC):
     """A way of sampling env steps. Subclasses: one file each, plus a registry line
-    (whose `remote` says whether the policy copies live in other processes)."""
+    (whose `remote` says whether the policy copies live in other processes). What the harness asks
+    of every backend has a default here, for in-process backends; remote ones override it."""
 
     def __init__(self, spec: BackendSpec) -> None:
         self.spec = spec
@@ -233,6 +242,16 @@ class Backend(ABC):
     @abstractmethod
     def close(self) -> None:
         """Release workers and envs. Idempotent."""
+
+    def drain_sync_reports(self) -> list[SyncReport]:
+        """The `set_weights` reports since the last call, oldest first (the harness sums them per iteration).
+        Default: none, for a backend whose one policy copy is the learner's own (nothing is sent anywhere)."""
+        return []
+
+    def drain_restarts(self) -> list[WorkerRestart]:
+        """The worker restarts since the last call, oldest first (the harness records them per iteration).
+        Default: none, for a backend with no worker to lose."""
+        return []
 
     def describe(self) -> dict[str, Any]:
         """Self-description recorded in results."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import secrets
 import tempfile
 from pathlib import Path
 
@@ -34,15 +33,3 @@ def short_temp_root() -> str:
     case its own, and the tests their session's) when it is short enough, else /tmp."""
     root = tempfile.gettempdir()
     return root if len(root) <= SHORT_ROOT_MAX else "/tmp"
-
-
-SHM_PREFIX_ENV = "PPO_HARNESS_SHM_PREFIX"
-"""Shared-memory segments made by this process tree start with this prefix (the runner sets one per case, the
-tests one per session), so whoever started the tree can find what a killed process left in /dev/shm."""
-DEFAULT_SHM_PREFIX = "ph_"
-
-
-def new_shm_name() -> str:
-    """A fresh shared-memory segment name carrying the tree's prefix (Python's own names are random `psm_*`,
-    which nobody can tell apart from another program's)."""
-    return f"{os.environ.get(SHM_PREFIX_ENV, DEFAULT_SHM_PREFIX)}{secrets.token_hex(6)}"

@@ -30,18 +30,18 @@ from multiprocessing.shared_memory import SharedMemory
 from typing import Any
 
 import numpy as np
+import psutil
 
-from backends.base import PolicySpec
+from backends import processes
+from backends.base import BackendSpec, PolicySpec
 from backends.envs import EnvCost, EnvSpec
-from backends.host import new_shm_name
+from backends.processes import new_shm_name
 from backends.remote import RemoteBackend
 from backends.sampling import StepResult
 from backends.workers import CentralStepper, FragmentReply, RolloutWorker, StepReply, WorkerError, WorkerLost
 
-START_METHODS = ("forkserver", "spawn", "fork")
-# forkserver: children fork from a clean server that imported torch once, so they start
-# fast without inheriting the learner's threads (fork after OpenMP use can deadlock).
-DEFAULT_START_METHOD = "forkserver"
+CLOSE_GRACE_S = 5.0
+"""How long workers told to close may take to exit before they are killed."""
 # What a worker writes into its shared memory after a central-inference step.
 STEP_OUTPUTS = (*StepResult.__dataclass_fields__, "step_s", "env_cost_s", "env_cost_steps")
 
@@ -157,18 +157,21 @@ def worker_main(conn: Connection, index: int, env: EnvSpec, env_ids: np.ndarray,
 class MultiprocessingBackend(RemoteBackend):
     """N worker processes with k envs each."""
 
+    def __init__(self, spec: BackendSpec) -> None:
+        super().__init__(spec)
+        self.start_method: str | None = None
+        """The start method in use: None until `start`."""
+        self.procs: list[Any] = []  # multiprocessing.Process; None until its worker starts
+        self.conns: list[Any] = []  # Connection; None until its worker starts
+        self.shared: list[SharedArrays] = []
+        """Every segment, created (and unlinked, on close) by the learner alone."""
+
     def _launch(self, env: EnvSpec, policy: PolicySpec, seed: int) -> list[dict[str, Any]]:
-        method = self.spec.options.get("start_method", DEFAULT_START_METHOD)
-        if method not in START_METHODS:
-            raise ValueError(f"start_method must be one of {', '.join(START_METHODS)}, got {method!r}")
-        self.start_method = method
+        method = self.start_method = self.options.start_method
         self.ctx = mp.get_context(method)
         if method == "forkserver":
             self.ctx.set_forkserver_preload(["backends.workers"])
         self.launch_args = (env, seed, policy)
-        self.procs: list[Any] = []
-        self.conns: list[Any] = []  # Connection; None until its worker starts
-        self.shared: list[SharedArrays] = []
         num_params = policy.num_params
         k = self.spec.envs_per_worker
         if self.spec.inference == "worker":
@@ -320,21 +323,19 @@ class MultiprocessingBackend(RemoteBackend):
         return _SharedMemoryStepper(self, obs_dim)
 
     def close(self) -> None:
-        procs = [proc for proc in getattr(self, "procs", []) if proc is not None]
-        conns = [conn for conn in getattr(self, "conns", []) if conn is not None]
+        procs = [proc for proc in self.procs if proc is not None]
+        conns = [conn for conn in self.conns if conn is not None]
         for conn in conns:
             with contextlib.suppress(OSError, ValueError):
                 send_message(conn, ("close",))
-        deadline = time.monotonic() + 5
+        # Asked by message rather than SIGTERM; those not gone within the grace period are killed. `is_alive` reaps
+        # the ones that exited, so the pids handed on are still our unreaped children: none can have been reused.
+        processes.stop([psutil.Process(proc.pid) for proc in procs if proc.is_alive()], CLOSE_GRACE_S, terminate=False)
         for proc in procs:
-            proc.join(timeout=max(0.0, deadline - time.monotonic()))
-        for proc in procs:
-            if proc.is_alive():
-                proc.kill()
-                proc.join(timeout=5)
+            proc.join(timeout=1)  # collect the exit status: `stop` never reaps
         for conn in conns:
             conn.close()
-        for shared in getattr(self, "shared", []):
+        for shared in self.shared:
             shared.close(unlink=True)
         self.procs, self.conns, self.shared = [], [], []
 
@@ -344,8 +345,7 @@ class MultiprocessingBackend(RemoteBackend):
             if self.spec.inference == "worker"
             else "actions and step results: per-worker shared-memory arrays; pipes carry control messages only"
         )
-        return super().describe() | {"start_method": getattr(self, "start_method", None), "transport": transport,
-                                     "placement": getattr(self, "placement", [])}  # fmt: skip
+        return super().describe() | {"start_method": self.start_method, "transport": transport, "placement": self.placement}
 
 
 class _SharedMemoryStepper(CentralStepper):

@@ -35,8 +35,8 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 import algorithms
 import backends
-from backends import ray_connect
-from backends.base import PolicySpec
+from backends import processes, ray_connect
+from backends.base import BackendSpec, PolicySpec
 from backends.envs import EnvSpec
 from backends.host import short_temp_root
 from backends.remote import RemoteBackend
@@ -120,15 +120,9 @@ def restore_environment(previous: dict[str, str | None]) -> None:
 
 
 def stop_processes_using(path: str, grace_s: float = 3.0) -> int:
-    """SIGTERM, then SIGKILL, every process whose command line names `path` (our own temp dir)."""
-    own = [p for p in psutil.process_iter(["cmdline"]) if any(path in part for part in (p.info["cmdline"] or []))]
-    for proc in own:
-        with contextlib.suppress(psutil.Error):
-            proc.terminate()
-    _, alive = psutil.wait_procs(own, timeout=grace_s)
-    for proc in alive:
-        with contextlib.suppress(psutil.Error):
-            proc.kill()
+    """SIGTERM, then SIGKILL, every process whose command line names `path` (our own temp dir); how many."""
+    own = processes.find(lambda p: any(path in part for part in p.cmdline()))
+    processes.stop(own, grace_s)
     return len(own)
 
 
@@ -146,6 +140,17 @@ def kill_ray_worker(pid: int | None) -> None:
 class RayBackend(RemoteBackend):
     """Shared by both Ray backends; subclasses decide how to connect and where actors go."""
 
+    def __init__(self, spec: BackendSpec) -> None:
+        super().__init__(spec)
+        self.actors: list[Any] = []
+        self.unconfirmed_loads: list[tuple[int, Any]] = []  # (worker, weight load sent with wait=False)
+        self.weight_refs: dict[int, Any] = {}  # version -> its stored weights: the last max_lag + 1 broadcast
+        self.previous_env: dict[str, str | None] = {}  # Ray's auth variables before `_connect` set ours
+        self.driver_node: str | None = None
+        self.nodes: list[str] = []
+        self.remote_nodes: list[str] = []
+        """Nodes other than the driver's that host workers: each fetches a weight broadcast over the network."""
+
     def _connect(self) -> None:
         raise NotImplementedError
 
@@ -154,9 +159,6 @@ class RayBackend(RemoteBackend):
         return {}
 
     def _launch(self, env: EnvSpec, policy: PolicySpec, seed: int) -> list[dict[str, Any]]:
-        self.actors: list[Any] = []
-        self.unconfirmed_loads: list[tuple[int, Any]] = []  # (worker, weight load sent with wait=False)
-        self.weight_refs: dict[int, Any] = {}  # version -> its stored weights: the last max_lag + 1 broadcast
         if ray.is_initialized():
             raise WorkerError("Ray is already initialised in this process; one Ray backend at a time")
         self._connect()
@@ -290,13 +292,13 @@ class RayBackend(RemoteBackend):
         return _RayStepper(self, obs_dim)
 
     def close(self) -> None:
-        for actor in getattr(self, "actors", []):
+        for actor in self.actors:
             with contextlib.suppress(RayError):
                 ray.kill(actor)
         self.actors = []
         if ray.is_initialized():
             ray.shutdown()
-        restore_environment(getattr(self, "previous_env", {}))
+        restore_environment(self.previous_env)
         self.previous_env = {}
         self._cleanup()
 
@@ -308,19 +310,24 @@ class RayBackend(RemoteBackend):
             "transport": "weights: ray.put once, fetched by every actor; fragments: actor return values"
             if self.spec.inference == "worker"
             else "one actor call per env step (RayVecEnv style)",
-            "placement": getattr(self, "placement", []),
-            "nodes": getattr(self, "nodes", []),
-            "driver_node": getattr(self, "driver_node", None),
-            "remote_worker_nodes": len(getattr(self, "remote_nodes", [])),
+            "placement": self.placement,
+            "nodes": self.nodes,
+            "driver_node": self.driver_node,
+            "remote_worker_nodes": len(self.remote_nodes),
         }
 
 
 class RayLocalBackend(RayBackend):
     """Ray embedded in the learner's process (`ray.init`), on this machine's cores."""
 
+    def __init__(self, spec: BackendSpec) -> None:
+        super().__init__(spec)
+        self.num_cpus = float(self.options.num_cpus or os.cpu_count() or 1)
+        self.temp_dir: str | None = None
+        """Ray's private temp dir (its sessions, sockets, our token): made by `_connect`, removed on close."""
+
     def _connect(self) -> None:
-        cpus = self.spec.options.get("num_cpus") or os.cpu_count() or 1
-        self.num_cpus = float(cpus)
+        cpus = int(self.num_cpus)
         # A short private temp dir (unix socket paths max 107 bytes), removed on close;
         # token auth with a per-run token so nothing else on the machine can join.
         self.temp_dir = tempfile.mkdtemp(prefix="rl", dir=short_temp_root())
@@ -339,20 +346,27 @@ class RayLocalBackend(RayBackend):
         return {"num_cpus": min(1.0, self.num_cpus / self.spec.workers)}
 
     def _cleanup(self) -> None:
-        temp_dir = getattr(self, "temp_dir", None)
-        if temp_dir:
+        if self.temp_dir:
             # ray.shutdown() stops what it started; this catches a failed start's leftovers.
-            stop_processes_using(temp_dir)
-            shutil.rmtree(temp_dir, ignore_errors=True)
+            stop_processes_using(self.temp_dir)
+            shutil.rmtree(self.temp_dir, ignore_errors=True)
             self.temp_dir = None
 
 
 class RayClusterBackend(RayBackend):
     """Ray actors on an existing multi-node cluster, one node after another."""
 
+    def __init__(self, spec: BackendSpec) -> None:
+        super().__init__(spec)
+        self.address: str | None = None
+        self.node_ids: list[str] = []
+        """The cluster's alive nodes when it was joined: workers go round-robin over them."""
+        self.credentials: str | None = None
+        """Where the credentials came from, in words (no secret)."""
+
     def _connect(self) -> None:
         try:
-            connection = ray_connect.resolve(self.spec.options)
+            connection = ray_connect.resolve({"address": self.options.address})
             ray_connect.probe(connection.address, timeout_s=10)
         except ray_connect.ConnectError as exc:
             raise WorkerError(str(exc)) from None
@@ -384,9 +398,9 @@ class RayClusterBackend(RayBackend):
 
     def describe(self) -> dict[str, Any]:
         return super().describe() | {
-            "address": getattr(self, "address", None),
-            "cluster_nodes": len(getattr(self, "node_ids", [])),
-            "credentials": getattr(self, "credentials", None),
+            "address": self.address,
+            "cluster_nodes": len(self.node_ids),
+            "credentials": self.credentials,
         }
 
 

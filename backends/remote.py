@@ -44,23 +44,12 @@ import numpy as np
 
 from algorithms.inference import InferencePolicy
 from algorithms.rollout import Rollout
-from backends.base import (
-    CENTRAL_REFUSES_RESTART,
-    DEFAULT_MAX_RESTARTS,
-    ON_WORKER_FAILURE,
-    Backend,
-    Collected,
-    PolicySpec,
-    Seconds,
-    SyncReport,
-    WorkerRestart,
-    WorkerShare,
-)
+from backends import REGISTRY, WaitOptions
+from backends.base import Backend, BackendSpec, Collected, PolicySpec, Seconds, SyncReport, WorkerRestart, WorkerShare
 from backends.envs import EnvCost, EnvSpec
 from backends.sampling import FragmentSampler, NoiseSource
 from backends.workers import CentralStepper, FragmentReply, WorkerError, WorkerLost
 
-DEFAULT_TIMEOUT_S = 120.0
 CLOCK_PROBES = 8
 """Ping-pongs per worker on another node; the one with the smallest round trip gives the offset."""
 
@@ -163,31 +152,26 @@ def collected_from(rollout: Rollout, replies: list[tuple[FragmentReply, int]], c
 class RemoteBackend(Backend):
     """Workers in other processes; `inference` decides where the policy runs."""
 
-    @property
-    def timeout_s(self) -> float:
-        """How long any wait on a worker may take before it counts as hung."""
-        return float(self.spec.options.get("timeout_s", DEFAULT_TIMEOUT_S))
-
-    @property
-    def on_worker_failure(self) -> str:
-        """`fail`: a lost worker fails the case; `restart`: it is replaced (see the module's docstring)."""
-        return str(self.spec.options.get("on_worker_failure", "fail"))
-
-    @property
-    def max_restarts(self) -> int:
-        """Restarts one run may make under `restart`; the next loss fails it."""
-        return int(self.spec.options.get("max_restarts", DEFAULT_MAX_RESTARTS))
-
-    def start(self, env: EnvSpec, policy: PolicySpec, seed: int) -> None:
-        if self.on_worker_failure not in ON_WORKER_FAILURE:
-            raise ValueError(f"on_worker_failure must be one of {', '.join(ON_WORKER_FAILURE)}, got {self.on_worker_failure!r}")
-        if self.on_worker_failure == "restart" and self.spec.inference == "central":
-            raise ValueError(CENTRAL_REFUSES_RESTART)
+    def __init__(self, spec: BackendSpec) -> None:
+        super().__init__(spec)
+        self.options: WaitOptions = spec.settings  # type: ignore[assignment]  # every remote entry's model extends it
+        """The case's options with their defaults (`timeout_s`, `on_worker_failure`, `max_restarts`, the transport's own)."""
         self.version = -1
         self.sync_reports: list[SyncReport] = []
         self.restarts: list[WorkerRestart] = []
         """Every worker restart of this run, oldest first."""
         self.restarts_drained = 0
+        self.placement: list[dict[str, Any]] = []
+        """Per worker, where it runs (pid, host, node, its clock): filled by `start`."""
+        self.clocks: list[ClockOffset] = []
+
+    @property
+    def timeout_s(self) -> float:
+        """How long any wait on a worker may take before it counts as hung."""
+        return self.options.timeout_s
+
+    def start(self, env: EnvSpec, policy: PolicySpec, seed: int) -> None:
+        REGISTRY[self.spec.name].check(self.spec)  # the rules the suite checked, for a spec made in code
         self.placement = self._launch(env, policy, seed)
         self.clocks = [self._clock_for(i) for i in range(self.spec.workers)]
         for info, clock in zip(self.placement, self.clocks, strict=True):
@@ -310,14 +294,14 @@ class RemoteBackend(Backend):
         """Replace the lost worker, reload the weights of each request `in_flight` (oldest first) and send it
         again, then load the current weights: the replacement ends up where its predecessor would have been.
         A replacement lost in turn is replaced again, within `max_restarts`."""
-        if self.on_worker_failure != "restart":
+        if self.options.on_worker_failure != "restart":
             raise loss
         worker = loss.worker
         reason: str | None = str(loss).splitlines()[0]
         while reason is not None:
-            if len(self.restarts) >= self.max_restarts:
+            if len(self.restarts) >= self.options.max_restarts:
                 raise WorkerError(f"{reason}; not restarted: {len(self.restarts)} worker restart(s) already in this run "
-                                  f"(max_restarts = {self.max_restarts})")  # fmt: skip
+                                  f"(max_restarts = {self.options.max_restarts})")  # fmt: skip
             found = time.perf_counter()
             replaced_pid, pid, lost_again = self.placement[worker].get("pid"), None, None
             try:

@@ -6,6 +6,4 @@ from backends.vecenv import VecEnvBackend
 
 
 class SerialBackend(VecEnvBackend):
-    """Like `vecenv`, but inference is not batched across envs: the baseline."""
-
-    batched_inference = False
+    """Like `vecenv`, but inference is not batched across envs (its registry entry says so): the baseline."""

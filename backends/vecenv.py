@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from algorithms.inference import InferencePolicy
-from backends.base import Backend, Collected, PolicySpec, SyncReport
+from backends import REGISTRY
+from backends.base import Backend, BackendSpec, Collected, PolicySpec, SyncReport
 from backends.envs import EnvSpec
 from backends.sampling import EnvBlock, FragmentSampler, NoiseSource
 
@@ -13,7 +14,11 @@ from backends.sampling import EnvBlock, FragmentSampler, NoiseSource
 class VecEnvBackend(Backend):
     """All envs and the policy copy live in the learner's process."""
 
-    batched_inference = True
+    def __init__(self, spec: BackendSpec) -> None:
+        super().__init__(spec)
+        self.batched_inference = REGISTRY[spec.name].batched_inference
+        """One policy call per step for every env, or (`serial`) one per env step: the registry entry says which."""
+        self.block: EnvBlock | None = None
 
     def start(self, env: EnvSpec, policy: PolicySpec, seed: int) -> None:
         env_ids = np.arange(self.spec.num_envs)
@@ -36,9 +41,8 @@ class VecEnvBackend(Backend):
         return Collected(rollout, fragment_versions=(rollout.policy_version,))
 
     def close(self) -> None:
-        block = getattr(self, "block", None)
-        if block is not None:
-            block.close()
+        if self.block is not None:
+            self.block.close()
             self.block = None
 
     def describe(self) -> dict:

@@ -260,8 +260,7 @@ def sampling_key(case: dict[str, Any]) -> str:
 def _inference_batch(case: dict[str, Any]) -> int:
     """Observations per policy call: 1 unbatched (serial), a worker's envs, or every env (vecenv, central)."""
     backend = case["backend"]
-    described = next((r["backend"] for r in case.get("runs", []) if r.get("backend")), {})
-    if described.get("batched_inference") is False:
+    if (entry := REGISTRY.get(backend["name"])) is not None and not entry.batched_inference:
         return 1
     if is_remote(backend["name"]) and backend["inference"] == "worker":
         return backend["envs_per_worker"]

@@ -31,9 +31,8 @@ from algorithms.evaluate import evaluate, evaluation_seeds
 from algorithms.inference import InferencePolicy
 from algorithms.registry import create_learner
 from backends import create_backend
-from backends.base import DEFAULT_MAX_RESTARTS, Backend, Count, PolicySpec, Seconds, SyncReport, WorkerRestart
+from backends.base import Backend, Count, PolicySpec, Seconds, WorkerRestart
 from backends.envs import STEP_COST_METER, describe_env, make_env
-from backends.remote import DEFAULT_TIMEOUT_S, RemoteBackend
 from harness.errors import HarnessError
 from harness.monitor import ResourceMonitor
 from harness.schedule import SCHEDULE_CLASSES, Iteration, Schedule
@@ -73,17 +72,8 @@ class Memory:
     """The largest total over the tree at one sample."""
 
 
-def sync_reports(backend: Backend) -> list[SyncReport] | None:
-    """This iteration's weight broadcasts; None in-process, where the policy copy is the learner's own."""
-    if not isinstance(backend, RemoteBackend):
-        return None
-    return backend.drain_sync_reports()
-
-
 def worker_restarts(backend: Backend) -> list[WorkerRestart]:
     """This iteration's worker restarts (`on_worker_failure = "restart"`), oldest first; none in-process."""
-    if not isinstance(backend, RemoteBackend):
-        return []
     return backend.drain_restarts()
 
 
@@ -104,13 +94,7 @@ class CaseRun:
         if self.measure.iteration_timeout_s:
             return self.measure.iteration_timeout_s
         deadline = default_deadline(steps, self.case.env.step_cost_ms, self.case.backend.workers)
-        options = self.case.backend.options
-        if options.get("on_worker_failure") == "restart":
-            # Finding a hung worker takes its own timeout, then a replacement starts and samples again:
-            # room for every restart the case allows, or the watchdog would end what the restart saves.
-            restarts = int(options.get("max_restarts", DEFAULT_MAX_RESTARTS))
-            deadline += restarts * (float(options.get("timeout_s", DEFAULT_TIMEOUT_S)) + RESTART_STARTUP_S)
-        return deadline
+        return deadline + self.case.backend.settings.restart_room_s(RESTART_STARTUP_S)
 
     def _expired(self, what: str) -> None:
         """The main thread never took the watchdog's signal: record the hang before the process exits."""
@@ -197,7 +181,7 @@ class CaseRun:
             warmup=self.measure.mode == "throughput" and index < self.measure.warmup_iterations,
             train_wall_s=self.train_wall_s,
             steps_trained=schedule.learner.steps_trained,
-            sync_reports=sync_reports(schedule.backend),
+            sync_reports=schedule.backend.drain_sync_reports(),
             restarts=restarts,
             env_cost=env_cost,
         ).record()

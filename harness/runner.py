@@ -27,7 +27,9 @@ from typing import Any
 import psutil
 from rich.console import Console
 
-from backends.host import DEFAULT_SHM_PREFIX, SHM_PREFIX_ENV, short_temp_root
+from backends import processes
+from backends.host import short_temp_root
+from backends.processes import DEFAULT_SHM_PREFIX, SHM_DIR, SHM_PREFIX_ENV
 from harness.case import PROGRESS_PREFIX
 from harness.errors import HarnessError
 from harness.machine import commit_info
@@ -40,7 +42,6 @@ CLOSE_GRACE_S = 20.0
 """How long a stopped case may take to close its backend (Ray shutdown, workers joined) before SIGKILL."""
 SCRATCH_ENV = "PPO_HARNESS_SCRATCH"
 """A case process's own temp folder (also its TMPDIR): removed by the runner whatever happened."""
-SHM_DIR = Path("/dev/shm")
 
 
 class StopRequested(BaseException):
@@ -318,35 +319,17 @@ def _stop_case(proc: subprocess.Popen) -> None:
     """Ask the case process to stop (it closes its backend: workers, Ray), then kill whatever of its tree is
     left. Only the leader gets SIGTERM first: signalling the group would kill Ray's own processes under the
     driver before it can shut them down."""
-    if proc.poll() is not None and not _session_members(proc.pid):
+    if proc.poll() is not None and not processes.session_members(proc.pid):
         return
-    try:
-        tree = psutil.Process(proc.pid).children(recursive=True)
-    except psutil.Error:
-        tree = []
-    with contextlib.suppress(ProcessLookupError):
-        proc.send_signal(signal.SIGTERM)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(timeout=CLOSE_GRACE_S)
-    leftovers = [p for p in tree if p.is_running()] + _session_members(proc.pid)
-    for p in leftovers:
-        with contextlib.suppress(psutil.Error):
-            p.kill()
+    tree = processes.descendants(proc.pid)  # found now: once the leader exits, its children are reparented
+    # Not reaped by `stop`: `proc.wait` below collects the leader's exit status (a kill is reported as one).
+    leader = [psutil.Process(proc.pid)] if proc.poll() is None else []
+    processes.stop(leader, CLOSE_GRACE_S)
+    processes.stop(tree + processes.session_members(proc.pid), 0, terminate=False)
     with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    psutil.wait_procs(leftovers, timeout=5)
+        os.killpg(proc.pid, signal.SIGKILL)  # the group's last members, if one escaped both lists
     with contextlib.suppress(subprocess.TimeoutExpired):
         proc.wait(timeout=5)
-
-
-def _session_members(sid: int) -> list[psutil.Process]:
-    """Processes still in the case's session (Ray daemonises some of its processes out of the tree)."""
-    members = []
-    for p in psutil.process_iter():
-        with contextlib.suppress(psutil.Error, OSError):
-            if p.pid != sid and os.getsid(p.pid) == sid:
-                members.append(p)
-    return members
 
 
 def _shm_prefix(scratch: Path) -> str:
@@ -356,10 +339,7 @@ def _shm_prefix(scratch: Path) -> str:
 
 def _clean_scratch(scratch: Path, shm_prefix: str | None = None) -> None:
     """Remove a case's temp folder and its shared-memory segments; kill any process still using the folder."""
-    for p in psutil.process_iter():
-        with contextlib.suppress(psutil.Error, OSError):
-            if p.environ().get(SCRATCH_ENV) == str(scratch):
-                p.kill()
+    processes.stop(processes.find(lambda p: p.environ().get(SCRATCH_ENV) == str(scratch)), 0, terminate=False)
     shutil.rmtree(scratch, ignore_errors=True)
     for segment in SHM_DIR.glob("*"):
         # --resume knows the scratch folder but not the pid of the runner that was killed

@@ -189,14 +189,13 @@ class Iteration(PhaseTimes, BatchFigures):
         warmup: bool,
         train_wall_s: float,
         steps_trained: int,
-        sync_reports: list[SyncReport] | None,
+        sync_reports: list[SyncReport],
         restarts: list[WorkerRestart],
         env_cost: EnvCost,
     ) -> Iteration:
-        """The record of one iteration from what measured it; `sync_reports` None: the policy copy is the
-        learner's own (in-process), nothing crossed."""
+        """The record of one iteration from what measured it (an in-process backend drains no sync report)."""
         collected, rollout = done.collected, done.collected.rollout
-        reports = sync_reports or []
+        reports = sync_reports
         returns = rollout.episode_returns
         return cls(
             **_fields_of(PhaseTimes, done),
@@ -208,7 +207,8 @@ class Iteration(PhaseTimes, BatchFigures):
             policy_lag=PolicyLag.of(done.lags),
             sync_bytes_serialized=sum(r.bytes_sent or 0 for r in reports),
             sync_bytes_network=sum(r.bytes_network or 0 for r in reports),
-            sync_in_process=sync_reports is None or (bool(reports) and all(r.in_process for r in reports)),
+            # A backend whose policy copy is the learner's own drains no report: nothing crossed.
+            sync_in_process=all(r.in_process for r in reports),
             workers=list(collected.workers) or None,
             worker_restarts=restarts,
             env_cost_ms_mean=env_cost.mean_ms,

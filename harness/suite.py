@@ -2,7 +2,7 @@
 description of the format.
 
 `SuiteFile`, `SuiteTable` and `CaseTable` describe a file's tables; `MeasureConfig` and `CaseConfig`
-(with `EnvSpec`, `PPOConfig`, `AlgorithmSpec`, `BackendSpec` and each backend's options TypedDict)
+(with `EnvSpec`, `PPOConfig`, `AlgorithmSpec`, `BackendSpec` and each backend's options model)
 what a part and a case are. From them pydantic derives the checks of a file (strict types: no "5"
 for 5 or true for 1; unknown keys refused; each class's `__post_init__` run), the JSON round trip of
 a case to its subprocess (`to_json`, `from_json`) and the run record's JSON Schema
@@ -36,8 +36,8 @@ from typing_extensions import TypedDict, is_typeddict  # pydantic needs typing_e
 from algorithms.base import AlgorithmSpec
 from algorithms.config import PRESETS, PPOConfig
 from algorithms.registry import learner_class
-from backends import REGISTRY, BackendEntry
-from backends.base import CENTRAL_REFUSES_RESTART, INFERENCE_MODES, SCHEDULES, BackendSpec
+from backends import REGISTRY
+from backends.base import INFERENCE_MODES, SCHEDULES, BackendSpec
 from backends.envs import EnvError, EnvSpec, describe_env
 from harness.errors import HarnessError
 from harness.names import CLAIM_NAMES, TABLE_NAMES  # a leaf: the suite format never imports the report
@@ -275,37 +275,11 @@ class CaseTable:
     `{ workers = [1, 4] }` (each list a subset of the table's own)."""
 
     def __post_init__(self) -> None:
-        entry = REGISTRY[self.backend]
-        for mode in self.inference:
-            if mode not in entry.inference_modes:
-                modes = ", ".join(entry.inference_modes)
-                raise ValueError(f"backend '{self.backend}' has no inference mode '{mode}'; choose {modes}")
-        for schedule in self.schedule:
-            if schedule not in entry.schedules:
-                able = ", ".join(name for name, e in REGISTRY.items() if schedule in e.schedules)
-                raise ValueError(f"backend '{self.backend}' cannot overlap sampling with training (it samples in "
-                                 f"the learner's process); use one of {able}")  # fmt: skip
-            if schedule == "overlap" and "central" in self.inference:
-                raise ValueError(
-                    "schedule 'overlap' needs inference = \"worker\": with central inference the learner does the sampling"
-                )
-        if not entry.multi_worker and self.workers != (1,):
-            raise ValueError(f"backend '{self.backend}' runs in one process: set workers = 1 and sweep 'envs_per_worker' instead")
-        self._check_worker_failure(entry)
-
-    def _check_worker_failure(self, entry: BackendEntry) -> None:
-        """`options.on_worker_failure` and `max_restarts` (their types: the backend's options model)."""
-        if not {"on_worker_failure", "max_restarts"} & self.options.keys():
-            return
-        if not entry.remote:
-            able = ", ".join(name for name, e in REGISTRY.items() if e.remote)
-            raise ValueError(f"backend '{self.backend}' samples in the learner's process: it has no worker to restart or "
-                             f"fail; on_worker_failure needs one of {able}")  # fmt: skip
-        restart = self.options.get("on_worker_failure") == "restart"
-        if restart and "central" in self.inference:
-            raise ValueError(CENTRAL_REFUSES_RESTART)
-        if "max_restarts" in self.options and not restart:
-            raise ValueError('options.max_restarts applies only with on_worker_failure = "restart"; set that, or remove it')
+        # The backend's rules, from its registry entry, for every case of the sweep (its options' types: `_expand_case`).
+        sweep = itertools.product(self.workers, self.envs_per_worker, self.inference, self.schedule)
+        for workers, envs, mode, schedule in sweep:
+            spec = BackendSpec(self.backend, workers, envs, mode, dict(self.options), schedule, self.max_lag)
+            REGISTRY[self.backend].check(spec)
 
 
 @dataclass(frozen=True)
@@ -636,7 +610,8 @@ def _expand_case(
     base_algorithm: AlgorithmSpec,
 ) -> list[CaseConfig]:
     """Every case of one `[[cases]]` table (`data` is the table as written, for its default label)."""
-    options = check.validate(REGISTRY[table.backend].options_model, table.options, (*loc, f"options ({table.backend})"))
+    typed = check.validate(REGISTRY[table.backend].options_model, table.options, (*loc, f"options ({table.backend})"))
+    options = {key: getattr(typed, key) for key in table.options}  # as given (and coerced): the record keeps these
     env = _env(check, table.env, base_env, (*loc, "env") if table.env else ("env",))  # where the env was set
     preset, ppo = _ppo(check, table.ppo, base_preset, base_ppo, (*loc, "ppo"))
     algorithm = _algorithm(check, table.algorithm, base_algorithm, (*loc, "algorithm"))

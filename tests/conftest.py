@@ -1,4 +1,5 @@
-"""Test helpers: leak checks. The Ray cluster fixture lives in the repository's conftest.py."""
+"""Test helpers: the processes a test left behind. The leak check and the Ray cluster fixture live in the
+repository's conftest.py, which counts processes with this same helper."""
 
 from __future__ import annotations
 
@@ -7,22 +8,28 @@ from pathlib import Path
 
 import psutil
 
+from backends import processes
+
 REPO = Path(__file__).resolve().parent.parent
 
 
 # multiprocessing's own helpers live as long as the test process, by design: one forkserver
 # (it forks workers) and one resource tracker (it unlinks leaked shared memory).
 SHARED_HELPERS = ("multiprocessing.forkserver", "multiprocessing.resource_tracker")
+SESSION_PROCESSES: set[int] = set()
+"""Processes a session fixture started (the cluster's nodes): they and their children are its to stop."""
 
 
 def child_processes() -> list[psutil.Process]:
-    """Live (non-zombie) descendants of the test process, besides multiprocessing's helpers."""
+    """Live (non-zombie) descendants of the test process, besides multiprocessing's helpers and the session
+    fixtures' processes."""
     alive = []
-    for proc in psutil.Process().children(recursive=True):
+    for proc in processes.descendants():
         try:
-            if proc.status() == psutil.STATUS_ZOMBIE or any(h in " ".join(proc.cmdline()) for h in SHARED_HELPERS):
+            if SESSION_PROCESSES & {proc.pid, *(p.pid for p in proc.parents())}:
                 continue
-            alive.append(proc)
+            if not any(h in " ".join(proc.cmdline()) for h in SHARED_HELPERS):
+                alive.append(proc)
         except psutil.Error:
             continue
     return alive

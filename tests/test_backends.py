@@ -15,13 +15,13 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
-import psutil
 import pytest
 
 from algorithms.rollout import PER_STEP_FIELDS, Rollout
 from backends import REGISTRY, available, create_backend
 from backends.base import BackendSpec, PolicySpec
 from backends.envs import STEP_COST_METER, EnvSpec
+from backends.processes import running
 from backends.workers import WorkerError
 from tests.conftest import wait_for_no_children
 
@@ -69,6 +69,48 @@ def test_every_backend_and_mode_is_covered(name):
     assert {mode for mode, _, _ in entry.conformance} == set(entry.inference_modes)
     assert all(workers * envs == NUM_ENVS for _, workers, envs in entry.conformance)
     assert entry.multi_worker or all(workers == 1 for _, workers, _ in entry.conformance)
+
+
+@pytest.mark.parametrize("name", REGISTRY)
+def test_options_parse_into_the_entrys_model_with_its_defaults(name):
+    entry = REGISTRY[name]
+    assert BackendSpec(name).settings == entry.options_model()  # every field has its default
+    assert entry.options == tuple(f.name for f in dataclasses.fields(entry.options_model))
+    with pytest.raises(ValueError, match="unknown option 'colour'"):
+        entry.parse_options({"colour": "red"})
+    if entry.remote:  # a choice outside its Literal is refused without pydantic (workers never import it)
+        with pytest.raises(ValueError, match="on_worker_failure must be one of fail, restart, got 'retry'"):
+            entry.parse_options({"on_worker_failure": "retry"})
+        given = BackendSpec(name, 2, 1, options={"timeout_s": 5.0, "on_worker_failure": "restart", "max_restarts": 2}).settings
+        assert (given.timeout_s, given.on_worker_failure, given.max_restarts) == (5.0, "restart", 2)
+
+
+@pytest.mark.parametrize("name", [n for n, e in REGISTRY.items() if not e.remote])
+def test_an_in_process_backend_answers_the_harness_with_the_interfaces_defaults(name):
+    """No isinstance in the harness: an in-process backend drains no sync report and no restart, and the
+    iteration records a sync that stayed in the learner's process."""
+    from harness.case import sync_fields, worker_restarts
+
+    backend = create_backend(BackendSpec(name, 1, 2))
+    assert backend.drain_sync_reports() == [] and backend.drain_restarts() == []
+    assert sync_fields(backend) == {"sync_bytes_serialized": 0, "sync_bytes_network": 0, "sync_in_process": True}
+    assert worker_restarts(backend) == []
+    backend.close()  # never started: nothing to release, and no error
+
+
+def test_rules_live_in_the_registry_entry():
+    """One place per rule: the suite (tests/test_suite_config.py) and a remote backend's start both call it."""
+    check = REGISTRY["multiprocessing"].check
+    check(BackendSpec("multiprocessing", 2, 1, "worker", {"on_worker_failure": "restart", "max_restarts": 1}))
+    with pytest.raises(ValueError, match='needs inference = "worker"'):
+        check(BackendSpec("multiprocessing", 2, 1, "central", {"on_worker_failure": "restart"}))
+    with pytest.raises(ValueError, match="schedule 'overlap' needs inference"):
+        check(BackendSpec("multiprocessing", 2, 1, "central", schedule="overlap"))
+    with pytest.raises(ValueError, match="runs in one process"):
+        REGISTRY["vecenv"].check(BackendSpec("vecenv", 2, 1))
+    with pytest.raises(ValueError, match="cannot overlap sampling"):
+        REGISTRY["serial"].check(BackendSpec("serial", schedule="overlap"))
+    assert REGISTRY["serial"].batched_inference is False and REGISTRY["vecenv"].batched_inference
 
 
 def make_spec(config, request, **options) -> BackendSpec:
@@ -216,16 +258,9 @@ def test_close_leaves_no_worker_process(config, request):
     assert wait_for_no_children() == []
     # Workers on cluster nodes are not our children: check their processes by pid.
     deadline = time.monotonic() + 15
-    while (alive := [pid for pid in worker_pids if _running(pid)]) and time.monotonic() < deadline:
+    while (alive := [pid for pid in worker_pids if running(pid)]) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert alive == []
-
-
-def _running(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
 
 
 @pytest.mark.parametrize("config", PARAMS)

@@ -16,13 +16,13 @@ from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
-import psutil
 import pytest
 from gymnasium.envs.classic_control.pendulum import PendulumEnv
 
 from backends import REGISTRY, available, create_backend
 from backends.base import BackendSpec, PolicySpec
 from backends.envs import EnvSpec
+from backends.processes import running
 from backends.workers import WorkerError, WorkerLost
 from tests.conftest import wait_for_no_children
 
@@ -86,21 +86,12 @@ def started(spec: BackendSpec, env: EnvSpec | None = None):
         backend.start(env or EnvSpec(), POLICY, SEED)
         yield backend
     finally:
-        pids = {w.get("pid") for w in getattr(backend, "placement", [])} | {
-            p for r in getattr(backend, "restarts", []) for p in (r.pid, r.replaced_pid)
-        }
+        pids = {w.get("pid") for w in backend.placement} | {p for r in backend.restarts for p in (r.pid, r.replaced_pid)}
         segments = {shared.shm.name for shared in getattr(backend, "shared", [])}
         backend.close()
     assert wait_for_no_children() == []
-    assert [pid for pid in pids if pid and _running(pid)] == []
+    assert [pid for pid in pids if pid and running(pid)] == []
     assert [name for name in segments if Path("/dev/shm", name.lstrip("/")).exists()] == []
-
-
-def _running(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
 
 
 def assert_whole(collected, spec: BackendSpec, steps: int, version: int) -> None:
@@ -205,7 +196,7 @@ def test_hung_worker_is_killed_and_replaced(name):
         backend.set_weights(weights(), 1)
         assert_whole(backend.collect(64), spec, 64, 1)
         (restart,) = backend.drain_restarts()  # its reason names the 5 s deadline that found the hang (below)
-        assert not _running(victim)  # killed, not left stopped beside its replacement
+        assert not running(victim)  # killed, not left stopped beside its replacement
     assert restart.worker == 0 and restart.during == "load weights" and "within 5 s" in restart.reason
 
 

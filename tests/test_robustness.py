@@ -1,5 +1,6 @@
 """How a run ends when something goes wrong: signals, resume, hangs, failures that would recur, a learner
-killed by the OOM killer, a full disk, bad command-line values (issue 11)."""
+killed by the OOM killer, a full disk, bad command-line values (issue 11); the shared memory a killed case
+leaves (issue 20)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import psutil
 import pytest
 
 from algorithms.ppo import PPOLearner
+from backends.processes import SHM_DIR, SHM_PREFIX_ENV
 from harness.machine import commit_info
 from harness.results import RUN_FILE, load_run
 from harness.runner import SCRATCH_ENV
@@ -173,6 +175,72 @@ def test_a_learner_killed_before_its_first_iteration_is_recorded(tmp_path):
     for result in load_run(run_dir)["cases"][0]["runs"]:
         assert result["status"] == "error" and "killed by SIGKILL after 0 iteration(s)" in result["error"]
     assert "killed by SIGKILL" in (run_dir / "report.md").read_text()
+
+
+SHM_SEEN_ENV = "PPO_HARNESS_TEST_SHM_SEEN"
+"""Where `KilledMidRun` writes the case's prefix and the segments it saw."""
+KILL_ENV = "PPO_HARNESS_TEST_KILL"
+"""What `KilledMidRun` SIGKILLs: `case` (its own process) or `group` (the case's whole process group)."""
+CENTRAL_MULTIPROCESSING = """
+[suite]
+name = "t"
+tables = ["speed"]
+[env]
+id = "Pendulum-v1"
+[ppo]
+steps_per_iteration = 64
+minibatch_size = 32
+epochs = 1
+[measure]
+warmup_iterations = 0
+iterations = 4
+repeats = 1
+[[cases]]
+backend = "multiprocessing"
+workers = 2
+inference = "central"
+options = { timeout_s = 60 }
+algorithm = { name = "tests.test_robustness:KilledMidRun" }
+"""
+
+
+class KilledMidRun(PPOLearner):
+    """In its second update (after one whole iteration of four), writes down the shared-memory segments that carry
+    the case's prefix, then SIGKILLs the case process, and with `group` every process of its group too."""
+
+    def train(self, rollout):  # noqa: ANN001, ANN201
+        if self.version == 1:
+            prefix = os.environ[SHM_PREFIX_ENV]
+            segments = sorted(p.name for p in SHM_DIR.glob(f"{prefix}*"))
+            Path(os.environ[SHM_SEEN_ENV]).write_text(json.dumps({"prefix": prefix, "segments": segments}))
+            if os.environ[KILL_ENV] == "group":
+                os.killpg(0, signal.SIGKILL)
+            os.kill(os.getpid(), signal.SIGKILL)
+        return super().train(rollout)
+
+
+@pytest.mark.parametrize("kill", ["case", "group"])
+def test_a_killed_case_leaves_no_shared_memory(tmp_path, monkeypatch, kill):
+    """Central inference moves every step through shared memory. SIGKILL the case process mid-run and the
+    runner's sweep removes every segment carrying the case's prefix (issue 20).
+
+    `case` kills the learner alone: its workers, forkserver and multiprocessing's resource tracker see it go, and
+    the tracker unlinks the segments it was told of before the runner looks. `group` kills them all at once (as
+    `kill -9 -PGID`, or a container stopped, would): nothing is left to clean up but the runner's sweep."""
+    seen_file = tmp_path / "seen.json"
+    monkeypatch.setenv(SHM_SEEN_ENV, str(seen_file))
+    monkeypatch.setenv(KILL_ENV, kill)
+    suite = tmp_path / "suite.toml"
+    suite.write_text(CENTRAL_MULTIPROCESSING)
+    proc = harness("run", str(suite), "--out", str(tmp_path / "out"), timeout=240)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    (result,) = load_run(only_run_dir(tmp_path / "out"))["cases"][0]["runs"]
+    assert "killed by SIGKILL after 1 iteration(s)" in result["error"], result["error"]
+    seen = json.loads(seen_file.read_text())
+    # The runner's own per-case prefix, under this session's: segments made with it existed while the case ran.
+    assert seen["prefix"].startswith(os.environ[SHM_PREFIX_ENV]) and seen["prefix"] != os.environ[SHM_PREFIX_ENV]
+    assert len(seen["segments"]) == 2, seen  # one per worker's step arrays
+    assert sorted(p.name for p in SHM_DIR.glob(f"{seen['prefix']}*")) == []
 
 
 def test_a_full_disk_ends_the_run_in_one_line_keeping_the_last_good_file(tmp_path, monkeypatch):

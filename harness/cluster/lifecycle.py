@@ -34,12 +34,12 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
 
+from backends import processes
 from backends.host import short_temp_root
 from harness.cluster.state import ClusterInfo, default_state_file, read_state, write_state
 from harness.errors import HarnessError
@@ -167,11 +167,7 @@ def cluster_down(state_file: Path | None = None) -> ClusterInfo | None:
     owner = _owner_alive(info)
     if owner is not None:
         # It stops what it started (SIGTERM raises in `cluster_up`), and nothing can start after it is gone.
-        with contextlib.suppress(psutil.Error):
-            owner.terminate()
-            _, alive = psutil.wait_procs([owner], timeout=OWNER_GRACE_S)
-            for proc in alive:
-                proc.kill()
+        processes.stop([owner], OWNER_GRACE_S)
     # Whatever the owner did not stop, or all of it when `up` died without a chance to (SIGKILL).
     stopped = teardown(info, path)
     return dataclasses.replace(info, pids=tuple(sorted(found | stopped)))
@@ -194,7 +190,7 @@ def find_processes(info: ClusterInfo) -> list[psutil.Process]:
                 found[child.pid] = child
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
             continue
-    return [p for p in found.values() if _running(p)]
+    return [p for p in found.values() if processes.running(p)]
 
 
 def teardown(info: ClusterInfo, state_file: Path) -> set[int]:
@@ -213,8 +209,7 @@ def teardown(info: ClusterInfo, state_file: Path) -> set[int]:
         # order `ray stop` uses (ray/scripts/scripts.py): raylets, so that their fate-sharing agents and
         # workers exit with them, the GCS last. Sent all at once, SIGTERM left raylet and GCS hanging.
         for bucket in _buckets(procs):
-            left = _signal_and_wait(bucket, signal.SIGTERM, TERM_GRACE_S)
-            _signal_and_wait(left, signal.SIGKILL, 2.0)
+            processes.stop(bucket, TERM_GRACE_S, kill_wait_s=2.0)
     leftover = find_processes(info)
     if leftover:
         raise HarnessError(f"could not stop Ray processes {sorted(p.pid for p in leftover)} of the cluster at {info.address}")
@@ -299,7 +294,7 @@ def _owner_alive(info: ClusterInfo) -> psutil.Process | None:
         same = abs(proc.create_time() - info.owner_create_time) < 0.01  # a reused pid is another process
     except psutil.Error:
         return None
-    return proc if same and _running(proc) else None
+    return proc if same and processes.running(proc) else None
 
 
 def _ray_executable() -> str:
@@ -381,27 +376,6 @@ def _patterns(info: ClusterInfo) -> list[re.Pattern]:
         # The client server names only the address, which an interrupted `up` may not have read yet.
         patterns.append(re.compile(rf"ray\.util\.client\.server .*--port={info.client_server_port}(?!\d)"))
     return patterns
-
-
-def _running(proc: psutil.Process) -> bool:
-    # Orphaned daemons are reparented to init, which may reap them late: a
-    # zombie has already exited and must not be waited on.
-    try:
-        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
-
-
-def _signal_and_wait(procs: list[psutil.Process], sig: int, wait_s: float) -> list[psutil.Process]:
-    for proc in procs:
-        with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
-            proc.send_signal(sig)
-    deadline = time.monotonic() + wait_s
-    while True:
-        left = [p for p in procs if _running(p)]
-        if not left or time.monotonic() > deadline:
-            return left
-        time.sleep(0.1)
 
 
 def _buckets(procs: list[psutil.Process]) -> list[list[psutil.Process]]:
