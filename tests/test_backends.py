@@ -89,13 +89,33 @@ def test_options_parse_into_the_entrys_model_with_its_defaults(name):
 def test_an_in_process_backend_answers_the_harness_with_the_interfaces_defaults(name):
     """No isinstance in the harness: an in-process backend drains no sync report and no restart, and the
     iteration records a sync that stayed in the learner's process."""
-    from harness.case import sync_fields, worker_restarts
+    from backends.envs import EnvCost
+    from harness.case import worker_restarts
+    from harness.schedule import Iteration, Scheduled
 
-    backend = create_backend(BackendSpec(name, 1, 2))
-    assert backend.drain_sync_reports() == [] and backend.drain_restarts() == []
-    assert sync_fields(backend) == {"sync_bytes_serialized": 0, "sync_bytes_network": 0, "sync_in_process": True}
-    assert worker_restarts(backend) == []
-    backend.close()  # never started: nothing to release, and no error
+    unstarted = create_backend(BackendSpec(name, 1, 2))
+    assert unstarted.drain_sync_reports() == [] and unstarted.drain_restarts() == []
+    unstarted.close()  # never started: nothing to release, and no error
+    backend = started(BackendSpec(name, 1, 2))
+    try:
+        backend.set_weights(test_weights(), 1)
+        done = Scheduled(
+            sync_s=0.0,
+            collect_s=0.1,
+            train_s=0.0,
+            total_s=0.1,
+            sync_bytes=None,
+            collected=backend.collect(4),
+            stats={},
+            lags=(0,),
+        )
+        record = Iteration.measured(done, index=0, warmup=False, train_wall_s=0.1, steps_trained=4,
+                                    sync_reports=backend.drain_sync_reports(), restarts=worker_restarts(backend),
+                                    env_cost=EnvCost()).record()  # fmt: skip
+    finally:
+        backend.close()
+    sync = {k: record[k] for k in ("sync_bytes_serialized", "sync_bytes_network", "sync_in_process", "worker_restarts")}
+    assert sync == {"sync_bytes_serialized": 0, "sync_bytes_network": 0, "sync_in_process": True, "worker_restarts": []}
 
 
 def test_rules_live_in_the_registry_entry():
