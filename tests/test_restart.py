@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import os
 import signal
+import time
 from pathlib import Path
 
 import gymnasium as gym
@@ -90,7 +91,12 @@ def started(spec: BackendSpec, env: EnvSpec | None = None):
         segments = {shared.shm.name for shared in getattr(backend, "shared", [])}
         backend.close()
     assert wait_for_no_children() == []
-    assert [pid for pid in pids if pid and running(pid)] == []
+    # Ray's actors are its raylet's children, not ours: on a loaded machine they may take a while to go after
+    # close. A leak is one still there when the wait is over.
+    deadline = time.monotonic() + 30
+    while (alive := [pid for pid in pids if pid and running(pid)]) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert alive == []
     assert [name for name in segments if Path("/dev/shm", name.lstrip("/")).exists()] == []
 
 
@@ -188,7 +194,9 @@ def test_worker_that_keeps_dying_fails_the_run_after_max_restarts(name):
 
 @pytest.mark.parametrize("name", BACKENDS)
 def test_hung_worker_is_killed_and_replaced(name):
-    spec = make_spec(name, timeout_s=5)
+    # A deadline that finds the hang soon, yet lets a worker start on a loaded machine (with two busy processes
+    # beside the tests, a Ray actor took more than 5 s to start: the start shares the deadline).
+    spec = make_spec(name, timeout_s=20)
     with started(spec) as backend:
         backend.set_weights(weights(), 0)
         victim = backend.describe()["placement"][0]["pid"]
@@ -197,7 +205,7 @@ def test_hung_worker_is_killed_and_replaced(name):
         assert_whole(backend.collect(64), spec, 64, 1)
         (restart,) = backend.drain_restarts()  # its reason names the 5 s deadline that found the hang (below)
         assert not running(victim)  # killed, not left stopped beside its replacement
-    assert restart.worker == 0 and restart.during == "load weights" and "within 5 s" in restart.reason
+    assert restart.worker == 0 and restart.during == "load weights" and "within 20 s" in restart.reason
 
 
 @pytest.mark.parametrize("name", BACKENDS)
