@@ -10,6 +10,7 @@ fifteen others in a vector env.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from functools import partial
 from typing import Protocol
@@ -36,6 +37,26 @@ class StepResult:
     terminations: np.ndarray  # (k,) bool
     truncations: np.ndarray  # (k,) bool
     final_obs: np.ndarray  # (k, obs_dim) float32, meaningful where an episode ended
+
+
+@dataclass(frozen=True)
+class SamplingSplit:
+    """Where one fragment's sampling time went, on the sampler's own clock (`time.perf_counter`): waiting on
+    env steps, in policy calls, and the rest (the loop's own Python, buffers, bootstrap values). Env time is
+    what the sampler waited for its envs' step to return: for envs in its own process their physics summed,
+    for envs in other processes (gymnasium's AsyncVectorEnv, SB3's SubprocVecEnv, central inference) the
+    slowest env of each step plus the transport of actions and results, for EnvPool its C++ threads' step."""
+
+    env_s: float = 0.0
+    inference_s: float = 0.0
+    total_s: float = 0.0
+
+    @property
+    def other_s(self) -> float:
+        return max(0.0, self.total_s - self.env_s - self.inference_s)
+
+    def __add__(self, other: SamplingSplit) -> SamplingSplit:
+        return SamplingSplit(self.env_s + other.env_s, self.inference_s + other.inference_s, self.total_s + other.total_s)
 
 
 class Stepper(Protocol):
@@ -100,6 +121,8 @@ class FragmentSampler:
         num_envs = len(stepper.env_ids)
         self.running_return = np.zeros(num_envs)
         self.running_length = np.zeros(num_envs, dtype=np.int64)
+        self.last_split = SamplingSplit()
+        """Where the last `sample` call's time went."""
 
     def _act(self, obs: np.ndarray, noise: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         if self.batched:
@@ -109,6 +132,8 @@ class FragmentSampler:
 
     def sample(self, num_steps_per_env: int) -> Rollout:
         """Step every env `num_steps_per_env` times with the policy's current weights."""
+        began = time.perf_counter()
+        env_s = inference_s = 0.0
         T, k, obs_dim = num_steps_per_env, len(self.obs), self.obs.shape[1]
         action = self.noise.action
         obs_buf = np.empty((T, k, obs_dim), np.float32)
@@ -117,9 +142,15 @@ class FragmentSampler:
         term_buf, trunc_buf = np.zeros((T, k), bool), np.zeros((T, k), bool)
         episodes: list[tuple[float, int, int]] = []
         for t in range(T):
-            actions, log_probs, values = self._act(self.obs, self.noise.draw())
-            obs_buf[t], act_buf[t], logp_buf[t], value_buf[t] = self.obs, actions, log_probs, values
+            noise = self.noise.draw()
+            acting = time.perf_counter()
+            actions, log_probs, values = self._act(self.obs, noise)
+            stepping = time.perf_counter()
             step = self.stepper.step(actions)
+            stepped = time.perf_counter()
+            inference_s += stepping - acting
+            env_s += stepped - stepping
+            obs_buf[t], act_buf[t], logp_buf[t], value_buf[t] = self.obs, actions, log_probs, values
             reward_buf[t], term_buf[t], trunc_buf[t] = step.rewards, step.terminations, step.truncations
             self.running_return += step.rewards
             self.running_length += 1
@@ -135,7 +166,7 @@ class FragmentSampler:
             self.obs = step.obs
         episodes.sort(key=lambda episode: episode[2])  # by env id, each env's in the order they ended (Rollout)
         returns, lengths, env_ids = zip(*episodes, strict=True) if episodes else ((), (), ())
-        return Rollout(
+        rollout = Rollout(
             obs=obs_buf,
             actions=act_buf,
             log_probs=logp_buf,
@@ -151,3 +182,5 @@ class FragmentSampler:
             episode_env_ids=np.asarray(env_ids, np.int64),
             policy_version=self.policy.version,
         )
+        self.last_split = SamplingSplit(env_s, inference_s, time.perf_counter() - began)
+        return rollout
