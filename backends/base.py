@@ -154,6 +154,11 @@ class WorkerShare:
     clock_uncertainty_s: Seconds = 0.0
     """How far `start_s` and `ready_s` may be off: 0 on the learner's host (one clock), half the best
     ping-pong round trip for a worker on another node."""
+    env_s: Seconds | None = None
+    """Worker inference: of `compute_s`, the worker's sampler waiting on its envs' steps (null with central inference,
+    where the learner's sampler splits its time)."""
+    inference_s: Seconds | None = None
+    """Worker inference: of `compute_s`, the worker's policy calls."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -186,6 +191,14 @@ class BatchFigures:
     """When the learner asked for the batch (`take`), seconds after it began dispatching the request."""
     joined_s: float | None = None
     """When the learner held the joined rollout, on the same scale."""
+    sample_env_s: Seconds | None = None
+    """Where the batch's sampling time went, on the critical path (`backends.sampling.SamplingSplit`): the sampler
+    waiting on env steps. The sampler is the learner's (in-process backends, central inference) or, with worker
+    inference, the slowest worker's. Null where a backend cannot tell (an older record)."""
+    sample_inference_s: Seconds | None = None
+    """The same sampler's policy calls."""
+    sample_other_s: Seconds | None = None
+    """The rest of its sampling time: the loop's Python, buffers, the framework."""
 
 
 @dataclass(frozen=True)

@@ -128,11 +128,13 @@ def collected_from(rollout: Rollout, replies: list[tuple[FragmentReply, int]], c
             violations += 1  # started before it was asked, or ready after the learner held it: a bad offset
         shares.append(WorkerShare(compute_s=reply.sampled - reply.started, bytes=size, env_cost_s=reply.env_cost.seconds,
                                   env_cost_steps=reply.env_cost.steps, sent_s=sent, start_s=start, ready_s=ready,
-                                  clock_uncertainty_s=slack))  # fmt: skip
+                                  clock_uncertainty_s=slack, env_s=reply.split.env_s,
+                                  inference_s=reply.split.inference_s))  # fmt: skip
         readies.append((ready, slack))
     last_ready = max(ready for ready, _ in readies)
     # Only a worker that may have been ready after the learner asked bounds the transfer with its clock.
     uncertainty = max((slack for ready, slack in readies if ready + slack > asked), default=0.0)
+    slowest = max(replies, key=lambda reply_size: reply_size[0].sampled - reply_size[0].started)[0]
     return Collected(
         rollout,
         worker_compute_s=max(share.compute_s for share in shares),
@@ -146,6 +148,7 @@ def collected_from(rollout: Rollout, replies: list[tuple[FragmentReply, int]], c
         joined_s=joined,
         workers=tuple(shares),
         env_cost=sum((reply.env_cost for reply, _ in replies), EnvCost()),
+        **slowest.split.figures(),  # the critical path: the learner waited for this worker
     )
 
 
@@ -277,6 +280,7 @@ class RemoteBackend(Backend):
             clock_violations=0,
             workers=shares,
             env_cost=sum(stepper.env_cost, EnvCost()),
+            **self.sampler.last_split.figures(),
         )
 
     def describe(self) -> dict[str, Any]:

@@ -58,6 +58,10 @@ class SamplingSplit:
     def __add__(self, other: SamplingSplit) -> SamplingSplit:
         return SamplingSplit(self.env_s + other.env_s, self.inference_s + other.inference_s, self.total_s + other.total_s)
 
+    def figures(self) -> dict[str, float]:
+        """Its `BatchFigures` fields, for a backend's `Collected`."""
+        return {"sample_env_s": self.env_s, "sample_inference_s": self.inference_s, "sample_other_s": self.other_s}
+
 
 class Stepper(Protocol):
     """Something that steps a fixed set of envs in lockstep."""
@@ -75,7 +79,7 @@ class EnvBlock:
     def __init__(self, spec: EnvSpec, env_ids: np.ndarray, seed: int) -> None:
         self.env_ids = np.asarray(env_ids, dtype=np.int64)
         self.seed = seed
-        self.vec = SyncVectorEnv([partial(make_env, spec)] * len(self.env_ids), autoreset_mode=AUTORESET_MODE)
+        self.vec = SyncVectorEnv([partial(make_env, spec, int(i), seed) for i in self.env_ids], autoreset_mode=AUTORESET_MODE)
         self.action_space = self.vec.single_action_space
         self.action = distribution_of(self.action_space)
 

@@ -38,7 +38,7 @@ class VecEnvBackend(Backend):
     def take(self) -> Collected:
         # In-process: the sampling happens here, in the learner's thread (no overlap possible).
         rollout = self.sampler.sample(self.requests.popleft())
-        return Collected(rollout, fragment_versions=(rollout.policy_version,))
+        return Collected(rollout, fragment_versions=(rollout.policy_version,), **self.sampler.last_split.figures())
 
     def close(self) -> None:
         if self.block is not None:

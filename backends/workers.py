@@ -26,7 +26,7 @@ from algorithms.rollout import Rollout
 from backends.base import BackendSpec, PolicySpec
 from backends.envs import STEP_COST_METER, EnvCost, EnvSpec
 from backends.host import usable_cpus
-from backends.sampling import EnvBlock, FragmentSampler, NoiseSource, StepResult
+from backends.sampling import EnvBlock, FragmentSampler, NoiseSource, SamplingSplit, StepResult
 
 
 class WorkerError(RuntimeError):
@@ -58,6 +58,8 @@ class FragmentReply:
     """Synthetic step cost this fragment's envs paid."""
     message_bytes: int = 0
     """Serialized size of this reply, where the worker measures it (Ray); 0 where the learner does (pipes)."""
+    split: SamplingSplit = SamplingSplit()
+    """Where the worker's sampling time went."""
 
 
 @dataclass(frozen=True)
@@ -116,7 +118,8 @@ class RolloutWorker:
         started = time.perf_counter()
         fragment = self.sampler.sample(steps_per_env)
         sampled = time.perf_counter()
-        return FragmentReply(fragment, started, sampled, sampled, STEP_COST_METER.reading() - cost_before)
+        return FragmentReply(fragment, started, sampled, sampled, STEP_COST_METER.reading() - cost_before,
+                             split=self.sampler.last_split)  # fmt: skip
 
     def reset(self) -> np.ndarray:
         return self.block.reset()

@@ -93,7 +93,7 @@ class CaseRun:
     def _deadline(self, steps: int) -> float:
         if self.measure.iteration_timeout_s:
             return self.measure.iteration_timeout_s
-        deadline = default_deadline(steps, self.case.env.step_cost_ms, self.case.backend.workers)
+        deadline = default_deadline(steps, self.case.env.worst_step_cost_ms, self.case.backend.workers)
         return deadline + self.case.backend.settings.restart_room_s(RESTART_STARTUP_S)
 
     def _expired(self, what: str) -> None:
@@ -111,7 +111,8 @@ class CaseRun:
         # Imported here, not at the top: nothing a sampling worker imports may pull torch in (issue 13).
         import torch
 
-        threads = self.measure.torch_threads or psutil.cpu_count(logical=False) or 1
+        asked = self.case.torch_threads if self.case.torch_threads is not None else self.measure.torch_threads
+        threads = asked or psutil.cpu_count(logical=False) or 1
         torch.set_num_threads(threads)
         threadpool_limits(threads, user_api="blas")  # numpy's inference in this process (central, vecenv, eval)
         self.result["torch_threads"] = threads
@@ -193,7 +194,7 @@ class CaseRun:
             self._deadline(episodes * EPISODE_STEPS) if not self.measure.iteration_timeout_s else self.measure.iteration_timeout_s
         )
         with self.watchdog.phase(f"the evaluation after {learner.steps_trained:,} steps", deadline):
-            returns = evaluate(policy, lambda: make_env(dataclasses.replace(self.case.env, step_cost_ms=0.0)),
+            returns = evaluate(policy, lambda: make_env(dataclasses.replace(self.case.env, step_cost_ms=0.0, reset_cost_ms=0.0)),
                                evaluation_seeds(self.seed, episodes))  # fmt: skip
         seconds = time.perf_counter() - started
         return dataclasses.asdict(

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from harness.stats import geometric_mean, mean, pooled_mean, pooled_share, total
 
 if TYPE_CHECKING:
@@ -121,6 +123,37 @@ def _straggler_ms(case: CaseStats, it: Record) -> float | None:
     """The slowest worker's sampling time minus the fastest's, in ms: how long the fastest waited for the batch."""
     compute = [w["compute_s"] for w in it.get("workers") or []]
     return 1000 * (max(compute) - min(compute)) if compute else None
+
+
+def _fragment_quantile(q: float) -> Callable[[CaseStats, Record], float | None]:
+    """Per iteration, quantile `q` (numpy's linear interpolation) of the workers' fragment times, in ms."""
+
+    def quantile(case: CaseStats, it: Record) -> float | None:
+        compute = [w["compute_s"] for w in it.get("workers") or []]
+        return 1000 * float(np.quantile(compute, q)) if compute else None
+
+    return quantile
+
+
+def _wait_on_slowest_ms(case: CaseStats, it: Record) -> float | None:
+    """How much later the last fragment was ready than the median one, in ms: what the learner waited beyond the
+    typical worker for the slowest (ready times where recorded, on the learner's clock; else sampling times)."""
+    workers = it.get("workers") or []
+    ready = [w["ready_s"] if w.get("ready_s") is not None else w["compute_s"] for w in workers]
+    return 1000 * (max(ready) - float(np.median(ready))) if ready else None
+
+
+def _sampling_part(key: str) -> Callable[[CaseStats, Record], tuple[float, float] | None]:
+    """(this part's seconds, the sampler's seconds) of one iteration: the parts of a pooled share."""
+
+    def part(case: CaseStats, it: Record) -> tuple[float, float] | None:
+        parts = [it.get(k) for k in SAMPLING_PARTS]
+        return (0.0, 0.0) if None in parts else (it[key], sum(parts))  # an iteration without the split adds nothing
+
+    return part
+
+
+SAMPLING_PARTS = ("sample_env_s", "sample_inference_s", "sample_other_s")
 
 
 def _phase(phase: str) -> Callable[[CaseStats, Record], tuple[float, float]]:
@@ -260,6 +293,35 @@ METRICS: dict[str, Metric] = {
         applies=_remote,
         recorded_by=("iteration", "workers"),  # per-worker times since version 3
     ),
+    **{
+        f"fragment_{name}_ms": Metric(
+            {"en": f"Fragment time {name} over workers (ms, mean)", "zh": f"各工作器片段时间 {name}（毫秒，平均）"},
+            "ms",
+            pooled_mean,
+            per_iteration=_fragment_quantile(q),
+            applies=_remote,
+            recorded_by=("iteration", "workers"),
+        )
+        for name, q in (("p50", 0.5), ("p99", 0.99), ("max", 1.0))
+    },
+    "wait_on_slowest_ms": Metric(
+        {"en": "Wait on the slowest (ms, mean)", "zh": "等待最慢工作器（毫秒，平均）"},
+        "ms",
+        pooled_mean,
+        per_iteration=_wait_on_slowest_ms,
+        applies=_remote,
+        recorded_by=("iteration", "workers"),
+    ),
+    **{
+        f"sampling_{part}_share": Metric(
+            {"en": f"Sampling: {label} %", "zh": f"采样：{zh}占比（%）"},
+            "fraction",
+            pooled_share,
+            per_iteration=_sampling_part(f"sample_{part}_s"),
+            recorded_by=("iteration", "sample_env_s"),  # since version 5 (issue 21)
+        )
+        for part, label, zh in (("env", "env step", "环境步进"), ("inference", "inference", "推理"), ("other", "rest", "其他"))
+    },
     "env_cost_ms": Metric(
         {"en": "Env cost per step (ms, set → measured mean)", "zh": "每步环境开销（毫秒，设定 → 实测平均）"},
         "ms",

@@ -10,7 +10,7 @@ those, and the report shows them as "not recorded". A figure kept but measured d
 line in `caveats`, which `compare` and the report print. `migrated_from` is the file's own version.
 
 Versions, by the commits that wrote them (tests/fixtures/runs/ holds a run of each version's last commit):
-1: 481cf1b..fe5de4c^; 2: fe5de4c..627bf98^; 3: 627bf98..6766c94^; 4: 6766c94 on.
+1: 481cf1b..fe5de4c^; 2: fe5de4c..627bf98^; 3: 627bf98..6766c94^; 4: 6766c94..issue 21^; 5: issue 21 on.
 """
 
 from __future__ import annotations
@@ -163,6 +163,29 @@ def update_to_4(record: Record) -> None:
     for path, part in _each(record, "parts", []):
         if "iteration_timeout_s" not in _table(part, "measure", path):
             _not_recorded(record, "$.parts[*].measure.iteration_timeout_s")
+
+
+# --- version 4 -> 5 ---------------------------------------------------------------------------------
+
+ENV_COSTS_SINCE_5 = {"step_cost_distribution": "constant", "step_cost_cv": 0.0, "slow_env_fraction": 0.0,
+                     "slow_env_factor": 1.0, "reset_cost_ms": 0.0}  # fmt: skip
+"""The env cost model's keys (issue 21), at the values that mean what a version-4 cost was: constant, the same
+for every env, nothing on reset."""
+SPLIT_SINCE_5 = ("sample_env_s", "sample_inference_s", "sample_other_s")
+
+
+@_step(5)
+def update_to_5(record: Record) -> None:
+    """Version 4 -> 5 (issue 21: env costs that vary, where sampling time goes): a version-4 step cost was the
+    same constant for every env and every step, with no reset cost, so the cost model's keys are filled exactly.
+    Sampling's split into env step, inference and the rest was not measured: not recorded."""
+    for path, case in _cases(record):
+        env = _table(case, "env", path)
+        for key, value in ENV_COSTS_SINCE_5.items():
+            env.setdefault(key, value)
+        case.setdefault("torch_threads", None)  # every case then ran with its part's [measure] torch_threads
+    _not_recorded(record, *(f"$.cases[*].runs[*].iterations[*].{key}" for key in SPLIT_SINCE_5))
+    _not_recorded(record, *(f"$.cases[*].runs[*].iterations[*].workers[*].{key}" for key in ("env_s", "inference_s")))
 
 
 # --- reading an old record, naming the path of what it lacks ----------------------------------------

@@ -41,7 +41,7 @@ from harness.case import Evaluation, Memory
 from harness.schedule import Iteration
 from harness.suite import CaseConfig, MeasureConfig
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 """The version of the record's layout. `load_run` brings an older record forward to it (harness/migrations.py)
 and refuses a newer one. 2: iterations time one learner phase (`train_s`) and keep the learner's
 statistics as a named map (issue 8). 3: bytes are measured serialized sizes, not formulas; times are on

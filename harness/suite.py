@@ -135,6 +135,8 @@ class CaseConfig:
     """The research report's figures for this case (names from harness.names.CLAIM_NAMES), shown beside ours."""
     algorithm: AlgorithmSpec = AlgorithmSpec()
     """The learner that trains the case, and its device."""
+    torch_threads: int | None = None
+    """The learner's intra-op threads for this case (0: one per physical core); null: the part's `[measure]` setting."""
 
 
 @dataclass(frozen=True)
@@ -249,6 +251,7 @@ class QuickSweep(TypedDict, total=False):
     envs_per_worker: OneOrMany[Positive]
     inference: OneOrMany[Literal[INFERENCE_MODES]]
     schedule: OneOrMany[Literal[SCHEDULES]]
+    torch_threads: OneOrMany[Annotated[int, Ge(0)]]
 
 
 @dataclass(frozen=True)
@@ -263,6 +266,9 @@ class CaseTable:
     inference: OneOrMany[Literal[INFERENCE_MODES]] = ("worker",)
     schedule: OneOrMany[Literal[SCHEDULES]] = ("sync",)
     max_lag: Annotated[int, Ge(1)] = 1
+    torch_threads: OneOrMany[Annotated[int, Ge(0)]] = ()
+    """The learner's intra-op threads, swept like `workers` (ray-project/ray#25277: torch's threads against the
+    workers' cores); empty: the part's `[measure] torch_threads`."""
     label: str = ""
     """The case's name in tables (default: made from the backend and the settings it changes)."""
     options: dict[str, Any] = field(default_factory=dict)
@@ -545,7 +551,8 @@ def _quick_keeps(check: _Checker, table: CaseTable, case: CaseConfig, loc: Loc) 
     if isinstance(table.quick, bool):
         return table.quick
     chosen = {"workers": case.backend.workers, "envs_per_worker": case.backend.envs_per_worker,
-              "inference": case.backend.inference, "schedule": case.backend.schedule}  # fmt: skip
+              "inference": case.backend.inference, "schedule": case.backend.schedule,
+              "torch_threads": case.torch_threads}  # fmt: skip
     keep = True
     for key, values in table.quick.items():
         swept = getattr(table, key)
@@ -617,17 +624,19 @@ def _expand_case(
     algorithm = _algorithm(check, table.algorithm, base_algorithm, (*loc, "algorithm"))
     label = table.label or _default_label(table.backend, data)
     cases = []
-    sweep = itertools.product(table.workers, table.envs_per_worker, table.inference, table.schedule)
-    for n_workers, n_envs, mode, schedule in sweep:
+    sweep = itertools.product(table.workers, table.envs_per_worker, table.inference, table.schedule, table.torch_threads or (None,))
+    for n_workers, n_envs, mode, schedule, threads in sweep:
         spec = BackendSpec(table.backend, n_workers, n_envs, mode, dict(options), schedule, table.max_lag)
         case_label = label if len(table.inference) == 1 or "label" in data else f"{label}/{mode}"
         if schedule == "overlap" and (len(table.schedule) > 1 or "label" not in data):
             case_label += " overlap" + (f" lag {table.max_lag}" if table.max_lag > 1 else "")
+        if threads is not None and (len(table.torch_threads) > 1 or "label" not in data):
+            case_label += f" torch {threads or 'cores'}"
         case_id = f"{part}/{case_label}/w{n_workers}xe{n_envs}"
         if ppo.steps_per_iteration % spec.num_envs:
             check.fail(loc, f"case {case_id}: steps_per_iteration {ppo.steps_per_iteration} does not split over "
                             f"{spec.num_envs} envs; choose envs that divide it")  # fmt: skip
-        cases.append(CaseConfig(case_id, part, case_label, spec, env, ppo, preset, dict(table.claims), algorithm))
+        cases.append(CaseConfig(case_id, part, case_label, spec, env, ppo, preset, dict(table.claims), algorithm, threads))
     return cases
 
 
@@ -640,6 +649,12 @@ def _default_label(backend: str, data: dict[str, Any]) -> str:
     env = data.get("env", {})
     if env.get("step_cost_ms"):
         label += f" +{env['step_cost_ms']}ms {env.get('step_cost_kind', 'sleep')}"
+        if env.get("step_cost_distribution", "constant") != "constant":
+            label += f" {env['step_cost_distribution']} cv{env.get('step_cost_cv', 0)}"
+        if env.get("slow_env_fraction"):
+            label += f" {env['slow_env_fraction']:g} x{env.get('slow_env_factor', 1):g}"
+    if env.get("reset_cost_ms"):
+        label += f" reset {env['reset_cost_ms']}ms"
     algorithm = data.get("algorithm", {})
     label += "".join(f" {algorithm[key]}" for key in ("name", "device") if key in algorithm)
     return label

@@ -116,6 +116,32 @@ def test_straggler_spread_is_the_mean_over_iterations_of_slowest_minus_fastest_w
     assert case_stats(case, THROUGHPUT, cpus=8)["straggler_ms"] == pytest.approx(np.mean(spreads))
 
 
+def test_fragment_spread_and_the_wait_on_the_slowest_against_numbers_worked_by_hand():
+    case = _case(runs=2, iterations=1)
+    for run in case["runs"]:
+        for it in run["iterations"]:
+            # Fragment times 10..50 ms; the last worker ready 7 ms after the median one (3 ms).
+            it["workers"] = [{"compute_s": c / 1000, "ready_s": r / 1000} for c, r in zip((10, 20, 30, 40, 50), (1, 2, 3, 4, 10))]
+    got = case_stats(case, THROUGHPUT, cpus=8)
+    # Linear interpolation over 5 ordered values: p50 is the 3rd; p99 sits at 0.99 * 4 = 3.96, 96% of the way from 40 to 50.
+    assert got["fragment_p50_ms"] == pytest.approx(30.0)
+    assert got["fragment_p99_ms"] == pytest.approx(49.6)
+    assert got["fragment_max_ms"] == pytest.approx(50.0)
+    assert got["wait_on_slowest_ms"] == pytest.approx(7.0)
+
+
+def test_sampling_split_shares_pool_each_part_over_the_samplers_time():
+    case = _case(runs=1, iterations=2)
+    measured = case["runs"][0]["iterations"][1:]
+    for it, (env, inference, other) in zip(measured, ((0.6, 0.3, 0.1), (0.2, 0.1, 0.1)), strict=True):
+        it |= {"sample_env_s": env, "sample_inference_s": inference, "sample_other_s": other}
+    case["runs"][0]["iterations"][0] |= {"sample_env_s": 9.0, "sample_inference_s": 9.0, "sample_other_s": 9.0}  # warm-up
+    got = case_stats(case, THROUGHPUT, cpus=8)
+    assert got["sampling_env_share"] == pytest.approx(0.8 / 1.4)  # (0.6 + 0.2) / (1.0 + 0.4)
+    assert got["sampling_inference_share"] == pytest.approx(0.4 / 1.4)
+    assert got["sampling_other_share"] == pytest.approx(0.2 / 1.4)
+
+
 def test_a_metric_that_does_not_apply_is_none():
     central = case_stats(_case(inference="central"), THROUGHPUT, cpus=8)
     assert central["sync_ms"] is None and central["sync_share"] is None and central["transfer_ms"] is not None

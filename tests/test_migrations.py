@@ -15,9 +15,10 @@ from typing import Any
 
 import pytest
 
+from backends.envs import EnvSpec
 from harness import migrations
 from harness.errors import HarnessError
-from harness.migrations import MEASURED_SINCE_3, update_to_2, update_to_3, update_to_4
+from harness.migrations import MEASURED_SINCE_3, update_to_2, update_to_3, update_to_4, update_to_5
 from harness.records import SCHEMA_VERSION
 from harness.report import write_report
 from harness.results import RUN_FILE, load_run
@@ -263,6 +264,24 @@ def test_update_to_4_names_a_missing_deadline_of_early_version_3_not_recorded(tm
     assert update_to_4(early)["not_recorded"] == ["$.parts[*].measure.iteration_timeout_s"]
     (tmp_path / RUN_FILE).write_text(json.dumps(early))
     assert "iteration_timeout_s" not in load_run(tmp_path)["parts"][0]["measure"]
+
+
+@pytest.mark.parametrize("suite", SUITES)
+def test_update_to_5_fills_the_constant_cost_model_and_leaves_the_sampling_split_unrecorded(suite):
+    old = raw(4, suite)
+    new = update_to_5(old)
+    expected_env = {"step_cost_distribution": "constant", "step_cost_cv": 0.0, "slow_env_fraction": 0.0,
+                    "slow_env_factor": 1.0, "reset_cost_ms": 0.0}  # fmt: skip
+    for case_old, case_new in zip(old["cases"], new["cases"], strict=True):
+        assert case_new["env"] == case_old["env"] | expected_env
+        EnvSpec(**case_new["env"])  # what a version-4 cost meant is a valid cost model today
+    assert "$.cases[*].runs[*].iterations[*].sample_env_s" in new["not_recorded"]
+    assert all(case["torch_threads"] is None for case in new["cases"])
+    for case in new["cases"]:
+        for key in expected_env:
+            del case["env"][key]
+        del case["torch_threads"]
+    assert new == old | {"schema_version": 5, "not_recorded": new["not_recorded"]}
 
 
 def test_a_step_takes_only_the_version_before_it():

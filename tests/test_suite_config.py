@@ -156,6 +156,11 @@ def test_quick_may_not_leave_out_the_baseline_alone(tmp_path):
         (("steps_per_iteration = 64", "steps_per_iteration = 63"), "does not split over 2 envs"),
         (("[measure]", '[env]\nid = "NoSuchEnv-v9"\n[measure]'), "'NoSuchEnv-v9' is not a registered gymnasium env id"),
         (("[measure]", '[env]\nstep_cost_kind = "spin"\n[measure]'), "step_cost_kind must be one of sleep, busy"),
+        (
+            ("[measure]", '[env]\nstep_cost_distribution = "weibull"\n[measure]'),
+            "step_cost_distribution must be one of constant, lognormal, pareto",
+        ),
+        (("[measure]", "[env]\nslow_env_factor = -2.0\n[measure]"), "slow_env_factor must be a finite number >= 1"),
         (('backend = "serial"', 'backend = "serial"\nworkers = 4'), "runs in one process"),
         (("workers = [1, 2]", "workers = [1, 2]\noptions = { adress = 1 }"), "unknown key 'adress'"),
         (
@@ -234,6 +239,17 @@ def test_backend_options_are_checked_by_the_registry_entry(tmp_path, backend, op
     text = str(error.value)
     assert all(m in text for m in messages), text
     assert text.startswith(f"{path}: ") and "\n" not in text
+
+
+def test_torch_threads_is_swept_per_case_and_quick_may_keep_a_subset(tmp_path):
+    text = MINIMAL.replace('backend = "serial"', 'backend = "serial"\ntorch_threads = [1, 0]\nquick = { torch_threads = [1] }')
+    text = text.replace('baseline = "serial"', 'baseline = "serial torch 1"')
+    part = load_suite(write(tmp_path, text)).parts[0]
+    threads = {c.label: c.torch_threads for c in part.cases if c.backend.name == "serial"}
+    assert threads == {"serial torch 1": 1, "serial torch cores": 0}
+    assert [c.torch_threads for c in part.quick().cases if c.backend.name == "serial"] == [1]
+    others = [c.torch_threads for c in part.cases if c.backend.name != "serial"]
+    assert others and set(others) == {None}  # the part's [measure] setting
 
 
 def test_valid_backend_options_load(tmp_path):

@@ -85,14 +85,17 @@ def memory_cell(ctx: TableContext, case: CaseStats) -> str:
 def phases_table(ctx: TableContext) -> tuple[str, list[str]]:
     h = ctx.h
     shares = [f"{phase}_time_share" for phase in ("sync", "collect", "transfer", "train")]
+    split = [f"sampling_{part}_share" for part in ("env", "inference", "other")]
     rows = []
     for c in ctx.cases:
         measured = recorded(ctx, c, "env_cost_ms", num(c["env_cost_ms"], 3))
         cost = f"{c.env_cost_set:g} → {measured}" if c.env_cost_set else ""
-        rows.append([config(c), c.workers, c.schedule, *(pct(c[share]) for share in shares), num(c["iteration_ms"], 1),
+        rows.append([config(c), c.workers, c.schedule, *(pct(c[share]) for share in shares),
+                     *(recorded(ctx, c, part, pct(c[part])) for part in split), num(c["iteration_ms"], 1),
                      num(c["worker_compute_ms"], 1), recorded(ctx, c, "straggler_ms", num(c["straggler_ms"], 1)), cost])  # fmt: skip
-    headers = [h["config"], h["workers"], h["schedule"], *map(ctx.header, shares), ctx.header("iteration_ms"),
-               ctx.header("worker_compute_ms"), ctx.header("straggler_ms"), ctx.header("env_cost_ms")]  # fmt: skip
+    headers = [h["config"], h["workers"], h["schedule"], *map(ctx.header, shares), *map(ctx.header, split),
+               ctx.header("iteration_ms"), ctx.header("worker_compute_ms"), ctx.header("straggler_ms"),
+               ctx.header("env_cost_ms")]  # fmt: skip
     lines = []
     for phase in ("train", "collect", "sync"):
         names = [
@@ -103,6 +106,12 @@ def phases_table(ctx: TableContext) -> tuple[str, list[str]]:
         if names:
             lines.append(f"{phase.capitalize()} dominates the iteration for: {', '.join(names)}.")
     lines.append("Shares are of the summed phase time of all measured iterations of all runs (pooled).")
+    lines.append(
+        "Sampling: of the sampler's own time on the critical path (the learner's for in-process backends and central "
+        "inference; the slowest worker's with worker inference), the share spent waiting on env steps (for envs in other "
+        "processes or EnvPool's threads that wait includes moving actions and results), in policy calls, and the rest "
+        "(the loop's Python, buffers, the framework); pooled over measured iterations."
+    )
     if any(c.schedule == "overlap" for c in ctx.cases):
         lines.append(
             "Shares are of the learner's timeline, which adds up to the wall time under both schedules. Under overlap, "
