@@ -80,6 +80,12 @@ class CaseStats:
     schedule: str = "sync"
     env_cost_set: float = 0.0
     """The synthetic per-step env cost the suite set, ms (0: none)."""
+    env_cost_kind: str = "sleep"
+    """`sleep` or `busy`: whether that cost holds a core."""
+    torch_threads: int | None = None
+    """The learner's intra-op threads the case asked for (null: its part's `[measure]` setting)."""
+    threads: int | None = None
+    """Env threads of a backend that steps its envs on threads (`options.num_threads`); null otherwise."""
     convergence: Convergence | None = None
     claims: dict[str, float] = field(default_factory=dict)
     sampling_key: str = ""
@@ -141,6 +147,14 @@ class CaseStats:
         return self.workers * self.envs_per_worker
 
     @property
+    def layout(self) -> tuple[int, int]:
+        """(parallel units, envs each): workers × envs per worker, or for a tool that runs its envs on threads of the
+        learner's process (EnvPool's `num_threads`) threads × envs per thread."""
+        if self.threads:
+            return self.threads, self.envs // self.threads
+        return self.workers, self.envs_per_worker
+
+    @property
     def parallelism(self) -> int:
         """What a scaling sweep varies: worker processes, or envs for an in-process vector env."""
         return self.workers if self.remote else self.envs
@@ -191,6 +205,9 @@ def case_stats(case: dict[str, Any], part: dict[str, Any], cpus: float, host: st
         runs=runs,
         schedule=backend.get("schedule", "sync"),
         env_cost_set=case["env"].get("step_cost_ms") or 0.0,
+        env_cost_kind=case["env"].get("step_cost_kind") or "sleep",
+        torch_threads=case.get("torch_threads"),
+        threads=backend.get("options", {}).get("num_threads"),
         convergence=_convergence(ok_runs, measure) if measure["mode"] == "convergence" else None,
         claims=case.get("claims", {}),
         sampling_key=sampling_key(case),

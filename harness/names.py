@@ -6,7 +6,7 @@ are imported). The input's format thus never imports the code that draws the out
 Metric names are not here: no suite names a metric, so they live only in their registry (harness/metrics.py).
 """
 
-TABLE_NAMES = ("speed", "phases", "convergence", "scaling", "communication", "overlap")
+TABLE_NAMES = ("speed", "phases", "convergence", "scaling", "communication", "overlap", "which_tool", "crossover", "layout")
 """`[suite] tables`: each a module of harness/report and a line of `harness.report.tables.TABLES`."""
 
 CLAIM_NAMES = (

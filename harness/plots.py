@@ -40,6 +40,8 @@ def render_plots(run: dict[str, Any], run_dir: Path) -> dict[str, list[str]]:
         figures = []
         if any(c.convergence for c in cases):
             figures.append((learning_figure(cases), f"{slug}-learning.png"))
+        if "crossover" in part["tables"]:
+            figures.append((crossover_figure(cases), f"{slug}-crossover.png"))
         if "scaling" in part["tables"]:
             figures.append((scaling_figure(cases, part.get("baseline")), f"{slug}-scaling.png"))
         if any(c["iteration_ms"] for c in cases) and part["measure"]["mode"] == "throughput":
@@ -87,6 +89,33 @@ def scaling_figure(cases: list[CaseStats], baseline_label: str | None) -> plt.Fi
     ax.set(xscale="log", yscale="log", xlabel="workers (vecenv: envs)",
            ylabel=f"speedup vs {base.name if base else 'baseline'}", title="Scaling (ratio of geometric means)")  # fmt: skip
     _legend_outside(ax)
+    return fig
+
+
+def crossover_figure(cases: list[CaseStats]) -> plt.Figure:
+    """Speedup over serial at the same cost against the step cost, one line per tool (its best configuration at
+    each cost), one panel per cost kind; the cost-free point (0 ms) starts every panel's lines."""
+    from harness.report.tools import SERIAL, cost_key, fastest, speedup_over
+
+    kinds = sorted({cost_key(c)[1] for c in cases if cost_key(c)[1]}) or [""]
+    fig, axes = plt.subplots(1, len(kinds), figsize=(6 * len(kinds), 4.5), squeeze=False, sharey=True)
+    for ax, kind in zip(axes[0], kinds, strict=True):
+        keys = sorted({cost_key(c) for c in cases if cost_key(c)[1] in (kind, "")})
+        for tool in sorted({c.backend for c in cases}):
+            points = []
+            for key in keys:
+                at_cost = [c for c in cases if cost_key(c) == key]
+                serial, best = fastest(c for c in at_cost if c.backend == SERIAL), fastest(c for c in at_cost if c.backend == tool)
+                ratio = speedup_over(serial, best) if best else None
+                if ratio is not None:
+                    points.append((key[0], ratio))
+            if points:
+                ax.plot([x for x, _ in points], [y for _, y in points], marker="o", label=tool)
+        ax.axhline(1.0, color="grey", linestyle="--", linewidth=1)
+        ax.set_xscale("symlog", linthresh=0.05)
+        ax.set(xlabel=f"env step cost (ms, {kind or 'none'})", ylabel="speedup over serial (best configuration)",
+               title=f"Crossover: {kind} cost" if kind else "Crossover")  # fmt: skip
+    _legend_outside(axes[0][-1])
     return fig
 
 

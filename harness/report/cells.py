@@ -44,6 +44,13 @@ HEADERS = {
         "steps_sync": "Steps to {threshold:g}, sync (median of seeds)",
         "seconds_sync": "Seconds to {threshold:g}, sync (median)",
         "then_overlap": "…overlap",
+        "env_cost": "Env cost per step",
+        "tool": "Tool",
+        "best_config": "Its fastest configuration",
+        "best_tool": "Fastest configuration",
+        "speedup_vs_serial": "Speedup over serial (95% CI)",
+        "torch_threads": "Torch threads",
+        "best_layout": "Fastest layout",
     },
     "zh": {
         "config": "配置",
@@ -77,6 +84,13 @@ HEADERS = {
         "steps_sync": "达到{threshold:g}分阈值的步数，同步（各种子的中位数）",
         "seconds_sync": "达到{threshold:g}分阈值的秒数，同步（中位数）",
         "then_overlap": "…重叠",
+        "env_cost": "每步环境开销",
+        "tool": "工具",
+        "best_config": "其最快配置",
+        "best_tool": "最快配置",
+        "speedup_vs_serial": "相对串行的加速比（95% 置信区间）",
+        "torch_threads": "Torch 线程数",
+        "best_layout": "最快布局",
     },
 }
 

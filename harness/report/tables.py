@@ -12,6 +12,7 @@ from harness.report.communication import communication_table
 from harness.report.convergence import convergence_table
 from harness.report.scaling import scaling_table
 from harness.report.speed import overlap_table, phases_table, speed_table
+from harness.report.tools import crossover_table, layout_table, which_tool_table
 
 
 @dataclass(frozen=True)
@@ -28,5 +29,8 @@ TABLES: dict[str, Table] = {
     "scaling": Table("Scaling", scaling_table),
     "communication": Table("Communication overhead", communication_table),
     "overlap": Table("What overlap buys", overlap_table),
+    "which_tool": Table("Which tool", which_tool_table),
+    "crossover": Table("Crossover map: the best tool at each env step cost", crossover_table),
+    "layout": Table("Layout: the same envs over workers × envs per worker", layout_table),
 }
 check_registry("tables", TABLES, TABLE_NAMES)
