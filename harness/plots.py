@@ -105,7 +105,10 @@ def crossover_figure(cases: list[CaseStats]) -> plt.Figure:
             points = []
             for key in keys:
                 at_cost = [c for c in cases if cost_key(c) == key]
-                serial, best = fastest(c for c in at_cost if c.backend == SERIAL), fastest(c for c in at_cost if c.backend == tool)
+                serial, best = (
+                    fastest(c for c in at_cost if c.backend == SERIAL),
+                    fastest(c for c in at_cost if c.backend == tool),
+                )
                 ratio = speedup_over(serial, best) if best else None
                 if ratio is not None:
                     points.append((key[0], ratio))

@@ -624,7 +624,9 @@ def _expand_case(
     algorithm = _algorithm(check, table.algorithm, base_algorithm, (*loc, "algorithm"))
     label = table.label or _default_label(table.backend, data)
     cases = []
-    sweep = itertools.product(table.workers, table.envs_per_worker, table.inference, table.schedule, table.torch_threads or (None,))
+    sweep = itertools.product(
+        table.workers, table.envs_per_worker, table.inference, table.schedule, table.torch_threads or (None,)
+    )
     for n_workers, n_envs, mode, schedule, threads in sweep:
         spec = BackendSpec(table.backend, n_workers, n_envs, mode, dict(options), schedule, table.max_lag)
         case_label = label if len(table.inference) == 1 or "label" in data else f"{label}/{mode}"

@@ -121,7 +121,9 @@ def test_fragment_spread_and_the_wait_on_the_slowest_against_numbers_worked_by_h
     for run in case["runs"]:
         for it in run["iterations"]:
             # Fragment times 10..50 ms; the last worker ready 7 ms after the median one (3 ms).
-            it["workers"] = [{"compute_s": c / 1000, "ready_s": r / 1000} for c, r in zip((10, 20, 30, 40, 50), (1, 2, 3, 4, 10))]
+            it["workers"] = [
+                {"compute_s": c / 1000, "ready_s": r / 1000} for c, r in zip((10, 20, 30, 40, 50), (1, 2, 3, 4, 10), strict=True)
+            ]
     got = case_stats(case, THROUGHPUT, cpus=8)
     # Linear interpolation over 5 ordered values: p50 is the 3rd; p99 sits at 0.99 * 4 = 3.96, 96% of the way from 40 to 50.
     assert got["fragment_p50_ms"] == pytest.approx(30.0)

@@ -80,7 +80,9 @@ def crossover_table(ctx: TableContext) -> tuple[str, list[str]]:
         at_cost = [c for c in ctx.cases if cost_key(c) == key]
         serial = _serial_at(ctx.cases, key)
         best = fastest(c for c in at_cost if c.backend != SERIAL)
-        per_tool = [num(speedup_over(serial, b), 2) if (b := fastest(c for c in at_cost if c.backend == t)) else "–" for t in tools]
+        per_tool = [
+            num(speedup_over(serial, b), 2) if (b := fastest(c for c in at_cost if c.backend == t)) else "–" for t in tools
+        ]
         rows.append([cost_label(key), value(serial["fps"]) if serial else "n/a", config(best) if best else "n/a",
                      num(speedup_over(serial, best), 2) if best else "n/a", *per_tool])  # fmt: skip
     headers = [h["env_cost"], f"serial {ctx.header('fps')}", h["best_tool"], h["speedup_vs_serial"], *tools]
