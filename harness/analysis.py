@@ -236,14 +236,17 @@ def _busy_per_host(
     """CPU-busy processes on each host against the CPUs usable there (known for the learner's host, and
     for worker hosts that reported theirs). Workers whose env mostly sleeps (a synthetic sleep cost)
     wait rather than contend: they do not count. The learner counts when it samples (in-process
-    backends, central inference); while remote workers sample, it waits."""
+    backends, central inference); while remote workers sample, it waits. A tool whose envs live in
+    processes of their own (gymnasium's AsyncVectorEnv, SB3's SubprocVecEnv: their placement lists
+    them) adds those; one that steps them on threads of the learner's process (EnvPool) its threads."""
     backend = case["backend"]
     learner_host = host or "learner host"
     env = case["env"]
     sleeping = (env.get("step_cost_ms") or 0) > 0 and env.get("step_cost_kind") == "sleep"
-    if not is_remote(backend["name"]):
-        return {learner_host: (1, cpus)}
     placement = max(placements, key=len, default=[])
+    if not is_remote(backend["name"]):
+        threads = (backend.get("options") or {}).get("num_threads") or 0
+        return {learner_host: (max(1, threads) + (0 if sleeping else len(placement)), cpus)}
     counts: Counter[str] = Counter()
     capacity: dict[str, float | None] = {learner_host: cpus}
     if placement:

@@ -55,6 +55,25 @@ def test_sleeping_workers_are_not_cpu_contention():
     assert not case_stats(_case("busy", 2), part, cpus=2).oversubscribed
 
 
+def test_env_processes_and_env_threads_of_an_in_process_tool_count_as_busy():
+    """gymnasium's AsyncVectorEnv and SB3's SubprocVecEnv run an env per process (their placement lists them);
+    EnvPool steps envs on `num_threads` threads of the learner's process."""
+    part = {"measure": {"mode": "throughput"}}
+    env_processes = [{"pid": 100 + i} for i in range(8)]
+
+    def tool(kind: str, options: dict, placement: list) -> dict:
+        case = _case(kind, 1) | {"runs": [{"status": "ok", "backend": {"placement": placement},
+                                           "iterations": [{"warmup": False, "steps": 1, "total_s": 1.0}]}]}  # fmt: skip
+        case["backend"] = case["backend"] | {"name": "vecenv", "envs_per_worker": 8, "inference": "central", "options": options}
+        return case
+
+    busy = case_stats(tool("busy", {}, env_processes), part, cpus=2)
+    assert busy.oversubscribed and busy.busy_per_host["learner host"] == (9, 2)  # 8 env processes + the learner
+    assert not case_stats(tool("sleep", {}, env_processes), part, cpus=2).oversubscribed
+    assert case_stats(tool("busy", {"num_threads": 4}, []), part, cpus=2).busy_per_host["learner host"] == (4, 2)
+    assert not case_stats(tool("busy", {}, []), part, cpus=2).oversubscribed  # vecenv: the learner alone
+
+
 def test_usable_cpus_is_the_affinity_mask_at_most():
     import os
 

@@ -76,8 +76,9 @@ def speed_table(ctx: TableContext) -> tuple[str, list[str]]:
 
 
 def memory_cell(ctx: TableContext, case: CaseStats) -> str:
-    """A worker's memory, or why there is none: in-process backends have no worker process."""
-    if not case.remote:
+    """A worker's memory, or why there is none: in-process backends have no worker process (but a tool whose envs
+    each live in a process of their own, gymnasium's AsyncVectorEnv or SB3's SubprocVecEnv, shows those)."""
+    if not case.remote and case["worker_pss_mib"] is None:
         return "n/a: in-process"
     return recorded(ctx, case, "worker_pss_mib", num(case["worker_pss_mib"], 0))
 
