@@ -20,7 +20,7 @@ transitions (so column j is env j whenever no env fell short, as under Pendulum'
 and a column left short is filled with the surplus of other envs, in env id order. Where a column holds
 the end of one env's piece and the start of another's, the cut is marked as a truncation with
 `final_values` = V(the piece's next obs): for GAE (algorithms/gae.py) exactly a bootstrap with nothing
-propagated across. Transitions stepped beyond the request (at most one batch of envs) carry over, in
+propagated across. Transitions stepped beyond the request (fewer than num_envs) carry over, in
 order, to the head of the next request; they were sampled with the weights held then, and their stored
 log-probs are that policy's, which is what PPO's ratio needs.
 """
