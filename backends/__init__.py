@@ -22,6 +22,7 @@ from typing import Annotated, Any, Literal
 from annotated_types import Gt, Predicate
 
 from backends.base import Backend, BackendSpec
+from backends.envs import EnvSpec
 
 # --- options: what a suite may set in a case's `options` table, per backend -------------------------
 # Frozen dataclasses whose defaults are the backend's defaults, with `annotated_types` constraints:
@@ -88,6 +89,15 @@ class RayClusterOptions(WaitOptions):
 
 
 @dataclass(frozen=True)
+class EnvPoolOptions(NoOptions):
+    num_threads: Annotated[int, Gt(0)] | None = None
+    """EnvPool's C++ threads that step the envs (default: EnvPool's own choice)."""
+    batch_size: Annotated[int, Gt(0)] | None = None
+    """Envs the learner acts on at once: all of them (default: sync mode, every env in lockstep), or a divisor of
+    the env count (async mode: whichever envs EnvPool has ready, so a slow env holds back no other)."""
+
+
+@dataclass(frozen=True)
 class BackendEntry:
     """How to find a backend, what a suite may set for it, and how the conformance tests run it."""
 
@@ -110,6 +120,12 @@ class BackendEntry:
     cluster: bool = False
     """Runs on an existing Ray cluster found by its `address`; its conformance tests need the `ray_cluster`
     fixture's cluster (marked `ray_cluster`)."""
+    same_envs_as_gymnasium: bool = True
+    """Steps gymnasium's envs, made by `backends.envs.make_env`: with the same seeds they sample what `vecenv`
+    samples, take gymnasium kwargs and the synthetic step cost. False: the backend brings its own env
+    implementations (EnvPool's C++ envs), so the conformance tests that need gymnasium's skip it."""
+    env_check: str | None = None
+    """`module:function` that raises ValueError, one line, for an env this backend cannot run (`check_env`)."""
     conformance: tuple[tuple[str, int, int], ...] = (("worker", 1, 4),)
     """What tests/test_backends.py runs it with: (inference mode, workers, envs per worker), 4 envs in
     all, every inference mode at least once."""
@@ -153,6 +169,10 @@ class BackendEntry:
             )
         if not self.multi_worker and spec.workers != 1:
             raise ValueError(f"backend '{name}' runs in one process: set workers = 1 and sweep 'envs_per_worker' instead")
+        batch_size = spec.options.get("batch_size")
+        if isinstance(batch_size, int) and batch_size > 0 and spec.num_envs % batch_size:
+            raise ValueError(f"options.batch_size {batch_size} does not divide the {spec.num_envs} envs; choose a divisor "
+                             "(or leave it out: all envs at once)")  # fmt: skip
         if not {"on_worker_failure", "max_restarts"} & spec.options.keys():
             return
         if not self.remote:
@@ -164,6 +184,14 @@ class BackendEntry:
             raise ValueError(CENTRAL_REFUSES_RESTART)
         if "max_restarts" in spec.options and not restart:
             raise ValueError('options.max_restarts applies only with on_worker_failure = "restart"; set that, or remove it')
+
+    def check_env(self, env: EnvSpec) -> None:
+        """Raise ValueError, one line, if this backend cannot run `env` (its `env_check`, imported only now). The
+        suite calls it for every case, after the env itself is checked."""
+        # Without its dependency the backend cannot run at all: that is said where it is created, not here.
+        if self.env_check is not None and (self.needs is None or importlib.util.find_spec(self.needs) is not None):
+            module_name, function = self.env_check.split(":")
+            getattr(importlib.import_module(module_name), function)(env)
 
 
 REGISTRY: dict[str, BackendEntry] = {
@@ -202,6 +230,17 @@ REGISTRY: dict[str, BackendEntry] = {
         schedules=("sync", "overlap"),
         cluster=True,
         conformance=(("worker", 2, 2), ("central", 2, 2)),
+    ),
+    "envpool": BackendEntry(
+        "backends.envpool_backend:EnvPoolBackend",
+        "EnvPool's C++ thread pool steps N envs; batched inference in the learner's process",
+        inference_modes=("central",),
+        options_model=EnvPoolOptions,
+        multi_worker=False,
+        needs="envpool",
+        same_envs_as_gymnasium=False,
+        env_check="backends.envpool_backend:check_env",
+        conformance=(("central", 1, 4),),
     ),
 }
 

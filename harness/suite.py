@@ -619,7 +619,12 @@ def _expand_case(
     """Every case of one `[[cases]]` table (`data` is the table as written, for its default label)."""
     typed = check.validate(REGISTRY[table.backend].options_model, table.options, (*loc, f"options ({table.backend})"))
     options = {key: getattr(typed, key) for key in table.options}  # as given (and coerced): the record keeps these
-    env = _env(check, table.env, base_env, (*loc, "env") if table.env else ("env",))  # where the env was set
+    env_loc = (*loc, "env") if table.env else ("env",)  # where the env was set
+    env = _env(check, table.env, base_env, env_loc)
+    try:  # the backend's own rules on the env (EnvPool runs only its own envs)
+        REGISTRY[table.backend].check_env(env)
+    except ValueError as error:
+        check.fail(env_loc, str(error))
     preset, ppo = _ppo(check, table.ppo, base_preset, base_ppo, (*loc, "ppo"))
     algorithm = _algorithm(check, table.algorithm, base_algorithm, (*loc, "algorithm"))
     label = table.label or _default_label(table.backend, data)

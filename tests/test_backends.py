@@ -63,6 +63,12 @@ def _param(config):
 PARAMS = [_param(c) for c in CONFIGS]
 
 
+def needs_gymnasium_envs(config) -> None:
+    """Skip a test that needs the backend to step gymnasium's own envs (its registry entry says whether it does)."""
+    if not REGISTRY[config[0]].same_envs_as_gymnasium:
+        pytest.skip(f"{config[0]} steps its own env implementations, not gymnasium's (same_envs_as_gymnasium = False)")
+
+
 @pytest.mark.parametrize("name", REGISTRY)
 def test_every_backend_and_mode_is_covered(name):
     entry = REGISTRY[name]
@@ -93,10 +99,11 @@ def test_an_in_process_backend_answers_the_harness_with_the_interfaces_defaults(
     from harness.case import worker_restarts
     from harness.schedule import Iteration, Scheduled
 
-    unstarted = create_backend(BackendSpec(name, 1, 2))
+    mode = REGISTRY[name].inference_modes[0]
+    unstarted = create_backend(BackendSpec(name, 1, 2, mode))
     assert unstarted.drain_sync_reports() == [] and unstarted.drain_restarts() == []
     unstarted.close()  # never started: nothing to release, and no error
-    backend = started(BackendSpec(name, 1, 2))
+    backend = started(BackendSpec(name, 1, 2, mode))
     try:
         backend.set_weights(test_weights(), 1)
         done = Scheduled(
@@ -137,7 +144,8 @@ def make_spec(config, request, **options) -> BackendSpec:
     name, workers, envs, inference = config
     if REGISTRY[name].cluster:
         options["address"] = request.getfixturevalue("ray_cluster_address")
-    return BackendSpec(name, workers, envs, inference, {"timeout_s": 60, **options})
+    waits = {"timeout_s": 60} if "timeout_s" in REGISTRY[name].options else {}  # backends with workers to wait on
+    return BackendSpec(name, workers, envs, inference, {**waits, **options})
 
 
 def test_weights(policy: PolicySpec = POLICY) -> np.ndarray:
@@ -285,6 +293,7 @@ def test_close_leaves_no_worker_process(config, request):
 
 @pytest.mark.parametrize("config", PARAMS)
 def test_env_exception_reaches_caller_naming_the_worker(config, request):
+    needs_gymnasium_envs(config)  # a broken env is made with gymnasium kwargs
     spec = make_spec(config, request)
     broken = dataclasses.replace(ENV, kwargs={"g": "not a number"})  # Pendulum fails inside step()
     backend = started(spec, broken)
@@ -327,6 +336,17 @@ def test_communication_figures_are_measured_and_add_up(config, request):
     clock's uncertainty), and a 2 ms sleep cost measures what the envs really slept: at least 2 ms a step, and
     no more than the time it was measured in (a sleep on a loaded machine may take any longer: no bound in ms)."""
     spec = make_spec(config, request)
+    if not REGISTRY[spec.name].same_envs_as_gymnasium:  # its own envs take no step cost: the figures alone
+        backend = started(spec)
+        try:
+            backend.set_weights(test_weights(), 1)
+            collected = backend.collect(32)
+        finally:
+            backend.close()
+        assert collected.rollout.num_steps == 32 and spec.name not in REMOTE
+        assert collected.env_cost is None and collected.workers == () and collected.dispatch_s is None
+        assert collected.transfer_s is None and collected.transfer_bytes is None
+        return
     backend = started(spec, dataclasses.replace(ENV, step_cost_ms=2.0, step_cost_kind="sleep"))
     try:
         backend.set_weights(test_weights(), 1)
@@ -396,6 +416,7 @@ def test_sampling_workers_never_import_torch(config, request):
 @pytest.mark.parametrize("config", PARAMS)
 def test_same_rollout_as_vecenv(config, workload, request, references):
     """vecenv itself is checked against serial: the same envs and noise, one policy call per env step."""
+    needs_gymnasium_envs(config)  # other dynamics and seeding sample other rollouts
     actual = collect_twice(make_spec(config, request), WORKLOADS[workload])
     if workload == "pendulum":
         assert actual[1].truncations.any(), "the fragments should cross the 200-step time limit"

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from backends import REGISTRY
 from harness.errors import HarnessError
 from harness.suite import CaseConfig, MeasureConfig, from_json, load_suite, to_json
 from tests.conftest import REPO
@@ -29,6 +30,8 @@ backend = "ray_local"
 workers = [1, 2]
 inference = ["worker", "central"]
 """
+
+NAMES = list(REGISTRY)  # the choices a misspelt backend is shown, in registry order
 
 
 def write(tmp_path: Path, text: str, name: str = "suite.toml") -> Path:
@@ -142,7 +145,7 @@ def test_quick_may_not_leave_out_the_baseline_alone(tmp_path):
         (("iterations = 1", 'iterations = "five"'), "[measure]: 'iterations' must be an integer, got 'five'"),
         (
             ('backend = "serial"', 'backend = "rayy"'),
-            "[[cases]] #1: 'backend' must be 'serial', 'vecenv', 'multiprocessing', 'ray_local' or 'ray_cluster', got 'rayy'",
+            f"[[cases]] #1: 'backend' must be {', '.join(map(repr, NAMES[:-1]))} or {NAMES[-1]!r}, got 'rayy'",
         ),
         (('preset = "report"', 'preset = "fast"'), "unknown preset 'fast'; choose from report, tuned, cartpole"),
         (("steps_per_iteration = 64", "learning_rate = -1.0"), "learning_rate=-1.0"),

@@ -1,0 +1,294 @@
+"""`envpool`: EnvPool's C++ thread pool steps the envs, as itself; the learner infers centrally, batched.
+
+EnvPool (Weng et al. 2022, arXiv:2206.10558) runs its own C++ implementations of the envs on its own
+threads: the third-party sampler plugged in behind the same interface, not rebuilt from our parts
+(STYLE.md, Sample Factory's runners). Two modes, from `options.batch_size`:
+
+- sync (`batch_size` = num_envs, the default): every env steps in lockstep, one policy call per step;
+- async (`batch_size` b dividing num_envs): the learner acts on whichever b envs EnvPool says are ready
+  (`recv`), so one slow env does not hold the rest back.
+
+Semantics. EnvPool autoresets on the *next* step: the step after an episode ends is a reset step (the
+action ignored, reward 0, the new episode's first obs, `elapsed_step` 0). The harness's semantics are
+gymnasium's same-step autoreset (`backends.sampling.AUTORESET_MODE`), so a reset step is not a
+transition here: no action, no reward. The obs EnvPool returns on an episode's last step is that
+episode's last obs, so a truncation bootstraps from V(it) (`final_values`), a termination from nothing.
+
+Packing. Reset steps make per-env transition counts differ, yet a request is exactly `num_steps`
+transitions in a `(T, N)` rollout. Each env's transitions form a stream; column j takes env j's next T
+transitions (so column j is env j whenever no env fell short, as under Pendulum's shared time limit),
+and a column left short is filled with the surplus of other envs, in env id order. Where a column holds
+the end of one env's piece and the start of another's, the cut is marked as a truncation with
+`final_values` = V(the piece's next obs): for GAE (algorithms/gae.py) exactly a bootstrap with nothing
+propagated across. Transitions stepped beyond the request (fewer than num_envs) carry over, in
+order, to the head of the next request; they were sampled with the weights held then, and their stored
+log-probs are that policy's, which is what PPO's ratio needs.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import envpool
+import numpy as np
+
+from algorithms.inference import InferencePolicy
+from algorithms.rollout import Rollout
+from backends import REGISTRY, EnvPoolOptions
+from backends.base import Backend, BackendSpec, Collected, PolicySpec, SyncReport
+from backends.envs import EnvSpec
+from backends.sampling import NoiseSource, SamplingSplit
+
+MAPPED_KWARGS = ("max_episode_steps",)
+"""Env kwargs that mean the same to EnvPool's config as to `gymnasium.make`; no other kwarg does."""
+SHOWN_IDS = ("Pendulum-v1", "CartPole-v1", "Acrobot-v1", "MountainCar-v0", "MountainCarContinuous-v0")
+
+
+def check_env(env: EnvSpec) -> None:
+    """Raise ValueError, one line, for an env EnvPool cannot run as the suite asks (the registry entry's `env_check`)."""
+    ids = envpool.list_all_envs()
+    if env.id not in ids:
+        shown = ", ".join(i for i in SHOWN_IDS if i in ids)
+        raise ValueError(f"EnvPool has no env '{env.id}'; it has {shown}, ... ({len(ids)} in all: envpool.list_all_envs())")
+    if unmapped := sorted(set(env.kwargs) - set(MAPPED_KWARGS)):
+        raise ValueError(f"backend 'envpool' takes EnvPool's own env config, not gymnasium kwargs: remove {', '.join(unmapped)} "
+                         f"(only {', '.join(MAPPED_KWARGS)} maps onto it)")  # fmt: skip
+    if env.step_cost_ms > 0:
+        raise ValueError("backend 'envpool' cannot add a synthetic step cost: its envs step in EnvPool's C++ threads, "
+                         "where the harness runs no code; remove step_cost_ms")  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    """One env step of one env, with what packing needs: the obs after it and the episode it ended, if any."""
+
+    obs: np.ndarray
+    action: np.ndarray
+    log_prob: float
+    value: float
+    reward: float
+    terminated: bool
+    truncated: bool
+    next_obs: np.ndarray
+    """The obs the step returned: the next one, or the ended episode's last (EnvPool resets on the next step)."""
+    episode: tuple[float, int] | None
+    """(return, length) of the episode this step ended."""
+
+
+def pack(lengths: Sequence[int], steps: int) -> list[list[tuple[int, int, int]]]:
+    """Lay streams of `lengths` transitions into columns of `steps`: per column, its pieces `(env, start, stop)`.
+
+    Column j begins with env j's first transitions; short columns take other envs' surplus in env id order.
+    Every env's pieces are a prefix of its stream, so what is left is the tail that carries over.
+    """
+    taken = [min(length, steps) for length in lengths]
+    columns = [[(env, 0, n)] if n else [] for env, n in enumerate(taken)]
+    for column in columns:
+        room = steps - sum(stop - start for _, start, stop in column)
+        for env, length in enumerate(lengths):
+            if room and (spare := min(room, length - taken[env])) > 0:
+                column.append((env, taken[env], taken[env] + spare))
+                taken[env] += spare
+                room -= spare
+        if room:
+            raise ValueError(f"{sum(lengths)} transitions cannot fill {len(lengths)} columns of {steps}")
+    return columns
+
+
+class EnvPoolBackend(Backend):
+    """EnvPool's envs, stepped by its threads in the learner's process; one central policy copy."""
+
+    def __init__(self, spec: BackendSpec) -> None:
+        super().__init__(spec)
+        REGISTRY[spec.name].check(spec)
+        settings = spec.settings
+        assert isinstance(settings, EnvPoolOptions)
+        self.num_threads = settings.num_threads
+        self.batch_size = settings.batch_size or spec.num_envs
+        self.pool = None
+        self.last_split = SamplingSplit()
+        """Where the last fragment's time went: env_s waiting in EnvPool's send and recv, inference_s in policy
+        calls that chose actions (bootstrap values are the rest, as in `FragmentSampler`)."""
+        self.last_layout: list[list[tuple[int, int, int]]] = []
+        """Which env's transitions each column of the last rollout holds, as `pack` laid them (positions in each
+        env's stream at that request): what the rollout alone cannot say, for tests and debugging."""
+
+    def start(self, env: EnvSpec, policy: PolicySpec, seed: int) -> None:
+        check_env(env)
+        n = self.spec.num_envs
+        config = {"max_episode_steps": env.kwargs["max_episode_steps"]} if "max_episode_steps" in env.kwargs else {}
+        if self.num_threads is not None:
+            config["num_threads"] = self.num_threads
+        # env i seeded seed + i, given explicitly rather than trusting EnvPool's default to stay that.
+        with warnings.catch_warnings():  # EnvPool's Box spaces have float64 bounds, which gymnasium warns it casts
+            warnings.simplefilter("ignore", UserWarning)
+            self.pool = envpool.make_gymnasium(
+                env.id, num_envs=n, batch_size=self.batch_size, seed=seed, env_seed=[seed + i for i in range(n)], **config
+            )
+            obs_shape, self.action_space = self.pool.observation_space.shape, self.pool.action_space  # made when first asked
+        if obs_shape != (policy.obs_dim,):
+            raise ValueError(f"EnvPool's '{env.id}' observes {obs_shape}, the policy ({policy.obs_dim},)")
+        self.policy = InferencePolicy(policy)
+        self.noise = NoiseSource(np.arange(n), seed, policy.action)
+        self.obs = np.zeros((n, policy.obs_dim), np.float32)
+        self.resetting = np.zeros(n, bool)
+        """The env's last step ended an episode, so its next one is EnvPool's reset step."""
+        self.pending: dict[int, tuple[np.ndarray, np.ndarray, float, float]] = {}
+        """Per env in flight on a real step: the obs, action, log-prob and value it was sent with."""
+        self.episode_return, self.episode_length = np.zeros(n), np.zeros(n, np.int64)
+        self.streams: list[list[Transition]] = [[] for _ in range(n)]
+        self.pool.async_reset()
+        for _ in range(n // self.batch_size):  # recv hands back batch_size envs at a time
+            obs, *_, info = self.pool.recv()
+            self.obs[info["env_id"]] = obs
+
+    def set_weights(self, weights: np.ndarray, version: int, wait: bool = True) -> SyncReport:
+        # Nothing is in flight between requests: loading now is always "before the next fragment".
+        self.policy.load_flat(weights, version)
+        return SyncReport(bytes_sent=None)
+
+    def submit(self, num_steps: int) -> None:
+        self.requests.append(self.steps_per_env(num_steps))
+
+    def take(self) -> Collected:
+        began = time.perf_counter()
+        steps = self.requests.popleft()
+        need = steps * self.spec.num_envs - sum(map(len, self.streams))
+        env_s, inference_s = self._step_until(need) if need > 0 else (0.0, 0.0)
+        rollout = self._pack(steps)
+        self.last_split = SamplingSplit(env_s, inference_s, time.perf_counter() - began)
+        return Collected(rollout, fragment_versions=(rollout.policy_version,))
+
+    def _step_until(self, need: int) -> tuple[float, float]:
+        """Step envs until the streams hold `need` more transitions; returns (env_s, inference_s).
+
+        Whole batches only: recv waits for exactly batch_size envs, so every env that comes back is sent again
+        (or none is); once the real steps sent reach `need`, nothing more is sent and the in-flight ones are
+        drained, so no env steps while the learner trains.
+        """
+        env_s = inference_s = 0.0
+        ready, in_flight, promised = np.arange(self.spec.num_envs), 0, 0
+        while True:
+            if promised < need:
+                acting = time.perf_counter()
+                actions = self._act(ready)
+                sending = time.perf_counter()
+                self.pool.send(actions, ready.astype(np.int32))
+                env_s += time.perf_counter() - sending
+                inference_s += sending - acting
+                promised += int((~self.resetting[ready]).sum())
+                in_flight += len(ready)
+            if not in_flight:
+                return env_s, inference_s
+            waiting = time.perf_counter()
+            obs, rewards, terminations, truncations, info = self.pool.recv()
+            env_s += time.perf_counter() - waiting
+            ready = info["env_id"].astype(np.int64)
+            in_flight -= len(ready)
+            self._record(ready, obs, rewards, terminations, truncations, info["elapsed_step"])
+
+    def _act(self, ready: np.ndarray) -> np.ndarray:
+        """The env actions for `ready`, from one policy call over those not due a reset step (whose action
+        EnvPool ignores: they get a placeholder and draw no noise)."""
+        action = self.noise.action
+        raw = np.zeros((len(ready), *action.action_shape), action.action_dtype)
+        acting = np.flatnonzero(~self.resetting[ready])
+        if len(acting):
+            ids = ready[acting]
+            noise = np.stack([action.draw_noise(self.noise.generators[i]) for i in ids])
+            raw[acting], log_probs, values = self.policy.act(self.obs[ids], noise)
+            for k, i in enumerate(ids):
+                self.pending[int(i)] = (self.obs[i].copy(), raw[acting[k]].copy(), float(log_probs[k]), float(values[k]))
+        return action.to_env(raw, self.action_space)
+
+    def _record(self, ready, obs, rewards, terminations, truncations, elapsed) -> None:  # noqa: ANN001 - EnvPool's arrays
+        for k, i in enumerate(ready.tolist()):
+            if self.resetting[i]:
+                # A check on our reading of EnvPool: a newer EnvPool that reset in the same step would break it.
+                if elapsed[k] != 0:
+                    raise RuntimeError(f"EnvPool env {i} did not reset on the step after its episode ended")
+                self.resetting[i] = False
+            else:
+                obs_i, act_i, log_prob, value = self.pending.pop(i)
+                self.episode_return[i] += rewards[k]
+                self.episode_length[i] += 1
+                ended = bool(terminations[k] or truncations[k])
+                episode = (float(self.episode_return[i]), int(self.episode_length[i])) if ended else None
+                self.streams[i].append(Transition(obs_i, act_i, log_prob, value, float(rewards[k]), bool(terminations[k]),
+                                                  bool(truncations[k]), obs[k].astype(np.float32), episode))  # fmt: skip
+                if ended:
+                    self.resetting[i] = True
+                    self.episode_return[i], self.episode_length[i] = 0.0, 0
+            self.obs[i] = obs[k]
+
+    def _pack(self, steps: int) -> Rollout:
+        """The streams' next `steps * num_envs` transitions as a rollout (module docstring: packing)."""
+        n, action = self.spec.num_envs, self.noise.action
+        obs = np.empty((steps, n, self.obs.shape[1]), np.float32)
+        actions = np.empty((steps, n, *action.action_shape), action.action_dtype)
+        log_probs, values, rewards, final_values = (np.zeros((steps, n), np.float32) for _ in range(4))
+        terminations, truncations = np.zeros((steps, n), bool), np.zeros((steps, n), bool)
+        bootstrap: list[tuple[int, int, np.ndarray]] = []  # (row, column, obs) whose value goes to final_values
+        last_obs = np.empty_like(self.obs)
+        episodes: list[tuple[int, int, float, int]] = []  # (env, stream position, return, length)
+        columns = self.last_layout = pack([len(s) for s in self.streams], steps)
+        for j, pieces in enumerate(columns):
+            row = 0
+            for env, start, stop in pieces:
+                for position in range(start, stop):
+                    tr = self.streams[env][position]
+                    obs[row, j], actions[row, j], log_probs[row, j], values[row, j] = tr.obs, tr.action, tr.log_prob, tr.value
+                    rewards[row, j], terminations[row, j], truncations[row, j] = tr.reward, tr.terminated, tr.truncated
+                    if tr.episode is not None:
+                        episodes.append((env, position, *tr.episode))
+                    if tr.truncated and not tr.terminated:
+                        bootstrap.append((row, j, tr.next_obs))
+                    row += 1
+                last = self.streams[env][stop - 1]
+                if row == steps:
+                    last_obs[j] = last.next_obs  # the column's last row: `last_values` bootstraps it
+                elif not (last.terminated or last.truncated):  # a cut: bootstrapped like a truncation
+                    truncations[row - 1, j] = True
+                    bootstrap.append((row - 1, j, last.next_obs))
+        consumed = [0] * n
+        for pieces in columns:
+            for env, _, stop in pieces:
+                consumed[env] = max(consumed[env], stop)
+        self.streams = [stream[used:] for stream, used in zip(self.streams, consumed, strict=True)]
+        if bootstrap:
+            rows, cols, next_obs = zip(*bootstrap, strict=True)
+            final_values[list(rows), list(cols)] = self.policy.value(np.stack(next_obs))
+        episodes.sort()  # by env id, each env's in the order they ended (Rollout)
+        return Rollout(
+            obs=obs,
+            actions=actions,
+            log_probs=log_probs,
+            values=values,
+            rewards=rewards,
+            terminations=terminations,
+            truncations=truncations,
+            final_values=final_values,
+            last_values=self.policy.value(last_obs).astype(np.float32),
+            env_ids=np.arange(n, dtype=np.int64),
+            episode_returns=np.asarray([e[2] for e in episodes], np.float64),
+            episode_lengths=np.asarray([e[3] for e in episodes], np.int64),
+            episode_env_ids=np.asarray([e[0] for e in episodes], np.int64),
+            policy_version=self.policy.version,
+        )
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.close()
+            self.pool = None
+
+    def describe(self) -> dict:
+        return super().describe() | {
+            "transport": "in-process (EnvPool C++ threads)",
+            "mode": "sync" if self.batch_size == self.spec.num_envs else "async",
+            "num_threads": self.num_threads,
+            "batch_size": self.batch_size,
+            "envpool_version": envpool.__version__,
+        }
