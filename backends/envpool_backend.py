@@ -56,9 +56,9 @@ def check_env(env: EnvSpec) -> None:
     if unmapped := sorted(set(env.kwargs) - set(MAPPED_KWARGS)):
         raise ValueError(f"backend 'envpool' takes EnvPool's own env config, not gymnasium kwargs: remove {', '.join(unmapped)} "
                          f"(only {', '.join(MAPPED_KWARGS)} maps onto it)")  # fmt: skip
-    if env.step_cost_ms > 0:
-        raise ValueError("backend 'envpool' cannot add a synthetic step cost: its envs step in EnvPool's C++ threads, "
-                         "where the harness runs no code; remove step_cost_ms")  # fmt: skip
+    if env.has_cost:
+        raise ValueError("backend 'envpool' cannot add a synthetic step or reset cost: its envs step in EnvPool's C++ "
+                         "threads, where the harness runs no code; remove step_cost_ms and reset_cost_ms")  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,7 +160,7 @@ class EnvPoolBackend(Backend):
         env_s, inference_s = self._step_until(need) if need > 0 else (0.0, 0.0)
         rollout = self._pack(steps)
         self.last_split = SamplingSplit(env_s, inference_s, time.perf_counter() - began)
-        return Collected(rollout, fragment_versions=(rollout.policy_version,))
+        return Collected(rollout, fragment_versions=(rollout.policy_version,), **self.last_split.figures())
 
     def _step_until(self, need: int) -> tuple[float, float]:
         """Step envs until the streams hold `need` more transitions; returns (env_s, inference_s).
