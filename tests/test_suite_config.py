@@ -142,7 +142,7 @@ def test_quick_may_not_leave_out_the_baseline_alone(tmp_path):
         (("iterations = 1", 'iterations = "five"'), "[measure]: 'iterations' must be an integer, got 'five'"),
         (
             ('backend = "serial"', 'backend = "rayy"'),
-            "[[cases]] #1: 'backend' must be 'serial', 'vecenv', 'multiprocessing', 'ray_local' or 'ray_cluster', got 'rayy'",
+            "[[cases]] #1: 'backend' must be 'serial', 'vecenv', 'gym_async', 'sb3_subproc', 'multiprocessing', 'ray_local' or 'ray_cluster', got 'rayy'",
         ),
         (('preset = "report"', 'preset = "fast"'), "unknown preset 'fast'; choose from report, tuned, cartpole"),
         (("steps_per_iteration = 64", "learning_rate = -1.0"), "learning_rate=-1.0"),
@@ -156,7 +156,7 @@ def test_quick_may_not_leave_out_the_baseline_alone(tmp_path):
         (("steps_per_iteration = 64", "steps_per_iteration = 63"), "does not split over 2 envs"),
         (("[measure]", '[env]\nid = "NoSuchEnv-v9"\n[measure]'), "'NoSuchEnv-v9' is not a registered gymnasium env id"),
         (("[measure]", '[env]\nstep_cost_kind = "spin"\n[measure]'), "step_cost_kind must be one of sleep, busy"),
-        (('backend = "serial"', 'backend = "serial"\nworkers = 4'), "runs in one process"),
+        (('backend = "serial"', 'backend = "serial"\nworkers = 4'), "is one vector env, stepped by the learner"),
         (("workers = [1, 2]", "workers = [1, 2]\noptions = { adress = 1 }"), "unknown key 'adress'"),
         (
             ("[measure]", '[algorithm]\nname = "a2c"\n[measure]'),
