@@ -103,6 +103,8 @@ class SubprocBlock:
     def __init__(self, spec: EnvSpec, env_ids: np.ndarray, seed: int, start_method: str) -> None:
         self.env_ids = np.asarray(env_ids, dtype=np.int64)
         self.seed = seed
+        self.broken = False
+        """A call to SB3 found an env's pipe closed: SB3's own close can no longer be used."""
         self.reports = Path(tempfile.mkdtemp(prefix="sb3_subproc-"))
         """Where each env writes the exception that ends its process: env-<i>.pickle."""
         fns = [ReportingEnvFn(spec, self.reports / f"env-{int(i)}.pickle") for i in self.env_ids]
@@ -143,6 +145,7 @@ class SubprocBlock:
         try:
             return method(*args, **kwargs)
         except (EOFError, BrokenPipeError, ConnectionResetError) as broken:
+            self.broken = True
             raise self._failure() from broken
 
     def _failure(self) -> BaseException:
@@ -162,9 +165,12 @@ class SubprocBlock:
     def close(self) -> None:
         vec = self.vec
         try:
-            vec.close()
+            # SB3's close waits for every env to answer, and for a step it was waiting on: after a broken pipe some
+            # answers were read and one never comes, so it would wait forever. Then the processes are ended below.
+            if not self.broken:
+                vec.close()
         except (EOFError, OSError):
-            pass  # an env process is gone: SB3's close expects every one to answer; the rest are ended below
+            pass  # an env process went while closing
         finally:
             for process in vec.processes:  # all joined already, unless an env's process broke SB3's close
                 if process.is_alive():
