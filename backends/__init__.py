@@ -98,6 +98,23 @@ class EnvPoolOptions(NoOptions):
 
 
 @dataclass(frozen=True)
+class GymAsyncOptions(NoOptions):
+    shared_memory: bool = True
+    """Observations come back through shared memory, as gymnasium's AsyncVectorEnv does by default; false: pickled
+    through each env's pipe with the rest of its step."""
+    context: Literal["forkserver", "spawn"] = "forkserver"
+    """How the env processes start (gymnasium's `context`). Not fork: the learner holds torch's threads, and a fork
+    after OpenMP use can deadlock."""
+
+
+@dataclass(frozen=True)
+class SB3SubprocOptions(NoOptions):
+    start_method: Literal["forkserver", "spawn", "fork"] = "forkserver"
+    """How SB3 starts the env processes (its `start_method`; forkserver is its own default). fork is SB3's, offered
+    as it is, with its risk: a fork after the learner's OpenMP use can deadlock (SB3 issue #217)."""
+
+
+@dataclass(frozen=True)
 class BackendEntry:
     """How to find a backend, what a suite may set for it, and how the conformance tests run it."""
 
@@ -168,7 +185,8 @@ class BackendEntry:
                 "schedule 'overlap' needs inference = \"worker\": with central inference the learner does the sampling"
             )
         if not self.multi_worker and spec.workers != 1:
-            raise ValueError(f"backend '{name}' runs in one process: set workers = 1 and sweep 'envs_per_worker' instead")
+            raise ValueError(f"backend '{name}' is one vector env, stepped by the learner: set workers = 1 and sweep "
+                             "'envs_per_worker' instead")  # fmt: skip
         batch_size = spec.options.get("batch_size")
         if isinstance(batch_size, int) and batch_size > 0 and spec.num_envs % batch_size:
             raise ValueError(f"options.batch_size {batch_size} does not divide the {spec.num_envs} envs; choose a divisor "
@@ -200,6 +218,25 @@ REGISTRY: dict[str, BackendEntry] = {
     ),
     "vecenv": BackendEntry(
         "backends.vecenv:VecEnvBackend", "N envs in one process, batched policy inference", multi_worker=False
+    ),
+    # Third-party samplers run as themselves (the tool's own vector env, its own processes and autoreset), with the
+    # learner's policy batching every env's step: one vector env, so one worker and a sweep over its envs.
+    "gym_async": BackendEntry(
+        "backends.gym_async:GymAsyncBackend",
+        "gymnasium's AsyncVectorEnv: one subprocess per env, batched inference in the learner",
+        inference_modes=("central",),
+        options_model=GymAsyncOptions,
+        multi_worker=False,
+        conformance=(("central", 1, 4),),
+    ),
+    "sb3_subproc": BackendEntry(
+        "backends.sb3_subproc:SB3SubprocBackend",
+        "Stable-Baselines3's SubprocVecEnv: one subprocess per env, batched inference in the learner",
+        inference_modes=("central",),
+        options_model=SB3SubprocOptions,
+        multi_worker=False,
+        needs="stable_baselines3",
+        conformance=(("central", 1, 4),),
     ),
     "multiprocessing": BackendEntry(
         "backends.multiprocessing_backend:MultiprocessingBackend",

@@ -11,12 +11,14 @@ fifteen others in a vector env.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Protocol
 
+import gymnasium as gym
 import numpy as np
-from gymnasium.vector import AutoresetMode, SyncVectorEnv
+from gymnasium.vector import AutoresetMode, SyncVectorEnv, VectorEnv
 
 from algorithms.distributions import Distribution, distribution_of
 from algorithms.inference import InferencePolicy
@@ -73,13 +75,22 @@ class Stepper(Protocol):
     def step(self, actions: np.ndarray) -> StepResult: ...
 
 
-class EnvBlock:
-    """Envs `env_ids` in one process, a gymnasium `SyncVectorEnv` with same-step autoreset."""
+VectorEnvClass = Callable[..., VectorEnv]
+"""A gymnasium vector env's constructor: `(env_fns, autoreset_mode=...) -> VectorEnv`."""
 
-    def __init__(self, spec: EnvSpec, env_ids: np.ndarray, seed: int) -> None:
+
+class EnvBlock:
+    """Envs `env_ids` as one gymnasium vector env with same-step autoreset: a `SyncVectorEnv` in this process
+    by default, or any other of gymnasium's vector envs (`gym_async` passes `AsyncVectorEnv`, one subprocess
+    per env), read the same way: one stepper, so every backend built on it returns the same rollout. `make` makes
+    one env from the spec (`make_env`, or one that wraps it: it must be picklable for a vector env in subprocesses)."""
+
+    def __init__(self, spec: EnvSpec, env_ids: np.ndarray, seed: int, vector: VectorEnvClass = SyncVectorEnv,
+                 make: Callable[[EnvSpec], gym.Env] = make_env) -> None:  # fmt: skip
         self.env_ids = np.asarray(env_ids, dtype=np.int64)
         self.seed = seed
-        self.vec = SyncVectorEnv([partial(make_env, spec, int(i), seed) for i in self.env_ids], autoreset_mode=AUTORESET_MODE)
+        env_fns: Sequence[Callable[[], gym.Env]] = [partial(make, spec, int(i), seed) for i in self.env_ids]
+        self.vec = vector(env_fns, autoreset_mode=AUTORESET_MODE)
         self.action_space = self.vec.single_action_space
         self.action = distribution_of(self.action_space)
 

@@ -164,7 +164,7 @@ def test_quick_may_not_leave_out_the_baseline_alone(tmp_path):
             "step_cost_distribution must be one of constant, lognormal, pareto",
         ),
         (("[measure]", "[env]\nslow_env_factor = -2.0\n[measure]"), "slow_env_factor must be a finite number >= 1"),
-        (('backend = "serial"', 'backend = "serial"\nworkers = 4'), "runs in one process"),
+        (('backend = "serial"', 'backend = "serial"\nworkers = 4'), "is one vector env, stepped by the learner"),
         (("workers = [1, 2]", "workers = [1, 2]\noptions = { adress = 1 }"), "unknown key 'adress'"),
         (
             ("[measure]", '[algorithm]\nname = "a2c"\n[measure]'),
@@ -369,3 +369,33 @@ def test_table_and_claim_names_are_the_registries_keys():
     from harness.report import CLAIMS, TABLES
 
     assert tuple(TABLES) == TABLE_NAMES and tuple(CLAIMS) == CLAIM_NAMES
+
+
+TOOL_SUITE = """
+[ppo]
+steps_per_iteration = 64
+[[cases]]
+backend = "{backend}"
+{settings}
+"""
+
+
+@pytest.mark.parametrize("backend", ["gym_async", "sb3_subproc"])
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ('inference = "central"\nworkers = 2', "is one vector env, stepped by the learner: set workers = 1 and sweep 'envs_per_worker'"),
+        ('inference = "worker"', "has no inference mode 'worker'; choose central"),
+        ("", "has no inference mode 'worker'; choose central"),  # the suite's default inference is the workers'
+    ],
+)  # fmt: skip
+def test_a_tool_backend_is_one_vector_env_with_central_inference(tmp_path, backend, settings, message):
+    path = write(tmp_path, TOOL_SUITE.format(backend=backend, settings=settings))
+    with pytest.raises(HarnessError) as error:
+        load_suite(path)
+    text = str(error.value)
+    assert f"backend '{backend}' {message}" in text and text.startswith(f"{path}: ") and "\n" not in text
+    (case,) = load_suite(
+        write(tmp_path, TOOL_SUITE.format(backend=backend, settings='inference = "central"\nenvs_per_worker = 4'))
+    ).cases
+    assert (case.backend.workers, case.backend.num_envs, case.backend.inference) == (1, 4, "central")
