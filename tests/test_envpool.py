@@ -290,7 +290,7 @@ def test_an_envpool_case_loads(tmp_path):
         ("env = { step_cost_ms = 2.0 }", "cannot add a synthetic step or reset cost"),
         ("env = { reset_cost_ms = 2.0 }", "cannot add a synthetic step or reset cost"),
         ("options = { batch_size = 3 }", "batch_size 3 does not divide the 4 envs"),
-        ("workers = 2\nenvs_per_worker = 2", "runs in one process"),
+        ("workers = 2\nenvs_per_worker = 2", "is one vector env, stepped by the learner"),
         ('inference = "worker"', "has no inference mode 'worker'; choose central"),
     ],
 )

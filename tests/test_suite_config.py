@@ -121,7 +121,10 @@ def test_a_part_quick_leaves_out_and_a_quick_that_keeps_nothing_is_refused(tmp_p
             "quick = { workers = [4] }",
             "[[cases]] #2 quick: 'workers' [4] is not in the table's workers [1, 2]; quick keeps a subset",
         ),
-        ("quick = { worker = [1] }", "unknown key 'worker'; valid keys: envs_per_worker, inference, schedule, torch_threads, workers"),
+        (
+            "quick = { worker = [1] }",
+            "unknown key 'worker'; valid keys: envs_per_worker, inference, schedule, torch_threads, workers",
+        ),
         ('quick = "yes"', "quick"),
     ],
 )
