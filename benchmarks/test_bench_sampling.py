@@ -30,6 +30,10 @@ CONFIGS = [
     ("ray_local", 2, 4, "central"),
     ("ray_cluster", 2, 4, "worker"),
     ("ray_cluster", 2, 4, "central"),
+    # The samplers people choose between, run as themselves (issue 21): the same 8 envs, central inference.
+    ("gym_async", 1, 8, "central"),
+    ("sb3_subproc", 1, 8, "central"),
+    ("envpool", 1, 8, "central"),
 ]
 # Rounds per config: a round of `serial` or Ray central inference takes about half a second here.
 ROUNDS = 5
