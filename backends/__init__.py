@@ -74,6 +74,10 @@ class MultiprocessingOptions(WaitOptions):
     """How worker processes start: one of the methods this platform offers. forkserver: children fork from a
     clean server that imported the worker code once, so they start fast without inheriting the learner's
     threads (fork after OpenMP use can deadlock)."""
+    batch_size: Annotated[int, Gt(0)] | None = None
+    """Central inference: envs the learner acts on at once. All of them (default: lockstep, every env each step), or
+    fewer (async, EnvPool's mode on our processes: whichever workers' envs are ready, so a slow env holds back no
+    other); a whole number of workers' envs that divides the env count."""
 
 
 @dataclass(frozen=True)
@@ -188,9 +192,16 @@ class BackendEntry:
             raise ValueError(f"backend '{name}' is one vector env, stepped by the learner: set workers = 1 and sweep "
                              "'envs_per_worker' instead")  # fmt: skip
         batch_size = spec.options.get("batch_size")
-        if isinstance(batch_size, int) and batch_size > 0 and spec.num_envs % batch_size:
-            raise ValueError(f"options.batch_size {batch_size} does not divide the {spec.num_envs} envs; choose a divisor "
-                             "(or leave it out: all envs at once)")  # fmt: skip
+        if isinstance(batch_size, int) and batch_size > 0:
+            if spec.num_envs % batch_size:
+                raise ValueError(f"options.batch_size {batch_size} does not divide the {spec.num_envs} envs; choose a "
+                                 "divisor (or leave it out: all envs at once)")  # fmt: skip
+            if spec.inference != "central":
+                raise ValueError('options.batch_size needs inference = "central": the learner acts on the envs that are '
+                                 "ready, so it must hold the policy")  # fmt: skip
+            if self.remote and batch_size % spec.envs_per_worker:
+                raise ValueError(f"options.batch_size {batch_size} is not a multiple of envs_per_worker "
+                                 f"{spec.envs_per_worker}: a worker's envs step together")  # fmt: skip
         if not {"on_worker_failure", "max_restarts"} & spec.options.keys():
             return
         if not self.remote:

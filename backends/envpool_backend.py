@@ -15,32 +15,24 @@ transition here: no action, no reward. The obs EnvPool returns on an episode's l
 episode's last obs, so a truncation bootstraps from V(it) (`final_values`), a termination from nothing.
 
 Packing. Reset steps make per-env transition counts differ, yet a request is exactly `num_steps`
-transitions in a `(T, N)` rollout. Each env's transitions form a stream; column j takes env j's next T
-transitions (so column j is env j whenever no env fell short, as under Pendulum's shared time limit),
-and a column left short is filled with the surplus of other envs, in env id order. Where a column holds
-the end of one env's piece and the start of another's, the cut is marked as a truncation with
-`final_values` = V(the piece's next obs): for GAE (algorithms/gae.py) exactly a bootstrap with nothing
-propagated across. Transitions stepped beyond the request (fewer than num_envs) carry over, in
-order, to the head of the next request; they were sampled with the weights held then, and their stored
-log-probs are that policy's, which is what PPO's ratio needs.
+transitions in a `(T, N)` rollout: each env's transitions form a stream, packed into columns with carry-over
+by `backends.streams` (its docstring says how a column is filled and a cut bootstrapped).
 """
 
 from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Sequence
-from dataclasses import dataclass
 
 import envpool
 import numpy as np
 
 from algorithms.inference import InferencePolicy
-from algorithms.rollout import Rollout
 from backends import REGISTRY, EnvPoolOptions
 from backends.base import Backend, BackendSpec, Collected, PolicySpec, SyncReport
 from backends.envs import EnvSpec
 from backends.sampling import NoiseSource, SamplingSplit
+from backends.streams import Layout, StreamRollouts
 
 MAPPED_KWARGS = ("max_episode_steps",)
 """Env kwargs that mean the same to EnvPool's config as to `gymnasium.make`; no other kwarg does."""
@@ -61,43 +53,6 @@ def check_env(env: EnvSpec) -> None:
                          "threads, where the harness runs no code; remove step_cost_ms and reset_cost_ms")  # fmt: skip
 
 
-@dataclass(frozen=True, slots=True)
-class Transition:
-    """One env step of one env, with what packing needs: the obs after it and the episode it ended, if any."""
-
-    obs: np.ndarray
-    action: np.ndarray
-    log_prob: float
-    value: float
-    reward: float
-    terminated: bool
-    truncated: bool
-    next_obs: np.ndarray
-    """The obs the step returned: the next one, or the ended episode's last (EnvPool resets on the next step)."""
-    episode: tuple[float, int] | None
-    """(return, length) of the episode this step ended."""
-
-
-def pack(lengths: Sequence[int], steps: int) -> list[list[tuple[int, int, int]]]:
-    """Lay streams of `lengths` transitions into columns of `steps`: per column, its pieces `(env, start, stop)`.
-
-    Column j begins with env j's first transitions; short columns take other envs' surplus in env id order.
-    Every env's pieces are a prefix of its stream, so what is left is the tail that carries over.
-    """
-    taken = [min(length, steps) for length in lengths]
-    columns = [[(env, 0, n)] if n else [] for env, n in enumerate(taken)]
-    for column in columns:
-        room = steps - sum(stop - start for _, start, stop in column)
-        for env, length in enumerate(lengths):
-            if room and (spare := min(room, length - taken[env])) > 0:
-                column.append((env, taken[env], taken[env] + spare))
-                taken[env] += spare
-                room -= spare
-        if room:
-            raise ValueError(f"{sum(lengths)} transitions cannot fill {len(lengths)} columns of {steps}")
-    return columns
-
-
 class EnvPoolBackend(Backend):
     """EnvPool's envs, stepped by its threads in the learner's process; one central policy copy."""
 
@@ -112,9 +67,7 @@ class EnvPoolBackend(Backend):
         self.last_split = SamplingSplit()
         """Where the last fragment's time went: env_s waiting in EnvPool's send and recv, inference_s in policy
         calls that chose actions (bootstrap values are the rest, as in `FragmentSampler`)."""
-        self.last_layout: list[list[tuple[int, int, int]]] = []
-        """Which env's transitions each column of the last rollout holds, as `pack` laid them (positions in each
-        env's stream at that request): what the rollout alone cannot say, for tests and debugging."""
+        self.rollouts: StreamRollouts | None = None
 
     def start(self, env: EnvSpec, policy: PolicySpec, seed: int) -> None:
         check_env(env)
@@ -138,8 +91,7 @@ class EnvPoolBackend(Backend):
         """The env's last step ended an episode, so its next one is EnvPool's reset step."""
         self.pending: dict[int, tuple[np.ndarray, np.ndarray, float, float]] = {}
         """Per env in flight on a real step: the obs, action, log-prob and value it was sent with."""
-        self.episode_return, self.episode_length = np.zeros(n), np.zeros(n, np.int64)
-        self.streams: list[list[Transition]] = [[] for _ in range(n)]
+        self.rollouts = StreamRollouts(n, policy.obs_dim, policy.action)
         self.pool.async_reset()
         for _ in range(n // self.batch_size):  # recv hands back batch_size envs at a time
             obs, *_, info = self.pool.recv()
@@ -156,9 +108,9 @@ class EnvPoolBackend(Backend):
     def take(self) -> Collected:
         began = time.perf_counter()
         steps = self.requests.popleft()
-        need = steps * self.spec.num_envs - sum(map(len, self.streams))
+        need = steps * self.spec.num_envs - self.rollouts.held
         env_s, inference_s = self._step_until(need) if need > 0 else (0.0, 0.0)
-        rollout = self._pack(steps)
+        rollout = self.rollouts.rollout(steps, self.policy)
         self.last_split = SamplingSplit(env_s, inference_s, time.perf_counter() - began)
         return Collected(rollout, fragment_versions=(rollout.policy_version,), **self.last_split.figures())
 
@@ -213,71 +165,20 @@ class EnvPoolBackend(Backend):
                 self.resetting[i] = False
             else:
                 obs_i, act_i, log_prob, value = self.pending.pop(i)
-                self.episode_return[i] += rewards[k]
-                self.episode_length[i] += 1
-                ended = bool(terminations[k] or truncations[k])
-                episode = (float(self.episode_return[i]), int(self.episode_length[i])) if ended else None
-                self.streams[i].append(Transition(obs_i, act_i, log_prob, value, float(rewards[k]), bool(terminations[k]),
-                                                  bool(truncations[k]), obs[k].astype(np.float32), episode))  # fmt: skip
-                if ended:
-                    self.resetting[i] = True
-                    self.episode_return[i], self.episode_length[i] = 0.0, 0
+                self.rollouts.add(i, obs_i, act_i, log_prob, value, rewards[k], terminations[k], truncations[k], obs[k])
+                # EnvPool's obs on an episode's last step is that episode's last: the stream's next obs as it is.
+                self.resetting[i] = bool(terminations[k] or truncations[k])
             self.obs[i] = obs[k]
 
-    def _pack(self, steps: int) -> Rollout:
-        """The streams' next `steps * num_envs` transitions as a rollout (module docstring: packing)."""
-        n, action = self.spec.num_envs, self.noise.action
-        obs = np.empty((steps, n, self.obs.shape[1]), np.float32)
-        actions = np.empty((steps, n, *action.action_shape), action.action_dtype)
-        log_probs, values, rewards, final_values = (np.zeros((steps, n), np.float32) for _ in range(4))
-        terminations, truncations = np.zeros((steps, n), bool), np.zeros((steps, n), bool)
-        bootstrap: list[tuple[int, int, np.ndarray]] = []  # (row, column, obs) whose value goes to final_values
-        last_obs = np.empty_like(self.obs)
-        episodes: list[tuple[int, int, float, int]] = []  # (env, stream position, return, length)
-        columns = self.last_layout = pack([len(s) for s in self.streams], steps)
-        for j, pieces in enumerate(columns):
-            row = 0
-            for env, start, stop in pieces:
-                for position in range(start, stop):
-                    tr = self.streams[env][position]
-                    obs[row, j], actions[row, j], log_probs[row, j], values[row, j] = tr.obs, tr.action, tr.log_prob, tr.value
-                    rewards[row, j], terminations[row, j], truncations[row, j] = tr.reward, tr.terminated, tr.truncated
-                    if tr.episode is not None:
-                        episodes.append((env, position, *tr.episode))
-                    if tr.truncated and not tr.terminated:
-                        bootstrap.append((row, j, tr.next_obs))
-                    row += 1
-                last = self.streams[env][stop - 1]
-                if row == steps:
-                    last_obs[j] = last.next_obs  # the column's last row: `last_values` bootstraps it
-                elif not (last.terminated or last.truncated):  # a cut: bootstrapped like a truncation
-                    truncations[row - 1, j] = True
-                    bootstrap.append((row - 1, j, last.next_obs))
-        consumed = [0] * n
-        for pieces in columns:
-            for env, _, stop in pieces:
-                consumed[env] = max(consumed[env], stop)
-        self.streams = [stream[used:] for stream, used in zip(self.streams, consumed, strict=True)]
-        if bootstrap:
-            rows, cols, next_obs = zip(*bootstrap, strict=True)
-            final_values[list(rows), list(cols)] = self.policy.value(np.stack(next_obs))
-        episodes.sort()  # by env id, each env's in the order they ended (Rollout)
-        return Rollout(
-            obs=obs,
-            actions=actions,
-            log_probs=log_probs,
-            values=values,
-            rewards=rewards,
-            terminations=terminations,
-            truncations=truncations,
-            final_values=final_values,
-            last_values=self.policy.value(last_obs).astype(np.float32),
-            env_ids=np.arange(n, dtype=np.int64),
-            episode_returns=np.asarray([e[2] for e in episodes], np.float64),
-            episode_lengths=np.asarray([e[3] for e in episodes], np.int64),
-            episode_env_ids=np.asarray([e[0] for e in episodes], np.int64),
-            policy_version=self.policy.version,
-        )
+    @property
+    def streams(self) -> list:
+        """Each env's transitions stepped and not yet in a rollout (`StreamRollouts.streams`)."""
+        return self.rollouts.streams if self.rollouts is not None else []
+
+    @property
+    def last_layout(self) -> Layout:
+        """Which env's transitions each column of the last rollout holds (`StreamRollouts.last_layout`)."""
+        return self.rollouts.last_layout if self.rollouts is not None else []
 
     def close(self) -> None:
         if self.pool is not None:

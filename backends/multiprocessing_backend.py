@@ -7,7 +7,9 @@ them; fragments come back pickled through the pipes. The buffer has
 writes new weights while workers still sample, and a worker may be reading any
 of the last `max_lag + 1` versions, never a slot being written. Central inference:
 actions go out and observations come back through per-worker shared-memory
-arrays; the pipes carry only tiny control messages.
+arrays; the pipes carry only tiny control messages. With `options.batch_size` below
+the env count, central inference is async: the learner acts on whichever workers
+are ready (`backends.async_central`), EnvPool's async mode on our own processes.
 
 Every message is pickled here (protocol 5) and sent with `send_bytes`, so the
 bytes that cross a pipe are counted exactly; shared memory counts the regions
@@ -33,11 +35,12 @@ import numpy as np
 import psutil
 
 from backends import processes
+from backends.async_central import AsyncCentralSampler
 from backends.base import BackendSpec, PolicySpec
 from backends.envs import EnvCost, EnvSpec
 from backends.processes import new_shm_name
 from backends.remote import RemoteBackend
-from backends.sampling import StepResult
+from backends.sampling import FragmentSampler, NoiseSource, StepResult
 from backends.workers import CentralStepper, FragmentReply, RolloutWorker, StepReply, WorkerError, WorkerLost
 
 CLOSE_GRACE_S = 5.0
@@ -165,6 +168,8 @@ class MultiprocessingBackend(RemoteBackend):
         self.conns: list[Any] = []  # Connection; None until its worker starts
         self.shared: list[SharedArrays] = []
         """Every segment, created (and unlinked, on close) by the learner alone."""
+        self.batch_size = self.options.batch_size or spec.num_envs
+        """Envs central inference acts on at once: all of them (lockstep) or fewer (async, whichever are ready)."""
 
     def _launch(self, env: EnvSpec, policy: PolicySpec, seed: int) -> list[dict[str, Any]]:
         method = self.start_method = self.options.start_method
@@ -211,11 +216,14 @@ class MultiprocessingBackend(RemoteBackend):
             out.append(reply)
         return out
 
-    def _gather(self, expected: str, workers: Any) -> dict[int, tuple[tuple, int] | WorkerLost]:
-        """One reply from each of `workers` and its size in bytes, or its loss: it died, or sent nothing within
-        the timeout. A worker that reports an exception raises `WorkerError` at once."""
+    def _gather(self, expected: str, workers: Any, first: bool = False,
+                deadline: float | None = None) -> dict[int, tuple[tuple, int] | WorkerLost]:  # fmt: skip
+        """One reply from each of `workers` and its size in bytes, or its loss: it died, or sent nothing by the
+        deadline (`time.monotonic()`; default: the timeout from now). A worker that reports an exception raises
+        `WorkerError` at once. `first`: return as soon as any of them has replied or is lost (async central
+        inference waits for whichever workers are ready; its deadline is the oldest request's)."""
         replies: dict[int, tuple[tuple, int] | WorkerLost] = {}
-        deadline = time.monotonic() + self.timeout_s
+        deadline = time.monotonic() + self.timeout_s if deadline is None else deadline
         while pending := [i for i in workers if i not in replies]:
             handles = {self.conns[i]: i for i in pending} | {self.procs[i].sentinel: i for i in pending}
             ready = wait(list(handles), timeout=max(0.0, deadline - time.monotonic()))
@@ -240,6 +248,8 @@ class MultiprocessingBackend(RemoteBackend):
                     replies[i] = received
                 elif not (proc := self.procs[i]).is_alive():
                     replies[i] = WorkerLost(i, f"worker {i} (pid {proc.pid}) died with exit code {proc.exitcode}")
+            if first and replies:
+                break
         return replies
 
     def _try_recv(self, i: int) -> tuple[tuple, int] | None:
@@ -322,6 +332,12 @@ class MultiprocessingBackend(RemoteBackend):
     def _central_stepper(self, obs_dim: int) -> CentralStepper:
         return _SharedMemoryStepper(self, obs_dim)
 
+    def _central_sampler(self, noise: NoiseSource) -> FragmentSampler | AsyncCentralSampler:
+        if self.batch_size == self.spec.num_envs:
+            return super()._central_sampler(noise)
+        assert isinstance(self.stepper, _SharedMemoryStepper)
+        return AsyncCentralSampler(self.stepper, self.policy, noise, self.batch_size, self.timeout_s)
+
     def close(self) -> None:
         procs = [proc for proc in self.procs if proc is not None]
         conns = [conn for conn in self.conns if conn is not None]
@@ -345,10 +361,18 @@ class MultiprocessingBackend(RemoteBackend):
             if self.spec.inference == "worker"
             else "actions and step results: per-worker shared-memory arrays; pipes carry control messages only"
         )
-        return super().describe() | {"start_method": self.start_method, "transport": transport, "placement": self.placement}
+        central = {"mode": "sync" if self.batch_size == self.spec.num_envs else "async", "batch_size": self.batch_size}
+        return (
+            super().describe()
+            | {"start_method": self.start_method, "transport": transport, "placement": self.placement}
+            | (central if self.spec.inference == "central" else {})
+        )
 
 
 class _SharedMemoryStepper(CentralStepper):
+    """Central inference's transport: each worker's shared-memory slice plus a control message each way. Lockstep
+    (`step`, every worker at once) or, for `AsyncCentralSampler`, one worker at a time (`send` and `receive_any`)."""
+
     def __init__(self, backend: MultiprocessingBackend, obs_dim: int) -> None:
         super().__init__(backend.spec, obs_dim)
         self.backend = backend
@@ -363,12 +387,44 @@ class _SharedMemoryStepper(CentralStepper):
             shared["actions"][:] = part
         sent = self.backend._send_all(("step",))
         received = self.backend._receive_all("ok")
-        fields = StepResult.__dataclass_fields__
         replies = []
-        for shared, out, (_, back) in zip(self.backend.shared, sent, received, strict=True):
-            cost = EnvCost(float(shared["env_cost_s"][0]), int(shared["env_cost_steps"][0]))
-            reply = StepReply(StepResult(*(shared[f].copy() for f in fields)), float(shared["step_s"][0]), cost)
+        for i, (out, (_, back)) in enumerate(zip(sent, received, strict=True)):
+            reply, written = self._read(i)
             # Shared memory written both ways (the actions, then everything the worker wrote), plus the two messages.
-            written = shared["actions"].nbytes + sum(shared[f].nbytes for f in STEP_OUTPUTS)
-            replies.append((reply, written + out + back))
+            replies.append((reply, self.backend.shared[i]["actions"].nbytes + written + out + back))
         return replies
+
+    def _read(self, worker: int) -> tuple[StepReply, int]:
+        """Worker `worker`'s last step as it wrote it into its shared memory, and the bytes it wrote."""
+        shared = self.backend.shared[worker]
+        cost = EnvCost(float(shared["env_cost_s"][0]), int(shared["env_cost_steps"][0]))
+        reply = StepReply(
+            StepResult(*(shared[f].copy() for f in StepResult.__dataclass_fields__)), float(shared["step_s"][0]), cost
+        )
+        return reply, sum(shared[f].nbytes for f in STEP_OUTPUTS)
+
+    def send(self, worker: int, actions: np.ndarray) -> None:
+        """Hand worker `worker` its envs' actions and ask it to step them (not waited for); counted as transfer."""
+        began = time.perf_counter()
+        shared = self.backend.shared[worker]
+        shared["actions"][:] = actions
+        self.bytes[worker] += shared["actions"].nbytes + self.backend._send(worker, ("step",))
+        self.comm_s += time.perf_counter() - began
+
+    def receive_any(self, workers: list[int], deadline: float) -> list[tuple[int, StepReply]]:
+        """The step replies of whichever of `workers` (oldest request first) are ready, at least one, waiting until
+        `deadline` (`time.monotonic()`) at most; a lost worker raises `WorkerLost` naming it, the oldest first."""
+        replies = self.backend._gather("ok", workers, first=True, deadline=deadline)
+        for reply in replies.values():
+            if isinstance(reply, WorkerLost):
+                raise reply
+        began = time.perf_counter()
+        out = []
+        for worker, (_, back) in replies.items():
+            reply, written = self._read(worker)
+            self.compute_s[worker] += reply.seconds
+            self.bytes[worker] += written + back
+            self.env_cost[worker] += reply.env_cost
+            out.append((worker, reply))
+        self.comm_s += time.perf_counter() - began
+        return out

@@ -183,7 +183,13 @@ class RemoteBackend(Backend):
             self.policy = InferencePolicy(policy)
             self.stepper = self._central_stepper(policy.obs_dim)
             noise = NoiseSource(np.arange(self.spec.num_envs), seed, policy.action)
-            self.sampler = FragmentSampler(self.stepper, self.policy, noise)
+            self.sampler = self._central_sampler(noise)
+
+    def _central_sampler(self, noise: NoiseSource) -> FragmentSampler:
+        """The learner's sampling loop over `self.stepper` for central inference: lockstep, every env each step.
+        A transport may return another loop with the same `sample` and `last_split` that keeps the stepper's
+        counters as `CentralStepper.step` does (`multiprocessing`'s async mode: `backends.async_central`)."""
+        return FragmentSampler(self.stepper, self.policy, noise)
 
     def set_weights(self, weights: np.ndarray, version: int, wait: bool = True) -> SyncReport:
         if self.requests and (wait or self.spec.inference == "central"):
