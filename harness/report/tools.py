@@ -90,12 +90,22 @@ def crossover_table(ctx: TableContext) -> tuple[str, list[str]]:
         "Per step cost (and kind: `busy` holds a core, `sleep` waits like I/O), the fastest configuration of any tool, "
         "and each tool's best speedup over `serial` at that cost (ratio of geometric-mean FPS)."
     ]
+    lines.append("Crossover: the lowest cost from which a tool is measurably faster than vecenv at every larger cost "
+                 "measured (Welch's test on log FPS at 5% and at least a 5% difference).")
     lines += crossover_lines(ctx.cases)
     return table(rows, headers), lines
 
 
+def beats(case: CaseStats, other: CaseStats) -> bool:
+    """Whether `case` is measurably faster than `other`: Welch's test on log FPS at 5% and a difference of at least
+    the harness's effect threshold (harness.stats.compare), not a point estimate that noise could flip."""
+    comparison = compare(other.samples("fps"), case.samples("fps"))
+    return bool(comparison and comparison.significant and comparison.ratio.value > 1)
+
+
 def crossover_lines(cases: list[CaseStats]) -> list[str]:
-    """For each tool and cost kind, the lowest measured cost from which it beats vecenv's best (the crossover)."""
+    """For each tool and cost kind, the lowest measured cost from which it measurably beats vecenv's best at every
+    larger cost measured (the crossover)."""
     lines = []
     for kind in sorted({cost_key(c)[1] for c in cases if cost_key(c)[1]}):
         keys = sorted({cost_key(c) for c in cases if cost_key(c)[1] in (kind, "")})
@@ -105,17 +115,17 @@ def crossover_lines(cases: list[CaseStats]) -> list[str]:
                 at_cost = [c for c in cases if cost_key(c) == key]
                 mine, vec = fastest(c for c in at_cost if c.backend == tool), fastest(c for c in at_cost if c.backend == "vecenv")
                 if mine and vec:
-                    wins.append((key[0], mine["fps"].value > vec["fps"].value))
+                    wins.append((key[0], beats(mine, vec)))
             if not wins:
                 continue
             # The crossover: the smallest cost from which it wins at every larger cost measured.
             crossing = next((ms for i, (ms, _) in enumerate(wins) if all(w for _, w in wins[i:])), None)
             if crossing is None:
-                lines.append(f"{tool} ({kind}): never beats vecenv at the costs measured.")
+                lines.append(f"{tool} ({kind}): never measurably faster than vecenv at the costs measured.")
             elif crossing == wins[0][0]:
-                lines.append(f"{tool} ({kind}): beats vecenv at every cost measured, from {crossing:g} ms.")
+                lines.append(f"{tool} ({kind}): measurably faster than vecenv at every cost measured, from {crossing:g} ms.")
             else:
-                lines.append(f"{tool} ({kind}): beats vecenv from {crossing:g} ms per step on (measured crossover).")
+                lines.append(f"{tool} ({kind}): measurably faster than vecenv from {crossing:g} ms per step on (the crossover).")
     return lines
 
 
