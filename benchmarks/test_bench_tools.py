@@ -27,7 +27,7 @@ def test_envpool_over_vecenv_sampling_ratio(benchmark, envs):
     backends = {"vecenv": next(vec), "envpool": next(pool)}
     try:
         seconds: dict[str, list[float]] = {name: [] for name in backends}
-        for name, backend in backends.items():
+        for backend in backends.values():
             backend.collect(STEPS)  # warm-up, untimed
         rounds = ROUNDS if not benchmark.disabled else 1
         for _ in range(rounds):

@@ -90,8 +90,10 @@ def crossover_table(ctx: TableContext) -> tuple[str, list[str]]:
         "Per step cost (and kind: `busy` holds a core, `sleep` waits like I/O), the fastest configuration of any tool, "
         "and each tool's best speedup over `serial` at that cost (ratio of geometric-mean FPS)."
     ]
-    lines.append("Crossover: the lowest cost from which a tool is measurably faster than vecenv at every larger cost "
-                 "measured (Welch's test on log FPS at 5% and at least a 5% difference).")
+    lines.append(
+        "Crossover: the lowest cost from which a tool is measurably faster than vecenv at every larger cost "
+        "measured (Welch's test on log FPS at 5% and at least a 5% difference)."
+    )
     lines += crossover_lines(ctx.cases)
     return table(rows, headers), lines
 
