@@ -173,10 +173,12 @@ class BatchFigures:
     where the per-step requests are part of transfer_s."""
     worker_compute_s: Seconds | None = None
     """The slowest worker's own sampling time for this batch (null in-process); under overlap it runs in
-    parallel with the learner."""
+    parallel with the learner. Async central inference (`batch_size` below the env count), where steps overlap
+    one another: the busiest worker's summed stepping time."""
     transfer_s: float | None = None
     """From the last fragment being ready (or the learner asking, if later) to the learner holding the joined
-    rollout; central inference: per-step round trips less dispatch and the slowest worker's stepping. Null
+    rollout; central inference: per-step round trips less dispatch and the slowest worker's stepping (async
+    central inference: the learner's own time writing actions and reading results, since steps overlap). Null
     in-process. Never clamped: across nodes, worker clocks are corrected by an estimated offset, so it may come
     out below zero by up to transfer_uncertainty_s."""
     transfer_uncertainty_s: Seconds | None = None
