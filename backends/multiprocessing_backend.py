@@ -32,7 +32,6 @@ from multiprocessing.shared_memory import SharedMemory
 from typing import Any
 
 import numpy as np
-import psutil
 
 from backends import processes
 from backends.async_central import AsyncCentralSampler
@@ -344,9 +343,10 @@ class MultiprocessingBackend(RemoteBackend):
         for conn in conns:
             with contextlib.suppress(OSError, ValueError):
                 send_message(conn, ("close",))
-        # Asked by message rather than SIGTERM; those not gone within the grace period are killed. `is_alive` reaps
-        # the ones that exited, so the pids handed on are still our unreaped children: none can have been reused.
-        processes.stop([psutil.Process(proc.pid) for proc in procs if proc.is_alive()], CLOSE_GRACE_S, terminate=False)
+        # Asked by message rather than SIGTERM; those not gone within the grace period are killed. A worker may exit
+        # (and its forkserver reap it) at any moment, so only those still there are handed on; psutil checks a pid is
+        # the same process before it signals, so a reused pid is never hit.
+        processes.stop(processes.existing(proc.pid for proc in procs if proc.is_alive()), CLOSE_GRACE_S, terminate=False)
         for proc in procs:
             proc.join(timeout=1)  # collect the exit status: `stop` never reaps
         for conn in conns:

@@ -50,6 +50,16 @@ def running(proc: psutil.Process | int) -> bool:
         return False
 
 
+def existing(pids: Iterable[int]) -> list[psutil.Process]:
+    """The processes of `pids` that still exist. A worker started by a forkserver is the server's child, not
+    ours: the server reaps it the moment it exits, so its pid may vanish between any two calls."""
+    found = []
+    for pid in pids:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            found.append(psutil.Process(pid))
+    return found
+
+
 def find(predicate: Callable[[psutil.Process], bool]) -> list[psutil.Process]:
     """Every process on the machine but this one for which `predicate` holds; one that exits or denies access
     while `predicate` looks at it is left out."""

@@ -65,3 +65,11 @@ def test_a_process_found_by_a_predicate_is_stopped_and_running_says_so():
         assert not processes.running(proc.pid)  # exited, not yet reaped: a zombie counts as stopped
         proc.wait(timeout=5)
     assert os.getpid() not in {p.pid for p in processes.find(lambda p: True)}  # never the caller itself
+
+
+def test_existing_skips_a_pid_that_is_gone():
+    """A forkserver's worker is reaped by the server, not by us: its pid can vanish between two calls."""
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # reaped: the pid names no process now
+    found = processes.existing([os.getpid(), gone.pid])
+    assert [p.pid for p in found] == [os.getpid()]
