@@ -84,13 +84,20 @@ def test_which_tool_ranks_each_tools_fastest_configuration_per_cost():
 def test_layout_grid_puts_each_layout_in_its_column_and_names_the_fastest():
     cases = [_case("multiprocessing", fps, workers=w, envs=16 // w) for w, fps in ((1, 100), (2, 180), (4, 300), (16, 250))]
     cases += [_case("envpool", fps, envs=16, options={"num_threads": t}) for t, fps in ((1, 900), (4, 1100))]
-    table, _ = TABLES["layout"].render(TableContext(_stats(cases), None, HEADERS["en"]))
+    table, lines = TABLES["layout"].render(TableContext(_stats(cases), None, HEADERS["en"]))
     header, _, *rows = table.splitlines()
     columns = [cell.strip() for cell in header.split("|")[1:-1]]
     assert columns[2:-1] == ["1×16", "2×8", "4×4", "16×1"]
     by_tool = {r.split("|")[1].strip(): [cell.strip() for cell in r.split("|")[1:-1]] for r in rows}
     assert by_tool["multiprocessing"][-1] == "4×4" and by_tool["envpool"][-1] == "4×4"
     assert by_tool["envpool"][columns.index("2×8")] == "–"
+    assert "Env cost per step: envpool 0 (the env alone); multiprocessing 0 (the env alone)." not in lines
+
+
+def test_layout_says_which_tool_ran_at_which_cost_when_they_differ():
+    cases = [_case("multiprocessing", 100, 0.2, workers=2, envs=8), _case("envpool", 900, envs=16, options={"num_threads": 2})]
+    _, lines = TABLES["layout"].render(TableContext(_stats(cases), None, HEADERS["en"]))
+    assert "Env cost per step: envpool 0 (the env alone); multiprocessing 0.2 ms busy." in lines
 
 
 def test_crossover_plot_draws_one_line_per_tool_through_its_speedups():

@@ -150,6 +150,13 @@ def layout_table(ctx: TableContext) -> tuple[str, list[str]]:
         f"{ctx.header('fps')} of each layout: workers × envs per worker (EnvPool: its C++ threads × envs per thread, "
         "from `options.num_threads`; the envs live in the learner's process). A dash: the tool was not run in that layout."
     ]
+    costs = {
+        tool: sorted({cost_label(cost_key(c)) for c in ctx.cases if c.backend == tool}) for tool in {c.backend for c in ctx.cases}
+    }
+    if len({tuple(labels) for labels in costs.values()}) > 1:  # not every tool ran at the same env cost: say which
+        lines.append(
+            "Env cost per step: " + "; ".join(f"{tool} {', '.join(labels)}" for tool, labels in sorted(costs.items())) + "."
+        )
     oversubscribed = sorted({c.name for c in ctx.cases if c.oversubscribed})
     if oversubscribed:
         lines.append(f"Oversubscribed (more busy processes than usable CPUs): {', '.join(oversubscribed)}.")
