@@ -135,9 +135,9 @@ class AsyncCentralSampler:
             first += k
 
     def _record(self, worker: int, step: StepResult) -> None:
-        """Worker `worker`'s envs' transitions from the step it replied with; their obs move on."""
+        """Worker `worker`'s envs' transitions from the step it replied with, as one block; their obs move on."""
         actions, log_probs, values = self.sent.pop(worker)
-        for slot, env in enumerate(self.env_ids[worker].tolist()):
-            self.rollouts.add(env, self.obs[env].copy(), actions[slot].copy(), log_probs[slot], values[slot], step.rewards[slot],
-                              step.terminations[slot], step.truncations[slot], step.final_obs[slot])  # fmt: skip
-            self.obs[env] = step.obs[slot]
+        envs = self.env_ids[worker]
+        self.rollouts.add(envs, self.obs[envs], actions, log_probs, values, step.rewards, step.terminations, step.truncations,
+                          step.final_obs)  # fmt: skip
+        self.obs[envs] = step.obs

@@ -89,8 +89,10 @@ class EnvPoolBackend(Backend):
         self.obs = np.zeros((n, policy.obs_dim), np.float32)
         self.resetting = np.zeros(n, bool)
         """The env's last step ended an episode, so its next one is EnvPool's reset step."""
-        self.pending: dict[int, tuple[np.ndarray, np.ndarray, float, float]] = {}
-        """Per env in flight on a real step: the obs, action, log-prob and value it was sent with."""
+        self.sent_actions = np.zeros((n, *policy.action.action_shape), policy.action.action_dtype)
+        self.sent_log_probs, self.sent_values = np.zeros(n, np.float32), np.zeros(n, np.float32)
+        """Per env in flight on a real step: the action, log-prob and value it was sent with (its obs is still
+        `obs`, which moves on only when the env comes back)."""
         self.rollouts = StreamRollouts(n, policy.obs_dim, policy.action)
         self.pool.async_reset()
         for _ in range(n // self.batch_size):  # recv hands back batch_size envs at a time
@@ -151,29 +153,23 @@ class EnvPoolBackend(Backend):
         if len(acting):
             ids = ready[acting]
             noise = np.stack([action.draw_noise(self.noise.generators[i]) for i in ids])
-            raw[acting], log_probs, values = self.policy.act(self.obs[ids], noise)
-            for k, i in enumerate(ids):
-                self.pending[int(i)] = (self.obs[i].copy(), raw[acting[k]].copy(), float(log_probs[k]), float(values[k]))
+            raw[acting], self.sent_log_probs[ids], self.sent_values[ids] = self.policy.act(self.obs[ids], noise)
+            self.sent_actions[ids] = raw[acting]
         return action.to_env(raw, self.action_space)
 
     def _record(self, ready, obs, rewards, terminations, truncations, elapsed) -> None:  # noqa: ANN001 - EnvPool's arrays
-        for k, i in enumerate(ready.tolist()):
-            if self.resetting[i]:
-                # A check on our reading of EnvPool: a newer EnvPool that reset in the same step would break it.
-                if elapsed[k] != 0:
-                    raise RuntimeError(f"EnvPool env {i} did not reset on the step after its episode ended")
-                self.resetting[i] = False
-            else:
-                obs_i, act_i, log_prob, value = self.pending.pop(i)
-                self.rollouts.add(i, obs_i, act_i, log_prob, value, rewards[k], terminations[k], truncations[k], obs[k])
-                # EnvPool's obs on an episode's last step is that episode's last: the stream's next obs as it is.
-                self.resetting[i] = bool(terminations[k] or truncations[k])
-            self.obs[i] = obs[k]
-
-    @property
-    def streams(self) -> list:
-        """Each env's transitions stepped and not yet in a rollout (`StreamRollouts.streams`)."""
-        return self.rollouts.streams if self.rollouts is not None else []
+        """The transitions of the envs `ready` came back from a real step, as one block; reset steps are none."""
+        resetting = self.resetting[ready]
+        # A check on our reading of EnvPool: a newer EnvPool that reset in the same step would break it.
+        if (unreset := ready[resetting & (elapsed != 0)]).size:
+            raise RuntimeError(f"EnvPool env {unreset[0]} did not reset on the step after its episode ended")
+        stepped = ~resetting
+        ids = ready[stepped]
+        # EnvPool's obs on an episode's last step is that episode's last: the stream's next obs as it is.
+        self.rollouts.add(ids, self.obs[ids], self.sent_actions[ids], self.sent_log_probs[ids], self.sent_values[ids],
+                          rewards[stepped], terminations[stepped], truncations[stepped], obs[stepped])  # fmt: skip
+        self.resetting[ready] = stepped & (terminations | truncations)
+        self.obs[ready] = obs
 
     @property
     def last_layout(self) -> Layout:

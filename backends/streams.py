@@ -9,14 +9,20 @@ truncation with `final_values` = V(the piece's next obs): for GAE (algorithms/ga
 with nothing propagated across. Transitions stepped beyond the request carry over, in order, to the head of
 the next request; they were sampled with the weights held then, and their stored log-probs are that
 policy's, which is what PPO's ratio needs.
+
+Storage is columnar: transitions arrive in blocks (one per step a sampler receives: several envs' transitions
+at once) and are kept as arrays, not one object per env step, whose per-transition Python cost was most of
+EnvPool's sampling time at 64 envs (issue 21). An env's stream is its rows in arrival order, and a rollout is
+a gather of those rows.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from algorithms.distributions import Distribution
 from algorithms.inference import InferencePolicy
@@ -27,21 +33,38 @@ Layout = list[list[tuple[int, int, int]]]
 
 
 @dataclass(frozen=True, slots=True)
-class Transition:
-    """One env step of one env, with what packing needs: the obs after it and the episode it ended, if any."""
+class Transitions:
+    """Rows of env steps, one per transition (of any envs, in the order they arrived), with what packing needs:
+    the obs after each and the episode it ended, if any."""
 
-    obs: np.ndarray
-    action: np.ndarray
-    log_prob: float
-    value: float
-    reward: float
-    terminated: bool
-    truncated: bool
+    env: np.ndarray  # (k,) int64
+    obs: np.ndarray  # (k, obs_dim) float32
+    action: np.ndarray  # (k, *action_shape) the distribution's dtype, unclipped
+    log_prob: np.ndarray  # (k,) float32
+    value: np.ndarray  # (k,) float32
+    reward: np.ndarray  # (k,) float64: as the env returned it, summed into episode returns before a rollout casts it
+    terminated: np.ndarray  # (k,) bool
+    truncated: np.ndarray  # (k,) bool
     next_obs: np.ndarray
-    """The obs after the step; where it ended an episode, that episode's last obs (not the next one's first),
-    which a truncation bootstraps from."""
-    episode: tuple[float, int] | None
-    """(return, length) of the episode this step ended."""
+    """(k, obs_dim) float32: the obs after the step; where it ended an episode, that episode's last obs (not the
+    next one's first), which a truncation bootstraps from."""
+    episode_return: np.ndarray
+    """(k,) float64: the return of the episode the step ended; meaningless where it ended none."""
+    episode_length: np.ndarray  # (k,) int64, likewise
+
+    def __len__(self) -> int:
+        return len(self.env)
+
+    def take(self, rows: np.ndarray) -> Transitions:
+        """The transitions at `rows` (indices or a mask), in that order."""
+        return Transitions(*(getattr(self, f.name)[rows] for f in fields(self)))
+
+    @staticmethod
+    def concat(blocks: Sequence[Transitions]) -> Transitions:
+        """`blocks` one after another."""
+        if len(blocks) == 1:
+            return blocks[0]
+        return Transitions(*(np.concatenate([getattr(b, f.name) for b in blocks]) for f in fields(Transitions)))
 
 
 def pack(lengths: Sequence[int], steps: int) -> Layout:
@@ -69,81 +92,116 @@ class StreamRollouts:
 
     def __init__(self, num_envs: int, obs_dim: int, action: Distribution) -> None:
         self.num_envs, self.obs_dim, self.action = num_envs, obs_dim, action
-        self.streams: list[list[Transition]] = [[] for _ in range(num_envs)]
+        self.blocks: list[Transitions] = []
+        """The transitions held, block by block in the order they arrived."""
+        self.held = 0
+        """Transitions stepped and not yet in a rollout."""
         self.episode_return, self.episode_length = np.zeros(num_envs), np.zeros(num_envs, np.int64)
         self.last_layout: Layout = []
         """Which env's transitions each column of the last rollout holds, as `pack` laid them: what the rollout
         alone cannot say, for tests and debugging."""
 
-    @property
-    def held(self) -> int:
-        """Transitions stepped and not yet in a rollout."""
-        return sum(map(len, self.streams))
-
-    def add(self, env: int, obs: np.ndarray, action: np.ndarray, log_prob: float, value: float, reward: float,
-            terminated: bool, truncated: bool, next_obs: np.ndarray) -> None:  # fmt: skip
-        """Append env `env`'s next transition; `next_obs` as `Transition.next_obs` has it."""
+    def add(self, envs: ArrayLike, obs: ArrayLike, actions: ArrayLike, log_probs: ArrayLike, values: ArrayLike,
+            rewards: ArrayLike, terminated: ArrayLike, truncated: ArrayLike, next_obs: ArrayLike) -> None:  # fmt: skip
+        """Append one block: the next transition of each of `envs` (distinct env ids, or one id and one
+        transition's fields), row k of every argument env k's; `next_obs` as `Transitions.next_obs` has it.
+        The arrays are copied."""
+        env = np.atleast_1d(np.asarray(envs, np.int64))
+        k = len(env)
+        if k == 0:
+            return
+        if k > 1 and np.bincount(env, minlength=self.num_envs).max() > 1:
+            raise ValueError(f"a block holds one transition per env, not several of env(s) {np.unique(env)}")
+        reward = np.array(rewards, np.float64).reshape(k)
+        terminated, truncated = np.array(terminated, bool).reshape(k), np.array(truncated, bool).reshape(k)
+        # Each env at most once in a block: the running sums take the same float64 additions, in the same order, as
+        # one transition at a time would.
         self.episode_return[env] += reward
         self.episode_length[env] += 1
-        ended = bool(terminated or truncated)
-        episode = (float(self.episode_return[env]), int(self.episode_length[env])) if ended else None
-        self.streams[env].append(Transition(obs, action, float(log_prob), float(value), float(reward), bool(terminated),
-                                            bool(truncated), np.asarray(next_obs, np.float32), episode))  # fmt: skip
-        if ended:
-            self.episode_return[env], self.episode_length[env] = 0.0, 0
+        episode_return, episode_length = self.episode_return[env], self.episode_length[env]
+        ended = env[terminated | truncated]
+        self.episode_return[ended], self.episode_length[ended] = 0.0, 0
+        self.blocks.append(Transitions(
+            env=env,
+            obs=np.array(obs, np.float32).reshape(k, self.obs_dim),
+            action=np.array(actions, self.action.action_dtype).reshape(k, *self.action.action_shape),
+            log_prob=np.array(log_probs, np.float32).reshape(k),
+            value=np.array(values, np.float32).reshape(k),
+            reward=reward,
+            terminated=terminated,
+            truncated=truncated,
+            next_obs=np.array(next_obs, np.float32).reshape(k, self.obs_dim),
+            episode_return=episode_return,
+            episode_length=episode_length,
+        ))  # fmt: skip
+        self.held += k
+
+    def stream(self, env: int) -> Transitions:
+        """Env `env`'s transitions held (stepped and not yet in a rollout), in its stream's order."""
+        held = Transitions.concat(self.blocks) if self.blocks else None
+        return held.take(np.flatnonzero(held.env == env)) if held is not None else self._empty()
 
     def rollout(self, steps: int, policy: InferencePolicy) -> Rollout:
         """The streams' next `steps * num_envs` transitions as a rollout; `policy` gives the bootstrap values and
         the version recorded (the weights the learner holds now, as in `FragmentSampler`)."""
         n = self.num_envs
-        obs = np.empty((steps, n, self.obs_dim), np.float32)
-        actions = np.empty((steps, n, *self.action.action_shape), self.action.action_dtype)
-        log_probs, values, rewards, final_values = (np.zeros((steps, n), np.float32) for _ in range(4))
-        terminations, truncations = np.zeros((steps, n), bool), np.zeros((steps, n), bool)
-        bootstrap: list[tuple[int, int, np.ndarray]] = []  # (row, column, obs) whose value goes to final_values
-        last_obs = np.empty((n, self.obs_dim), np.float32)
-        episodes: list[tuple[int, int, float, int]] = []  # (env, stream position, return, length)
-        columns = self.last_layout = pack([len(s) for s in self.streams], steps)
+        held = Transitions.concat(self.blocks) if self.blocks else self._empty()
+        lengths = np.bincount(held.env, minlength=n)
+        by_env = np.argsort(held.env, kind="stable")  # each env's stream, in arrival order, one after another
+        heads = np.cumsum(lengths) - lengths  # where each env's stream begins in `by_env`
+        columns = self.last_layout = pack(lengths.tolist(), steps)
+        rows = np.empty((steps, n), np.int64)  # the held transition at each (row, column)
+        piece_ends = np.zeros((steps, n), bool)  # the last row of a piece that does not end its column: a cut
         for j, pieces in enumerate(columns):
             row = 0
             for env, start, stop in pieces:
-                for position in range(start, stop):
-                    tr = self.streams[env][position]
-                    obs[row, j], actions[row, j], log_probs[row, j], values[row, j] = tr.obs, tr.action, tr.log_prob, tr.value
-                    rewards[row, j], terminations[row, j], truncations[row, j] = tr.reward, tr.terminated, tr.truncated
-                    if tr.episode is not None:
-                        episodes.append((env, position, *tr.episode))
-                    if tr.truncated and not tr.terminated:
-                        bootstrap.append((row, j, tr.next_obs))
-                    row += 1
-                last = self.streams[env][stop - 1]
-                if row == steps:
-                    last_obs[j] = last.next_obs  # the column's last row: `last_values` bootstraps it
-                elif not (last.terminated or last.truncated):  # a cut: bootstrapped like a truncation
-                    truncations[row - 1, j] = True
-                    bootstrap.append((row - 1, j, last.next_obs))
-        consumed = [0] * n
-        for pieces in columns:
-            for env, _, stop in pieces:
-                consumed[env] = max(consumed[env], stop)
-        self.streams = [stream[used:] for stream, used in zip(self.streams, consumed, strict=True)]
-        if bootstrap:
-            rows, cols, next_obs = zip(*bootstrap, strict=True)
-            final_values[list(rows), list(cols)] = policy.value(np.stack(next_obs))
-        episodes.sort()  # by env id, each env's in the order they ended (Rollout)
+                rows[row : row + stop - start, j] = by_env[heads[env] + start : heads[env] + stop]
+                row += stop - start
+                if row < steps:
+                    piece_ends[row - 1, j] = True
+        terminations, truncations = held.terminated[rows], held.truncated[rows]
+        cuts = piece_ends & ~(terminations | truncations)  # a cut where an episode ended is that end, nothing more
+        bootstrap = (truncations & ~terminations) | cuts
+        truncations |= cuts
+        final_values = np.zeros((steps, n), np.float32)
+        # Column by column, row by row: the order the values were always asked for in one policy call.
+        bootstrap_columns, bootstrap_rows = np.nonzero(bootstrap.T)
+        if len(bootstrap_rows):
+            final_values[bootstrap_rows, bootstrap_columns] = policy.value(held.next_obs[rows[bootstrap_rows, bootstrap_columns]])
+        used = np.zeros(len(held), bool)
+        used[rows] = True
+        # The episodes ended in the rollout: by env id, each env's in the order they ended (Rollout).
+        ended = by_env[(used & (held.terminated | held.truncated))[by_env]]
+        self.blocks = [held.take(~used)] if self.held > steps * n else []
+        self.held -= steps * n
         return Rollout(
-            obs=obs,
-            actions=actions,
-            log_probs=log_probs,
-            values=values,
-            rewards=rewards,
+            obs=held.obs[rows],
+            actions=held.action[rows],
+            log_probs=held.log_prob[rows],
+            values=held.value[rows],
+            rewards=held.reward[rows].astype(np.float32),
             terminations=terminations,
             truncations=truncations,
             final_values=final_values,
-            last_values=policy.value(last_obs).astype(np.float32),
+            last_values=policy.value(held.next_obs[rows[-1]]).astype(np.float32),  # V(each column's last next obs)
             env_ids=np.arange(n, dtype=np.int64),
-            episode_returns=np.asarray([e[2] for e in episodes], np.float64),
-            episode_lengths=np.asarray([e[3] for e in episodes], np.int64),
-            episode_env_ids=np.asarray([e[0] for e in episodes], np.int64),
+            episode_returns=held.episode_return[ended],
+            episode_lengths=held.episode_length[ended],
+            episode_env_ids=held.env[ended],
             policy_version=policy.version,
+        )
+
+    def _empty(self) -> Transitions:
+        return Transitions(
+            env=np.zeros(0, np.int64),
+            obs=np.zeros((0, self.obs_dim), np.float32),
+            action=np.zeros((0, *self.action.action_shape), self.action.action_dtype),
+            log_prob=np.zeros(0, np.float32),
+            value=np.zeros(0, np.float32),
+            reward=np.zeros(0),
+            terminated=np.zeros(0, bool),
+            truncated=np.zeros(0, bool),
+            next_obs=np.zeros((0, self.obs_dim), np.float32),
+            episode_return=np.zeros(0),
+            episode_length=np.zeros(0, np.int64),
         )

@@ -183,7 +183,7 @@ def test_exact_step_counts_over_requests_in_a_row_and_streams_independent_of_req
     sizes = [64, 256, 128, 64, 256]
     with sampling(CARTPOLE, batch_size=batch_size) as backend:
         collected = collect(backend, sizes)
-        carried = sum(map(len, backend.streams))
+        carried = backend.rollouts.held
     for (rollout, layout), size in zip(collected, sizes, strict=True):
         assert rollout.num_steps == size and rollout.rewards.shape == (size // 4, 4)
         assert sum(p[-1] for p in pieces(layout)) == size
