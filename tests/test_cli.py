@@ -39,6 +39,10 @@ def run_suite_text(tmp_path: Path, text: str) -> tuple[Path, dict]:
     return run_dir, load_run(run_dir)
 
 
+RUNS = 9
+"""suites/smoke.toml's case runs: one repeat of each of its nine cases."""
+
+
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("smoke")
@@ -56,16 +60,16 @@ def test_without_a_terminal_each_finished_run_is_one_log_line(smoke_run):
     run = load_run(smoke_run)
     lines = [line for line in (smoke_run.parent / "stdout.txt").read_text().splitlines() if line.startswith("[")]
     expected = [(case["id"], r) for case in run["cases"] for r in case["runs"]]
-    assert len(lines) == len(expected) == 6
+    assert len(lines) == len(expected) == RUNS
     for number, (line, (case_id, result)) in enumerate(zip(lines, expected, strict=True), start=1):
         measured = [it for it in result["iterations"] if not it["warmup"]]
         fps = sum(it["steps"] for it in measured) / sum(it["total_s"] for it in measured)
         match = re.fullmatch(
-            rf"\[{number}/6\] {re.escape(case_id)} seed 0 rep 0: ok, ([\d,]+) FPS · (\d+):(\d\d) elapsed, (.*)", line
+            rf"\[{number}/{RUNS}\] {re.escape(case_id)} seed 0 rep 0: ok, ([\d,]+) FPS · (\d+):(\d\d) elapsed, (.*)", line
         )
         assert match, line
         assert int(match[1].replace(",", "")) == round(fps)
-        assert match[4] == ("done" if number == 6 else re.fullmatch(r"~\d+:\d\d left", match[4]) and match[4])
+        assert match[4] == ("done" if number == RUNS else re.fullmatch(r"~\d+:\d\d left", match[4]) and match[4])
 
 
 def test_smoke_suite_writes_run_json_and_report(smoke_run):
@@ -74,8 +78,9 @@ def test_smoke_suite_writes_run_json_and_report(smoke_run):
     assert run["machine"]["logical_cores"] >= 1 and "torch" in run["packages"]
     assert "id" in run["commit"] and len(run["suite"]["sha256"]) == 64
     backends = {(c["backend"]["name"], c["backend"]["inference"]) for c in run["cases"]}
-    assert backends == {("serial", "worker"), ("vecenv", "worker"), ("multiprocessing", "worker"),
-                        ("multiprocessing", "central"), ("ray_local", "worker"), ("ray_local", "central")}  # fmt: skip
+    assert backends == {("serial", "worker"), ("vecenv", "worker"), ("gym_async", "central"), ("sb3_subproc", "central"),
+                        ("envpool", "central"), ("multiprocessing", "worker"), ("multiprocessing", "central"),
+                        ("ray_local", "worker"), ("ray_local", "central")}  # fmt: skip
     for case in run["cases"]:
         (result,) = case["runs"]
         assert result["status"] == "ok", result.get("error")

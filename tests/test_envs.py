@@ -148,7 +148,9 @@ def test_a_users_own_env_runs_end_to_end_on_every_kind_of_backend(tmp_path):
     assert {case["backend"]["name"] for case in run["cases"]} == {"vecenv", "multiprocessing", "ray_local"}
     for case in run["cases"]:
         assert case["env"] == {"id": LINE_WALK, "kwargs": {"length": 4, "max_episode_steps": 30},
-                               "step_cost_ms": 0.0, "step_cost_kind": "sleep"}  # fmt: skip
+                               "step_cost_ms": 0.0, "step_cost_kind": "sleep", "step_cost_distribution": "constant",
+                               "step_cost_cv": 0.0, "slow_env_fraction": 0.0, "slow_env_factor": 1.0,
+                               "reset_cost_ms": 0.0}  # fmt: skip
         (result,) = case["runs"]
         assert result["status"] == "ok", result.get("error")
         assert sum(it["steps"] for it in result["iterations"]) == 2 * 64
