@@ -367,6 +367,12 @@ def test_communication_figures_are_measured_and_add_up(config, request):
     else:  # envs here sleep one after another; envs in a tool's subprocesses (one each) sleep side by side
         bound = wall if collected.env_cost is None else wall * spec.num_envs
     assert slept_s <= bound
+    # Where sampling's time went, on the critical path: its parts add up to the sampler's time, which fits in the
+    # collect; and waiting on env steps holds at least one env's own sleeps (8 steps of 2 ms: envs side by side at
+    # best), which happen inside the env step and nowhere else.
+    env_s, inference_s, other_s = collected.sample_env_s, collected.sample_inference_s, collected.sample_other_s
+    assert min(env_s, inference_s, other_s) >= 0 and env_s + inference_s + other_s <= wall
+    assert env_s >= (32 // spec.num_envs) * 0.002
     if spec.name not in REMOTE:
         # Envs in this process spend their cost on its meter and report none; envs in a tool's subprocesses
         # (gym_async, sb3_subproc) leave it untouched and report theirs.

@@ -23,6 +23,7 @@ from algorithms.config import PPOConfig
 from backends.base import BackendSpec
 from backends.envs import EnvCost, EnvSpec
 from backends.remote import ClockOffset, Request, collected_from, estimate_clock_offset
+from backends.sampling import SamplingSplit
 from backends.workers import FragmentReply
 from harness.case import CaseRun
 from harness.suite import CaseConfig, MeasureConfig
@@ -68,8 +69,21 @@ def _in_worker_order(received: dict) -> list:
     return [received[i] for i in sorted(received)]
 
 
-def _reply(started: float, sampled: float, ready: float) -> tuple[FragmentReply, int]:
-    return FragmentReply(SimpleNamespace(policy_version=3), started, sampled, ready, EnvCost(0.01, 4)), 1000
+def _reply(started: float, sampled: float, ready: float, split: SamplingSplit | None = None) -> tuple[FragmentReply, int]:
+    fragment = SimpleNamespace(policy_version=3)
+    return FragmentReply(fragment, started, sampled, ready, EnvCost(0.01, 4), split=split or SamplingSplit()), 1000
+
+
+def test_the_batchs_sampling_split_is_the_slowest_workers_and_each_workers_own_is_kept():
+    """The learner waited for the slowest worker: its split is the batch's critical path."""
+    request = Request(handles=[None] * 3, version=3, steps_per_env=4, dispatched_at=10.0, dispatch_s=0.001,
+                      sent_at=[10.0] * 3)  # fmt: skip
+    splits = [SamplingSplit(0.010, 0.004, 0.016), SamplingSplit(0.030, 0.005, 0.040), SamplingSplit(0.012, 0.003, 0.017)]
+    replies = [_reply(10.001, 10.001 + s.total_s, 10.001 + s.total_s, s) for s in splits]
+    got = collected_from("rollout", replies, [ClockOffset("shared")] * 3, request, asked_at=10.002, joined_at=10.05)
+    assert (got.sample_env_s, got.sample_inference_s) == (0.030, 0.005)  # worker 1 took longest
+    assert got.sample_other_s == pytest.approx(0.005)
+    assert [(w.env_s, w.inference_s) for w in got.workers] == [(0.010, 0.004), (0.030, 0.005), (0.012, 0.003)]
 
 
 def test_transfer_time_below_zero_is_kept_and_counted_never_clamped():
