@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from abc import abstractmethod
 from typing import Any
 
 import gymnasium as gym
@@ -58,25 +59,32 @@ class AsyncEnvBlock(EnvBlock):
         """Each env's process, in env order."""
         return [process.pid for process in self.vec.processes]
 
+    def cost_readings(self) -> list[tuple[float, int]]:
+        """Each env's process's step cost meter (`MeteredEnv`)."""
+        return list(self.vec.call("step_cost_reading"))
 
-class GymAsyncBackend(VecEnvBackend):
-    """Envs in gymnasium's AsyncVectorEnv subprocesses; the policy copy is the learner's own (so weights load
-    in-process, as in `vecenv`), and each step's actions and results cross the pipes (observations through shared
-    memory unless `shared_memory = false`)."""
+
+class EnvProcessesBackend(VecEnvBackend):
+    """A tool that runs each env in a process of its own while the learner's policy batches every env's step
+    (central inference): gymnasium's AsyncVectorEnv, SB3's SubprocVecEnv. The policy copy is the learner's own, so
+    weights load in-process, as in `vecenv`. Subclasses make the block of env processes (`_block`): a `Stepper` that
+    also says each env's process (`pids`) and reads each process's cost meter (`cost_readings`)."""
 
     def __init__(self, spec: BackendSpec) -> None:
         super().__init__(spec)
         self.placement: list[dict[str, Any]] = []
         """Per env, its process: filled by `start`."""
+        self.env_cost_set = False
+
+    @abstractmethod
+    def _block(self, env: EnvSpec, env_ids: np.ndarray, seed: int) -> Any:
+        """The tool's vector env over `env_ids`, as a stepper with `pids()` and `cost_readings()`."""
 
     def start(self, env: EnvSpec, policy: PolicySpec, seed: int) -> None:
-        options = self.spec.settings
-        assert isinstance(options, GymAsyncOptions)
         env_ids = np.arange(self.spec.num_envs)
-        vector = functools.partial(AsyncVectorEnv, shared_memory=options.shared_memory, context=options.context)
-        self.block = AsyncEnvBlock(env, env_ids, seed, vector=vector, make=metered_env)
-        self.env_cost_set = env.step_cost_ms > 0
+        self.block = self._block(env, env_ids, seed)
         self.placement = [{"worker": int(i), "pid": pid} for i, pid in zip(env_ids, self.block.pids(), strict=True)]
+        self.env_cost_set = env.has_cost
         self.policy = InferencePolicy(policy)
         noise = NoiseSource(env_ids, seed, policy.action)
         self.sampler = FragmentSampler(self.block, self.policy, noise, batched=self.batched_inference)
@@ -86,10 +94,9 @@ class GymAsyncBackend(VecEnvBackend):
         # round trip each way, only when a cost is set; without one the harness's in-process reading, 0, is right).
         if not self.env_cost_set:
             return super().take()
-        before = env_cost_of(list(self.block.vec.call("step_cost_reading")))
+        before = env_cost_of(self.block.cost_readings())
         collected = super().take()
-        spent = env_cost_of(list(self.block.vec.call("step_cost_reading"))) - before
-        return dataclasses.replace(collected, env_cost=spent)
+        return dataclasses.replace(collected, env_cost=env_cost_of(self.block.cost_readings()) - before)
 
     @property
     def last_split(self) -> SamplingSplit:
@@ -97,11 +104,24 @@ class GymAsyncBackend(VecEnvBackend):
         return self.sampler.last_split
 
     def describe(self) -> dict[str, Any]:
+        # Each env's process, for the memory record (harness.case.memory_by_process) and the leak checks.
+        return super().describe() | {"placement": self.placement}
+
+
+class GymAsyncBackend(EnvProcessesBackend):
+    """Envs in gymnasium's AsyncVectorEnv subprocesses; each step's actions and results cross the pipes (observations
+    through shared memory unless `shared_memory = false`)."""
+
+    def _block(self, env: EnvSpec, env_ids: np.ndarray, seed: int) -> AsyncEnvBlock:
+        options = self.spec.settings
+        assert isinstance(options, GymAsyncOptions)
+        vector = functools.partial(AsyncVectorEnv, shared_memory=options.shared_memory, context=options.context)
+        return AsyncEnvBlock(env, env_ids, seed, vector=vector, make=metered_env)
+
+    def describe(self) -> dict[str, Any]:
         options = self.spec.settings
         assert isinstance(options, GymAsyncOptions)
         observations = "shared memory" if options.shared_memory else "pickled through the pipes"
         return super().describe() | {
             "transport": f"gymnasium AsyncVectorEnv: actions and step results through one pipe per env, observations {observations}",
-            # Each env's process, for the memory record (harness.case.memory_by_process) and the leak checks.
-            "placement": self.placement,
         }

@@ -18,7 +18,6 @@ SB3's VecEnv API differs from gymnasium's in what a step returns, and this stepp
 
 from __future__ import annotations
 
-import dataclasses
 import pickle
 import shutil
 import tempfile
@@ -32,13 +31,10 @@ import numpy as np
 from stable_baselines3.common.vec_env import SubprocVecEnv
 
 from algorithms.distributions import distribution_of
-from algorithms.inference import InferencePolicy
 from backends import SB3SubprocOptions
-from backends.base import BackendSpec, Collected, PolicySpec
 from backends.envs import EnvSpec
-from backends.gym_async import env_cost_of, metered_env
-from backends.sampling import FragmentSampler, NoiseSource, SamplingSplit, StepResult
-from backends.vecenv import VecEnvBackend
+from backends.gym_async import EnvProcessesBackend, metered_env
+from backends.sampling import StepResult
 from backends.workers import WorkerError
 
 CLOSE_WAIT_S = 10.0
@@ -138,7 +134,7 @@ class SubprocBlock:
         """Each env's process, in env order."""
         return [process.pid for process in self.vec.processes]
 
-    def step_cost(self) -> list[tuple[float, int]]:
+    def cost_readings(self) -> list[tuple[float, int]]:
         """Each env's process's step cost meter (`MeteredEnv`)."""
         return self._call(self.vec.env_method, "step_cost_reading")
 
@@ -187,41 +183,15 @@ class SubprocBlock:
             shutil.rmtree(self.reports, ignore_errors=True)
 
 
-class SB3SubprocBackend(VecEnvBackend):
-    """Envs in SB3's SubprocVecEnv subprocesses; the policy copy is the learner's own (so weights load in-process,
-    as in `vecenv`), and each step's actions and results are pickled through one pipe per env."""
+class SB3SubprocBackend(EnvProcessesBackend):
+    """Envs in SB3's SubprocVecEnv subprocesses; each step's actions and results are pickled through one pipe per env."""
 
-    def __init__(self, spec: BackendSpec) -> None:
-        super().__init__(spec)
-        self.placement: list[dict[str, Any]] = []
-        """Per env, its process: filled by `start`."""
-
-    def start(self, env: EnvSpec, policy: PolicySpec, seed: int) -> None:
+    def _block(self, env: EnvSpec, env_ids: np.ndarray, seed: int) -> SubprocBlock:
         options = self.spec.settings
         assert isinstance(options, SB3SubprocOptions)
-        env_ids = np.arange(self.spec.num_envs)
-        self.block = SubprocBlock(env, env_ids, seed, options.start_method)  # type: ignore[assignment]
-        self.placement = [{"worker": int(i), "pid": pid} for i, pid in zip(env_ids, self.block.pids(), strict=True)]
-        self.env_cost_set = env.step_cost_ms > 0
-        self.policy = InferencePolicy(policy)
-        noise = NoiseSource(env_ids, seed, policy.action)
-        self.sampler = FragmentSampler(self.block, self.policy, noise, batched=self.batched_inference)
-
-    def take(self) -> Collected:
-        # As in gym_async: the envs' costs are spent on their processes' meters, read around the fragment.
-        if not self.env_cost_set:
-            return super().take()
-        before = env_cost_of(self.block.step_cost())
-        collected = super().take()
-        return dataclasses.replace(collected, env_cost=env_cost_of(self.block.step_cost()) - before)
-
-    @property
-    def last_split(self) -> SamplingSplit:
-        """Where the last fragment's sampling time went (env: each step's wait on the slowest env process)."""
-        return self.sampler.last_split
+        return SubprocBlock(env, env_ids, seed, options.start_method)
 
     def describe(self) -> dict[str, Any]:
         return super().describe() | {
             "transport": "Stable-Baselines3 SubprocVecEnv: actions and step results pickled through one pipe per env",
-            "placement": self.placement,
         }
