@@ -1,4 +1,4 @@
-"""Command line: `python -m harness run|list|report|export|compare|cluster`.
+"""Command line: `python -m harness run|advise|list|report|export|compare|cluster`.
 
 User mistakes end as one line `error: ...` and exit status 2, never a traceback.
 """
@@ -34,6 +34,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="finish the runs of RUN_DIR that are not ok, in that folder (same suite and code)")  # fmt: skip
     run.add_argument("--force", action="store_true", help="with --resume: even if the suite or the code changed")
     run.add_argument("--lang", choices=("en", "zh"), default="en", help="language of the report's table headers")
+
+    from harness.advise.command import add_parser as add_advise_parser
+
+    add_advise_parser(commands)
 
     commands.add_parser("list", help="list backends, suites and PPO presets")
 
@@ -176,6 +180,15 @@ def cmd_list(console: Console) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace, console: Console) -> int:
+    from harness.advise.report import is_advise_run, write_advise_report
+    from harness.report import write_report
+
+    report = write_advise_report(args.run_dir) if is_advise_run(args.run_dir) else write_report(args.run_dir, args.lang)
+    console.print(f"report: {report}")
+    return 0
+
+
 def cmd_compare(args: argparse.Namespace, console: Console) -> int:
     from tabulate import tabulate
 
@@ -250,13 +263,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "run":
             return cmd_run(args, console)
+        if args.command == "advise":
+            from harness.advise.command import cmd_advise
+
+            return cmd_advise(args, console)
         if args.command == "list":
             return cmd_list(console)
         if args.command == "report":
-            from harness.report import write_report
-
-            console.print(f"report: {write_report(args.run_dir, args.lang)}")
-            return 0
+            return cmd_report(args, console)
         if args.command == "export":
             return cmd_export(args, console)
         if args.command == "compare":

@@ -66,3 +66,29 @@ class ImportProbe(gym.Env):
     def step(self, action):  # noqa: ANN001, ANN201 - gymnasium's signature
         self.steps += 1
         return self._obs(), 0.0, self.steps == 5, False, {}
+
+
+class BusyPendulum(gym.Env):
+    """Pendulum whose every step also computes for a lognormal time: mean `cost_ms`, coefficient of variation `cv`,
+    drawn from the env's own generator. A CPU-bound simulator of uneven cost that the harness's tuning never saw:
+    `harness advise`'s brute-force check (tests/test_advise.py) runs on it."""
+
+    def __init__(self, cost_ms: float = 0.5, cv: float = 0.5) -> None:
+        from gymnasium.envs.classic_control.pendulum import PendulumEnv
+
+        self.inner = PendulumEnv()
+        self.observation_space, self.action_space = self.inner.observation_space, self.inner.action_space
+        self.sigma = float(np.sqrt(np.log1p(cv**2)))
+        self.mu = float(np.log(cost_ms / 1000) - self.sigma**2 / 2)
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):  # noqa: ANN206 - gymnasium's signature
+        super().reset(seed=seed)
+        return self.inner.reset(seed=seed, options=options)
+
+    def step(self, action):  # noqa: ANN001, ANN201 - gymnasium's signature
+        import time
+
+        until = time.perf_counter() + self.np_random.lognormal(self.mu, self.sigma)
+        while time.perf_counter() < until:
+            pass
+        return self.inner.step(action)

@@ -1,0 +1,94 @@
+"""The recommendation checked by measurement: the top configurations and the serial baseline run as an ordinary
+suite (fresh processes, repeats, the runner's own records), so the measured figure is what `harness run` gives."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from harness.advise.model import Config, Prediction
+
+WARMUP_ITERATIONS = 1
+ITERATIONS = 3
+"""Measured iterations per repeat."""
+STARTUP_GUESS_S = {"ray_local": 8.0, "ray_cluster": 8.0}
+"""Seconds a case process needs before its first iteration beyond the backend's own start-up: Python, torch and
+the learner (measured here at 3-5 s), more for Ray's driver."""
+PROCESS_S = 5.0
+
+
+@dataclass(frozen=True)
+class Validated:
+    config: Config
+    predicted_fps: float
+    measured_fps: float | None
+    measured_low: float | None
+    measured_high: float | None
+    runs_ok: int
+
+    @property
+    def error(self) -> float | None:
+        """Predicted over measured, minus one."""
+        return self.predicted_fps / self.measured_fps - 1 if self.measured_fps else None
+
+
+def case_label(config: Config) -> str:
+    return config.label
+
+
+def validation_suite(env_id: str, env_kwargs: dict[str, Any], preset: str, predictions: list[Prediction],
+                     repeats: int) -> Any:  # fmt: skip
+    """The suite that measures `predictions`' configurations: serial first, as the baseline."""
+    from algorithms.config import PRESETS
+    from backends.base import BackendSpec
+    from backends.envs import EnvSpec
+    from harness.suite import CaseConfig, MeasureConfig, Suite, SuitePart
+
+    env = EnvSpec(env_id, dict(env_kwargs))
+    cases = []
+    for prediction in predictions:
+        c = prediction.config
+        spec = BackendSpec(c.backend, c.workers, c.envs_per_worker, c.inference, schedule=c.schedule)
+        label = case_label(c)
+        case_id = f"validation/{label.replace(' ', '_')}/w{c.workers}xe{c.envs_per_worker}"
+        cases.append(CaseConfig(case_id, "validation", label, spec, env, PRESETS[preset], preset))
+    measure = MeasureConfig(warmup_iterations=WARMUP_ITERATIONS, iterations=ITERATIONS, repeats=repeats)
+    part = SuitePart("validation", "the recommended configurations and serial, measured", measure, tuple(cases),
+                     ("speed", "phases"), case_label(predictions[0].config), tuple(c.id for c in cases))  # fmt: skip
+    text = json.dumps({"env": env_id, "kwargs": env_kwargs, "preset": preset,
+                       "configs": [p.config.label for p in predictions], "repeats": repeats})  # fmt: skip
+    return Suite("validation", "harness advise: the top configurations and serial", "(harness advise)", text, (part,))
+
+
+def estimated_seconds(predictions: list[Prediction], repeats: int, startup: dict[str, float]) -> float:
+    """How long the validation should take: per run, a process, the backend's start-up and its iterations."""
+    total = 0.0
+    for p in predictions:
+        per_run = PROCESS_S + STARTUP_GUESS_S.get(p.config.backend, 0.0) + startup.get(p.config.label, 0.0)
+        total += repeats * (per_run + (WARMUP_ITERATIONS + ITERATIONS) * p.iteration_s)
+    return total
+
+
+def run_validation(suite: Any, predictions: list[Prediction], out: Path, console: Console,
+                   case_timeout_s: float) -> tuple[Path, list[Validated]]:  # fmt: skip
+    """Run the suite with the harness's own runner and pair each measured FPS with its prediction."""
+    import sys
+
+    from harness.analysis import run_stats
+    from harness.report import write_report
+    from harness.runner import run_suite
+
+    run_dir, run = run_suite(suite, out, False, sys.argv, case_timeout_s, console)
+    write_report(run_dir)
+    by_label = {c.label: c for c in run_stats(run)["validation"]}
+    results = []
+    for p in predictions:
+        stats = by_label.get(case_label(p.config))
+        fps = stats["fps"] if stats is not None and stats.runs_ok else None
+        results.append(Validated(p.config, p.fps, fps.value if fps else None, fps.low if fps else None,
+                                 fps.high if fps else None, stats.runs_ok if stats is not None else 0))  # fmt: skip
+    return run_dir, results
