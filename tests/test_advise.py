@@ -331,3 +331,45 @@ def test_study_sets_each_prediction_beside_the_measured_fps(tmp_path) -> None:  
         assert cell["predicted"] == pytest.approx(predict(reference_profile, config, Machine(16)).fps / serial_16)
         assert cell["measured"] == pytest.approx(study.SIXTEEN_CORE.fps[config] / study.SIXTEEN_CORE.serial)
     assert "median |error|" in (tmp_path / "out" / "study.md").read_text()
+
+
+def test_profile_parameters_are_the_probes_arithmetic() -> None:
+    """The profile from raw probe figures, worked by hand: the env's mean, spread, CPU share and reset; a worker's
+    own loop and transfer per step from its long fragment less a round; lines through the probe points against
+    workers per core; central inference's transport beyond the env's step."""
+    from harness.advise.profile import _central_profile, _env_profile, _remote_profile
+
+    env = _env_profile({"step_wall_s": [1e-3, 2e-3, 3e-3, 4e-3], "step_cpu_s": [1e-3, 1e-3, 0.0, 0.0],
+                        "reset_wall_s": [5e-3, 7e-3], "episode_lengths": [200, 100], "obs_dim": 3, "act_dim": 1,
+                        "obs_bytes": 12})  # fmt: skip
+    assert env.step_mean_s == pytest.approx(2.5e-3)
+    assert env.step_cv == pytest.approx(np.std([1, 2, 3, 4]) / 2.5)
+    assert env.cpu_fraction == pytest.approx(2 / 10)
+    assert env.step_p99_s == pytest.approx(np.quantile([1e-3, 2e-3, 3e-3, 4e-3], 0.99))
+    assert env.reset_per_step_s == pytest.approx(6e-3 / 150)
+    assert env.cost_s == pytest.approx(2.5e-3 + 6e-3 / 150)
+
+    def workers(count: int) -> dict:
+        return {"startup_s": 1.0 + 0.1 * count, "sync_s": 1e-3 + 2e-4 * count, "sync_nowait_s": 1e-4, "round_s": 2e-3 + 5e-4 * count,
+                "sync_bytes": 100, "worker_pss_mib": 40.0 + count, "cpu_per_step_s": 3e-3 + 1e-4 * count}  # fmt: skip
+
+    raw = {"by_workers": {str(k): workers(k) for k in (1, 2, 4)},
+           "fragment": {"steps": 100, "wall_s": 0.35, "compute_s": 0.3, "env_s": 0.26, "inference_s": 0.01,
+                        "transfer_bytes": 4000}}  # fmt: skip
+    remote = _remote_profile(raw, env, {"inference": {"1": 1e-5}}, cpus=2.0)
+    assert remote.worker_loop_s == pytest.approx(0.3 / 100 - env.cost_s - 1e-5)
+    assert remote.transfer_per_step_s == pytest.approx((0.35 - 0.3 - 2.5e-3) / 100)
+    assert remote.transfer_bytes_per_step == pytest.approx(40)
+    assert (remote.round_s.intercept, remote.round_s.slope) == (pytest.approx(2e-3), pytest.approx(5e-4))
+    # 1, 2 and 4 workers on 2 cores are 0.5, 1 and 2 per core: 1e-4 per worker is 2e-4 per worker per core
+    assert (remote.cpu_per_step_s.intercept, remote.cpu_per_step_s.slope) == (pytest.approx(3e-3), pytest.approx(2e-4))
+    assert remote.worker_mib == pytest.approx(42.0)
+    constant = make_profile(samples=(1e-3,)).env
+    central = _central_profile({"by_processes": {
+        "1": {"env_s": 1.3e-3, "other_s": 1e-4, "startup_s": 0.2, "process_pss_mib": 9.0, "cpu_per_step_s": 1e-3},
+        "2": {"env_s": 1.4e-3, "other_s": 1e-4, "startup_s": 0.3, "process_pss_mib": 8.0, "cpu_per_step_s": 1.1e-3}}},
+        constant, cpus=2.0)  # fmt: skip
+    # beyond the (constant) 1 ms step: 0.4 ms with one process, 0.5 ms with two
+    assert (central.overhead_s.intercept, central.overhead_s.slope) == (pytest.approx(3e-4), pytest.approx(1e-4))
+    assert (central.cpu_per_step_s.intercept, central.cpu_per_step_s.slope) == (pytest.approx(0.9e-3), pytest.approx(2e-4))
+    assert central.process_mib == 8.0
