@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from scipy import integrate, stats
 
-from harness.advise.model import Config, Machine, expected_max_of_sums, predict
+from harness.advise.model import Config, Hardware, expected_max_of_sums, predict
 from harness.advise.profile import CentralProfile, EnvProfile, Line, Profile, RemoteProfile
 from harness.advise.search import STOPS_PAYING, project
 from harness.advise.target import parse_target
@@ -39,7 +39,7 @@ def make_profile(cpu_fraction: float = 1.0, samples: tuple[float, ...] = (1e-3,)
                    probe_seconds={})  # fmt: skip
 
 
-HERE = Machine(cores=2)
+HERE = Hardware(cores=2)
 
 
 @pytest.mark.parametrize(
@@ -82,7 +82,7 @@ def test_cpu_per_step_grows_with_the_workers_as_measured() -> None:
     prediction = predict(make_profile(1.0, cpu_slope=2e-5), Config("multiprocessing", 4, 1), HERE)
     assert prediction.iteration_s == pytest.approx(2 * 256 * 1.16e-3 + 4e-3 + 1.024e-3 + 1.4e-3 + 0.25)
     assert prediction.terms["contention"] == pytest.approx(2 * 256 * 1.16e-3 - 0.28672)
-    roomy = predict(make_profile(1.0, cpu_slope=2e-5), Config("multiprocessing", 4, 1), Machine(8))
+    roomy = predict(make_profile(1.0, cpu_slope=2e-5), Config("multiprocessing", 4, 1), Hardware(8))
     assert roomy.terms["contention"] == 0.0
     assert roomy.iteration_s == pytest.approx(0.28672 + 4e-3 + 1.024e-3 + 1.4e-3 + 0.25)
 
@@ -91,21 +91,21 @@ def test_dominant_term_names_the_largest_part() -> None:
     busy = predict(make_profile(1.0), Config("multiprocessing", 4, 1), HERE)
     assert busy.terms["contention"] == pytest.approx(0.28672)  # the second fragment's worth of waiting for a core
     assert busy.dominant == "contention"
-    sampling_bound = predict(make_profile(0.0), Config("multiprocessing", 4, 1, "worker", "overlap"), Machine(64))
+    sampling_bound = predict(make_profile(0.0), Config("multiprocessing", 4, 1, "worker", "overlap"), Hardware(64))
     assert sampling_bound.dominant == "env"  # 0.256 s of sleeping env, longer than the 0.25 s update it hides
 
 
 def test_network_terms_use_the_given_bandwidth_and_latency() -> None:
     """Two nodes of 2 cores, 4 busy workers (2 per node), 8 Gbit/s = 1e9 bytes/s, 1 ms latency: the weights
     (250,000 bytes) to the other node, half the batch's 1024 x 40 bytes back, and one latency each way."""
-    machine = Machine(cores=2, nodes=2, bandwidth_gbps=8, latency_ms=1)
+    machine = Hardware(cores=2, nodes=2, bandwidth_gbps=8, latency_ms=1)
     prediction = predict(make_profile(1.0), Config("multiprocessing", 4, 1), machine)
     network = 250_000 / 1e9 + 0.5 * 1024 * 40 / 1e9 + 2e-3
     assert prediction.terms["network"] == pytest.approx(network)
     # two workers per node fit their two cores: no contention
     assert prediction.iteration_s == pytest.approx(0.28672 + 5.024e-3 + 1.4e-3 + 0.25 + network)
     assert prediction.assumptions == ()
-    assumed = predict(make_profile(1.0), Config("multiprocessing", 4, 1), Machine(cores=2, nodes=2))
+    assumed = predict(make_profile(1.0), Config("multiprocessing", 4, 1), Hardware(cores=2, nodes=2))
     assert any("bandwidth 10 Gbit/s assumed" in note for note in assumed.assumptions)
     assert any("latency 0.2 ms assumed" in note for note in assumed.assumptions)
 
@@ -148,7 +148,7 @@ def test_line_through_probe_points_is_least_squares_and_never_negative() -> None
 
 
 def test_projection_stops_paying_where_doubling_gains_under_five_percent() -> None:
-    projection = project(make_profile(0.0), Machine(cores=64))
+    projection = project(make_profile(0.0), Hardware(cores=64))
     for schedule, knee in projection.stops_paying.items():
         fps = {r.workers: r.prediction.fps for r in projection.rows if r.schedule == schedule}
         counts = sorted(fps)
@@ -157,7 +157,7 @@ def test_projection_stops_paying_where_doubling_gains_under_five_percent() -> No
                 assert fps[larger] >= STOPS_PAYING * fps[smaller]
         if knee != counts[-1]:
             assert fps[2 * knee] < STOPS_PAYING * fps[knee]
-    serial = predict(make_profile(0.0), Config("serial"), Machine(cores=64)).fps
+    serial = predict(make_profile(0.0), Config("serial"), Hardware(cores=64)).fps
     for row in projection.rows:
         assert row.speedup == pytest.approx(row.prediction.fps / serial)
 
@@ -183,7 +183,7 @@ def test_target_refuses_bad_descriptions_in_one_line(text: str, message: str) ->
 
 
 def test_target_reads_a_full_description() -> None:
-    assert parse_target("cores=64,nodes=4,bandwidth_gbps=10,latency_ms=0.2") == Machine(64, 4, 10, 0.2)
+    assert parse_target("cores=64,nodes=4,bandwidth_gbps=10,latency_ms=0.2") == Hardware(64, 4, 10, 0.2)
 
 
 @pytest.mark.parametrize(
@@ -261,7 +261,7 @@ def test_recommendation_is_within_10_percent_of_a_brute_force_sweeps_best(tmp_pa
     assert len(configs) >= 8  # the whole space: serial, vecenv, multiprocessing worker/central, sync/overlap
     as_predictions = [Prediction(c, 1.0, 1.0, {}) for c in configs]
     ordered = sorted(as_predictions, key=lambda p: p.config.backend != "serial")  # serial first: the suite's baseline
-    suite = validation_suite(env, kwargs, "cartpole", ordered, repeats=2)
+    suite = validation_suite(env, kwargs, "cartpole", ordered, repeats=3)
     assert sorted(c.label for c in suite.cases) == sorted(c.label for c in configs)  # every configuration, once
     assert all(c.env == EnvSpec(env, kwargs) and c.backend.options == {} for c in suite.cases)
     _, measured = run_validation(suite, ordered, tmp_path / "sweep", _quiet_console(), case_timeout_s=300)
@@ -318,17 +318,17 @@ def test_study_sets_each_prediction_beside_the_measured_fps(tmp_path) -> None:  
     assert {cell["case"] for cell in data["measured"]} == set(measured_fps)
     for cell in data["measured"]:
         config = Config(**cell["config"])
-        predicted = predict(smoke_profile, config, Machine(run["machine"]["usable_cpus"])).fps
+        predicted = predict(smoke_profile, config, Hardware(run["machine"]["usable_cpus"])).fps
         assert cell["measured"] == pytest.approx(measured_fps[cell["case"]])
         assert cell["predicted"] == pytest.approx(predicted)
         assert cell["error"] == pytest.approx(predicted / measured_fps[cell["case"]] - 1)
     errors = np.abs([cell["error"] for cell in data["measured"]])
     assert data["summary"]["measured"]["median_abs_error"] == pytest.approx(float(np.median(errors)))
     assert data["summary"]["measured"]["worst_abs_error"] == pytest.approx(float(errors.max()))
-    serial_16 = predict(reference_profile, Config("serial"), Machine(16)).fps
+    serial_16 = predict(reference_profile, Config("serial"), Hardware(16)).fps
     for cell in data["reference"]:
         config = Config(**cell["config"])
-        assert cell["predicted"] == pytest.approx(predict(reference_profile, config, Machine(16)).fps / serial_16)
+        assert cell["predicted"] == pytest.approx(predict(reference_profile, config, Hardware(16)).fps / serial_16)
         assert cell["measured"] == pytest.approx(study.SIXTEEN_CORE.fps[config] / study.SIXTEEN_CORE.serial)
     assert "median |error|" in (tmp_path / "out" / "study.md").read_text()
 
@@ -373,3 +373,29 @@ def test_profile_parameters_are_the_probes_arithmetic() -> None:
     assert (central.overhead_s.intercept, central.overhead_s.slope) == (pytest.approx(3e-4), pytest.approx(1e-4))
     assert (central.cpu_per_step_s.intercept, central.cpu_per_step_s.slope) == (pytest.approx(0.9e-3), pytest.approx(2e-4))
     assert central.process_mib == 8.0
+
+
+@pytest.mark.parametrize(
+    ("pick", "other", "switches"),
+    [
+        ((1000.0, 1005.0, 995.0), (2000.0, 2010.0, 1990.0), True),  # twice as fast, no spread: significant
+        ((1100.0, 1000.0, 1050.0), (1000.0, 1500.0, 2500.0), False),  # faster on average, but within its noise
+        ((1000.0, 1005.0, 995.0), (900.0, 905.0, 895.0), False),  # slower
+    ],
+)
+def test_measurement_overturns_the_model_only_when_significant(pick: tuple, other: tuple, switches: bool) -> None:
+    """The validated pick is the model's unless another configuration measured faster by Welch's test on log FPS
+    at 5%, as scipy computes it."""
+    from harness.advise.validate import Validated, recommend
+
+    def validated(label_workers: int, samples: tuple) -> Validated:
+        config = Config("multiprocessing", label_workers, 1)
+        return Validated(config, 1.0, float(stats.gmean(samples)), None, None, len(samples), samples)
+
+    serial = Validated(Config("serial"), 1.0, 500.0, None, None, 3, (500.0, 501.0, 499.0))
+    results = [serial, validated(2, pick), validated(4, other)]
+    welch = stats.ttest_ind(np.log(other), np.log(pick), equal_var=False)
+    assert bool(welch.pvalue < 0.05 and np.mean(np.log(other)) > np.mean(np.log(pick))) == switches
+    chosen, why = recommend(results)
+    assert chosen is (results[2] if switches else results[1])
+    assert why.startswith("measurement" if switches else "model")

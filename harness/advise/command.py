@@ -18,11 +18,11 @@ from typing import Any
 
 from rich.console import Console
 
-from harness.advise.model import Config, Machine, Prediction
+from harness.advise.model import Config, Hardware, Prediction
 from harness.advise.profile import Profile, ProfileRequest, measure_profile
 from harness.advise.search import MAX_ENVS, Projection, distinct_top, project, rank, search_space
 from harness.advise.target import parse_target
-from harness.advise.validate import Validated, estimated_seconds, run_validation, validation_suite
+from harness.advise.validate import Validated, estimated_seconds, recommend, run_validation, validation_suite
 from harness.errors import HarnessError
 
 ADVISE_VERSION = 1
@@ -39,7 +39,7 @@ class AdviseRequest:
     env_kwargs: dict[str, Any]
     preset: str
     budget_s: float
-    target: Machine | None
+    target: Hardware | None
     backends: tuple[str, ...]
     out: Path
     max_envs: int = MAX_ENVS
@@ -147,13 +147,13 @@ def run_advise(request: AdviseRequest, console: Console) -> Path:
     record["status"] = "ranking"
     save()
 
-    here = Machine(profile.usable_cpus)
+    here = Hardware(profile.usable_cpus)
     available_mib = _available_mib()
     ranked = rank(profile, search_space(profile, request.backends, available_mib, request.max_envs), here)
     record["predictions"] = [_prediction_json(p) for p in ranked]
     serial = next(p for p in ranked if p.config.backend == "serial")
     top = distinct_top(ranked, TOP)
-    chosen = [serial, *top]
+    chosen = [serial, *top]  # the validation keeps this order: serial, then the model's picks, best first
     record["recommendation"] = {"label": ranked[0].config.label, "by": "model", "predicted_fps": ranked[0].fps}
     save()
 
@@ -170,11 +170,9 @@ def run_advise(request: AdviseRequest, console: Console) -> Path:
             run_dir, results = run_validation(suite, chosen, out, console, case_timeout_s=max(60.0, left))
             validation = {"validated": True, "repeats": repeats, "run_dir": run_dir.name,
                           "results": [_validated_json(v) for v in results]}  # fmt: skip
-            measured = [v for v in results if v.measured_fps]
-            if measured:  # the measurement decides between the model's best few
-                best = max(measured, key=lambda v: v.measured_fps or 0.0)
-                record["recommendation"] = {"label": best.config.label, "by": "measurement", "predicted_fps": best.predicted_fps,
-                                            "measured_fps": best.measured_fps}  # fmt: skip
+            chosen_one, why = recommend(results)
+            record["recommendation"] = {"label": chosen_one.config.label, "by": why.split(":")[0], "why": why,
+                                        "predicted_fps": chosen_one.predicted_fps, "measured_fps": chosen_one.measured_fps}  # fmt: skip
             break
     else:
         needed = estimated_seconds(chosen, 2, startup)
@@ -243,7 +241,7 @@ def _prediction_json(p: Prediction) -> dict[str, Any]:
 def _validated_json(v: Validated) -> dict[str, Any]:
     return {"label": v.config.label, "config": dataclasses.asdict(v.config), "predicted_fps": v.predicted_fps,
             "measured_fps": v.measured_fps, "measured_low": v.measured_low, "measured_high": v.measured_high,
-            "runs_ok": v.runs_ok, "error": v.error}  # fmt: skip
+            "runs_ok": v.runs_ok, "error": v.error, "fps_samples": list(v.samples)}  # fmt: skip
 
 
 def _projection_json(projection: Projection) -> dict[str, Any]:
@@ -261,7 +259,7 @@ def _projection_json(projection: Projection) -> dict[str, Any]:
 
 def _print_summary(console: Console, record: dict[str, Any], report: Path) -> None:
     chosen = record["recommendation"]
-    how = (f"measured {chosen['measured_fps']:,.0f} steps/s, the fastest of those validated" if chosen["by"] == "measurement"
+    how = (f"measured {chosen['measured_fps']:,.0f} steps/s; chosen by {chosen['why']}" if chosen.get("measured_fps")
            else "the model's best, not measured")  # fmt: skip
     console.print(f"[bold]recommended[/]: {chosen['label']}: predicted {chosen['predicted_fps']:,.0f} steps/s, {how}")
     validation = record["validation"]

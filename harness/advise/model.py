@@ -83,7 +83,7 @@ class Config:
 
 
 @dataclass(frozen=True)
-class Machine:
+class Hardware:
     """Where the model places the configuration: this machine, or a described target."""
 
     cores: float
@@ -134,7 +134,7 @@ def _max_of_sums(samples: tuple[float, ...], per_step_extra: float, groups: int,
     return float(slowest.mean()) + draws * per_step_extra
 
 
-def predict(profile: Profile, config: Config, machine: Machine) -> Prediction:
+def predict(profile: Profile, config: Config, machine: Hardware) -> Prediction:
     """One iteration of `config` on `machine`, from the profile alone."""
     steps = profile.steps_per_iteration
     if steps % config.num_envs:
@@ -165,7 +165,7 @@ def _in_process(profile: Profile, config: Config) -> dict[str, float]:
             "overhead": vector_steps * profile.vecenv_loop_s.at(envs), "learner": profile.train_s}  # fmt: skip
 
 
-def _central(profile: Profile, config: Config, machine: Machine) -> dict[str, float]:
+def _central(profile: Profile, config: Config, machine: Hardware) -> dict[str, float]:
     """Lockstep: each step waits for the slowest env process, then the transport, the loop and one policy call."""
     steps, envs = profile.steps_per_iteration, config.num_envs
     vector_steps = steps // envs
@@ -182,7 +182,7 @@ def _central(profile: Profile, config: Config, machine: Machine) -> dict[str, fl
             "learner": profile.train_s}  # fmt: skip
 
 
-def _workers(profile: Profile, config: Config, machine: Machine) -> tuple[dict[str, float], tuple[str, ...]]:
+def _workers(profile: Profile, config: Config, machine: Hardware) -> tuple[dict[str, float], tuple[str, ...]]:
     """Worker inference, sync or overlap, on one node or several."""
     steps, workers, envs = profile.steps_per_iteration, config.workers, config.envs_per_worker
     vector_steps = steps // config.num_envs
@@ -222,7 +222,7 @@ def _workers(profile: Profile, config: Config, machine: Machine) -> tuple[dict[s
     return terms, notes
 
 
-def _network(profile: Profile, config: Config, machine: Machine, bytes_per_step: float) -> tuple[float, tuple[str, ...]]:
+def _network(profile: Profile, config: Config, machine: Hardware, bytes_per_step: float) -> tuple[float, tuple[str, ...]]:
     """Seconds per iteration on the network between nodes: the weights to every other node hosting workers, and
     the remote workers' fragments to the learner's node, each paying one latency."""
     nodes_used = min(machine.nodes, config.workers)

@@ -40,8 +40,8 @@ def _document(record: dict[str, Any]) -> list[str]:
         return [*lines, "", "The profile did not finish: nothing to recommend."]
     chosen = record["recommendation"]
     predicted = next(p for p in record["predictions"] if p["label"] == chosen["label"])
-    how = (f"measured {chosen['measured_fps']:,.0f} steps/s, the fastest of the configurations validated below"
-           if chosen["by"] == "measurement" else "the model's best; not measured")  # fmt: skip
+    how = (f"measured {chosen['measured_fps']:,.0f} steps/s; chosen by the {chosen['why']}" if chosen.get("measured_fps")
+           else "the model's best; not measured")  # fmt: skip
     lines += ["", "## Recommendation", "", f"**{chosen['label']}**: predicted {chosen['predicted_fps']:,.0f} steps/s, {how}. "
               f"Its largest part: {predicted['dominant']}. Worker inference samples with a policy copy in each worker; "
               "overlap samples the next batch while the learner trains (one policy version of lag)."]  # fmt: skip

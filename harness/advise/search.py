@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from harness.advise.model import IN_PROCESS, Config, Machine, Prediction, predict
+from harness.advise.model import IN_PROCESS, Config, Hardware, Prediction, predict
 from harness.advise.profile import Profile
 
 VECTOR_ENVS = (2, 4, 8, 16, 32, 64)
@@ -72,7 +72,7 @@ def _process_mib(profile: Profile, config: Config) -> float | None:
     return part.process_mib if part else None
 
 
-def rank(profile: Profile, configs: list[Config], machine: Machine) -> list[Prediction]:
+def rank(profile: Profile, configs: list[Config], machine: Hardware) -> list[Prediction]:
     """Predictions, fastest first; within 1% of each other, the one with fewer processes and envs first (the
     model cannot tell them apart, and the smaller one costs less memory and start-up)."""
     predictions = [predict(profile, c, machine) for c in configs]
@@ -108,14 +108,14 @@ class ProjectionRow:
 @dataclass(frozen=True)
 class Projection:
     backend: str
-    machine: Machine
+    machine: Hardware
     rows: tuple[ProjectionRow, ...]
     stops_paying: dict[str, int]
     """Per schedule, the worker count past which doubling gains less than `STOPS_PAYING`."""
     assumptions: tuple[str, ...]
 
 
-def project(profile: Profile, machine: Machine) -> Projection:
+def project(profile: Profile, machine: Hardware) -> Projection:
     """Worker inference at 1 to 256 workers of one env each, sync and overlap, on `machine`: multiprocessing on one
     node, Ray across several (its measured costs here stand for `ray_cluster`'s)."""
     preferred = ("multiprocessing", "ray_local") if machine.nodes == 1 else ("ray_local",)

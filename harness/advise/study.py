@@ -25,7 +25,7 @@ from typing import Any
 from rich.console import Console
 from tabulate import tabulate
 
-from harness.advise.model import Config, Machine, predict
+from harness.advise.model import Config, Hardware, predict
 from harness.advise.profile import Profile, ProfileRequest, measure_profile
 from harness.errors import HarnessError
 
@@ -120,7 +120,7 @@ def measured_cells(run_dir: Path, profiles: Profiles) -> list[Cell]:
             config = Config(backend["name"], backend["workers"], backend["envs_per_worker"], backend["inference"],
                             backend["schedule"])  # fmt: skip
             profile = profiles.get(record["env"], record["ppo"], record["preset"])
-            prediction = predict(profile, config, Machine(cpus))
+            prediction = predict(profile, config, Hardware(cpus))
             cells.append(Cell(run_dir.name, stats.id, config, prediction.fps, fps.value, stats.oversubscribed,
                               prediction.dominant))  # fmt: skip
     return cells
@@ -133,7 +133,7 @@ def reference_cells(reference: Reference, profiles: Profiles) -> list[Cell]:
     ppo = dataclasses.asdict(PRESETS[reference.preset])
     env = {**dataclasses.asdict(_env_spec(reference.env))}
     profile = profiles.get(env, ppo, reference.preset)
-    machine = Machine(reference.cores)
+    machine = Hardware(reference.cores)
     serial = predict(profile, Config("serial"), machine).fps
     cells = []
     for config, fps in reference.fps.items():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from harness.advise.model import Machine
+from harness.advise.model import Hardware
 from harness.errors import HarnessError
 
 TARGET_KEYS = {
@@ -16,7 +16,7 @@ TARGET_KEYS = {
 EXAMPLE = "cores=64,nodes=4,bandwidth_gbps=10,latency_ms=0.2"
 
 
-def parse_target(text: str) -> Machine:
+def parse_target(text: str) -> Hardware:
     """The described machine; `HarnessError`, one line, for an unknown key, a repeated one, a value that is not a
     positive finite number, a fractional node count, or no `cores`."""
     values: dict[str, float] = {}
@@ -41,4 +41,4 @@ def parse_target(text: str) -> Machine:
     nodes = values.get("nodes", 1.0)
     if nodes != int(nodes):
         raise HarnessError(f"--target nodes must be a whole number, got {nodes:g}")
-    return Machine(values["cores"], int(nodes), values.get("bandwidth_gbps"), values.get("latency_ms"))
+    return Hardware(values["cores"], int(nodes), values.get("bandwidth_gbps"), values.get("latency_ms"))

@@ -29,6 +29,8 @@ class Validated:
     measured_low: float | None
     measured_high: float | None
     runs_ok: int
+    samples: tuple[float, ...] = ()
+    """FPS of each fresh-process repeat."""
 
     @property
     def error(self) -> float | None:
@@ -89,6 +91,36 @@ def run_validation(suite: Any, predictions: list[Prediction], out: Path, console
     for p in predictions:
         stats = by_label.get(case_label(p.config))
         fps = stats["fps"] if stats is not None and stats.runs_ok else None
+        samples = tuple(stats.samples("fps")) if fps else ()
         results.append(Validated(p.config, p.fps, fps.value if fps else None, fps.low if fps else None,
-                                 fps.high if fps else None, stats.runs_ok if stats is not None else 0))  # fmt: skip
+                                 fps.high if fps else None, stats.runs_ok if stats is not None else 0, samples))  # fmt: skip
     return run_dir, results
+
+
+SIGNIFICANCE = 0.05
+
+
+def recommend(results: list[Validated]) -> tuple[Validated, str]:
+    """The model's best validated configuration, unless another one measured significantly faster (Welch's test on
+    log FPS at 5%, `harness.stats.compare`): then the fastest of those. Repeats on a shared machine are noisy, and
+    a measured lead the repeats cannot tell from noise should not overturn the model. Returns the choice and why."""
+    from harness.stats import compare
+
+    candidates = [v for v in results if v.config.backend != "serial"] or list(results)
+    model_pick = candidates[0]  # the validation measures the model's picks in its order
+    if not model_pick.samples:
+        measured = [v for v in candidates if v.samples]
+        if not measured:
+            return model_pick, "model: no configuration could be measured"
+        best = max(measured, key=lambda v: v.measured_fps or 0.0)
+        return best, "measurement: the model's pick failed to run"
+    faster = []
+    for other in candidates[1:]:
+        result = compare(model_pick.samples, other.samples) if other.samples else None
+        if result is not None and result.ratio.value > 1 and result.p_value is not None and result.p_value < SIGNIFICANCE:
+            faster.append(other)
+    if faster:
+        best = max(faster, key=lambda v: v.measured_fps or 0.0)
+        return best, (f"measurement: significantly faster than the model's pick, {model_pick.config.label} "
+                      f"(Welch's test on log FPS, p < {SIGNIFICANCE:g})")  # fmt: skip
+    return model_pick, f"model, and no configuration measured significantly faster (Welch's test on log FPS, {SIGNIFICANCE:g})"
