@@ -36,6 +36,10 @@ def _document(record: dict[str, Any]) -> list[str]:
              "", f"PPO preset `{request['preset']}`; {machine['cpu_model']}, {profile['usable_cpus'] if profile else '?'} usable "
              f"CPUs; created {record['created']}; status {record['status']}"
              + (f"; took {record['elapsed_s'] / 60:.1f} of {request['budget_s'] / 60:g} budgeted minutes" if "elapsed_s" in record else "")]  # fmt: skip
+    load = machine.get("load_average") or [0.0]
+    if profile and load[0] > 0.5 * profile["usable_cpus"]:
+        lines += ["", f"⚠ The machine was busy when advise started (1-minute load average {load[0]:.1f} on "
+                  f"{profile['usable_cpus']:g} usable CPUs): every figure here includes what else was running."]  # fmt: skip
     if not profile or "predictions" not in record:
         return [*lines, "", "The profile did not finish: nothing to recommend."]
     chosen = record["recommendation"]
