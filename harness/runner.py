@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -118,9 +119,11 @@ def run_suite(
     console: Console,
     resume: Path | None = None,
     force: bool = False,
+    deadline: float | None = None,
 ) -> tuple[Path, dict[str, Any]]:
     """Run every job (or, with `resume`, every job of that run not yet `ok`); returns the run folder and
-    the final record. Never loses a finished case; a signal ends the run `interrupted`."""
+    the final record. Never loses a finished case; a signal ends the run `interrupted`. With a `deadline`
+    (`time.monotonic()`), the run ends there: the case running then is stopped, the rest are recorded as not run."""
     if resume is not None:
         run_dir, run = _resumable(resume, suite, force, console)
         quick = run["quick"]
@@ -146,9 +149,16 @@ def run_suite(
                 name = f"{job.case.id} seed {job.seed} rep {job.repeat}"
                 if job.case_index in broken:
                     result = _skipped(job, broken[job.case_index])
+                elif deadline is not None and time.monotonic() >= deadline:
+                    result = {"seed": job.seed, "repeat": job.repeat, "status": "error", "log": "",
+                              "error": "not run: the time budget ran out"}  # fmt: skip
                 else:
                     on_progress = progress.started(name)
-                    result = _run_job(job, run_dir, logs / f"{number:03d}.log", case_timeout_s, on_progress)
+                    left = None if deadline is None else max(1.0, deadline - time.monotonic())
+                    timeout = case_timeout_s if left is None else min(case_timeout_s, left)
+                    result = _run_job(job, run_dir, logs / f"{number:03d}.log", timeout, on_progress)
+                    if left is not None and timeout == left and str(result.get("error", "")).startswith("timed out"):
+                        result["error"] = f"stopped after {left:.0f} s: the time budget ran out"
                     if result.get("deterministic"):
                         broken[job.case_index] = result["error"]
                 if resume is not None:

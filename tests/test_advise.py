@@ -399,3 +399,31 @@ def test_measurement_overturns_the_model_only_when_significant(pick: tuple, othe
     chosen, why = recommend(results)
     assert chosen is (results[2] if switches else results[1])
     assert why.startswith("measurement" if switches else "model")
+
+
+def test_a_deadline_stops_the_running_case_and_leaves_the_rest_not_run(tmp_path) -> None:  # noqa: ANN001
+    """The validation ends at the budget's deadline: the runner stops the case running then (recorded as stopped by
+    the budget) and records the rest as not run, so `advise` stays within --budget-minutes."""
+    import time
+
+    from rich.console import Console
+
+    from harness.advise.model import Prediction
+    from harness.advise.validate import run_validation, validation_suite
+    from harness.results import load_run
+
+    # 512 steps of a 5 ms step: each iteration takes over 2.5 s, each run (4 iterations) over 10 s
+    predictions = [Prediction(Config("serial"), 1.0, 1.0, {}), Prediction(Config("vecenv", 1, 2), 1.0, 1.0, {})]
+    env, kwargs = "tests.custom_envs:BusyPendulum", {"cost_ms": 5.0, "cv": 0.1, "max_episode_steps": 200}
+    suite = validation_suite(env, kwargs, "cartpole", predictions, repeats=2)
+    started = time.monotonic()
+    run_dir, results = run_validation(suite, predictions, tmp_path, Console(quiet=True), case_timeout_s=600,
+                                      deadline=started + 4.0)  # fmt: skip
+    assert time.monotonic() - started < 4.0 + 30  # the stopped case closes within the runner's grace
+    assert all(v.measured_fps is None and v.runs_ok == 0 for v in results)
+    runs = [r for case in load_run(run_dir)["cases"] for r in case["runs"]]
+    assert len(runs) == 4
+    assert runs[0]["error"].startswith("stopped after 4 s: the time budget ran out") or runs[0]["error"].startswith(
+        "stopped after"
+    )
+    assert [r["error"] for r in runs[1:]] == ["not run: the time budget ran out"] * 3

@@ -167,9 +167,12 @@ def run_advise(request: AdviseRequest, console: Console) -> Path:
             save()
             console.print(f"validating the top {len(top)} and serial ({repeats} repeats, about {needed:.0f} s)")
             suite = validation_suite(request.env_id, request.env_kwargs, request.preset, chosen, repeats)
-            run_dir, results = run_validation(suite, chosen, out, console, case_timeout_s=max(60.0, left))
-            validation = {"validated": True, "repeats": repeats, "run_dir": run_dir.name,
-                          "results": [_validated_json(v) for v in results]}  # fmt: skip
+            run_dir, results = run_validation(suite, chosen, out, console, case_timeout_s=max(60.0, left),
+                                              deadline=deadline - REPORT_RESERVE_S)  # fmt: skip
+            planned = len(chosen) * repeats
+            finished = sum(v.runs_ok for v in results)
+            validation = {"validated": True, "repeats": repeats, "run_dir": run_dir.name, "runs_planned": planned,
+                          "runs_ok": finished, "results": [_validated_json(v) for v in results]}  # fmt: skip
             chosen_one, why = recommend(results)
             record["recommendation"] = {"label": chosen_one.config.label, "by": why.split(":")[0], "why": why,
                                         "predicted_fps": chosen_one.predicted_fps, "measured_fps": chosen_one.measured_fps}  # fmt: skip

@@ -63,6 +63,9 @@ def _document(record: dict[str, Any]) -> list[str]:
                          interval if measured else "-", f"{row['error']:+.0%}" if row["error"] is not None else "-"])  # fmt: skip
         lines.append(tabulate(rows, ["configuration", "predicted steps/s", "measured steps/s", "95% CI", "error (pred / meas - 1)"],
                               tablefmt="github", disable_numparse=True))  # fmt: skip
+        if validation.get("runs_ok", 0) < validation.get("runs_planned", 0):
+            lines += ["", f"{validation['runs_ok']} of {validation['runs_planned']} validation runs finished within the "
+                      "budget (or failed): see the validation's own report for each run's error."]  # fmt: skip
         measured = [r for r in validation["results"] if r["measured_fps"]]
         if measured:
             fastest = max(measured, key=lambda r: r["measured_fps"])

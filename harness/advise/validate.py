@@ -75,16 +75,17 @@ def estimated_seconds(predictions: list[Prediction], repeats: int, startup: dict
     return total
 
 
-def run_validation(suite: Any, predictions: list[Prediction], out: Path, console: Console,
-                   case_timeout_s: float) -> tuple[Path, list[Validated]]:  # fmt: skip
-    """Run the suite with the harness's own runner and pair each measured FPS with its prediction."""
+def run_validation(suite: Any, predictions: list[Prediction], out: Path, console: Console, case_timeout_s: float,
+                   deadline: float | None = None) -> tuple[Path, list[Validated]]:  # fmt: skip
+    """Run the suite with the harness's own runner and pair each measured FPS with its prediction; by `deadline`
+    (`time.monotonic()`) whatever is still running is stopped, and the rest is not run."""
     import sys
 
     from harness.analysis import run_stats
     from harness.report import write_report
     from harness.runner import run_suite
 
-    run_dir, run = run_suite(suite, out, False, sys.argv, case_timeout_s, console)
+    run_dir, run = run_suite(suite, out, False, sys.argv, case_timeout_s, console, deadline=deadline)
     write_report(run_dir)
     by_label = {c.label: c for c in run_stats(run)["validation"]}
     results = []
