@@ -150,8 +150,7 @@ def run_suite(
                 if job.case_index in broken:
                     result = _skipped(job, broken[job.case_index])
                 elif deadline is not None and time.monotonic() >= deadline:
-                    result = {"seed": job.seed, "repeat": job.repeat, "status": "error", "log": "",
-                              "error": "not run: the time budget ran out"}  # fmt: skip
+                    result = _not_run(job, "the time budget ran out")
                 else:
                     on_progress = progress.started(name)
                     left = None if deadline is None else max(1.0, deadline - time.monotonic())
@@ -206,9 +205,12 @@ def _record(run: dict[str, Any], job: Job, result: dict[str, Any]) -> None:
     runs[:] = [r for r in runs if (r.get("seed"), r.get("repeat")) != (job.seed, job.repeat)] + [result]
 
 
+def _not_run(job: Job, why: str) -> dict[str, Any]:
+    return {"seed": job.seed, "repeat": job.repeat, "status": "error", "log": "", "error": f"not run: {why}"}
+
+
 def _skipped(job: Job, error: str) -> dict[str, Any]:
-    return {"seed": job.seed, "repeat": job.repeat, "status": "error", "log": "",
-            "error": f"not run: an earlier run of this case failed in a way every run would ({error})"}  # fmt: skip
+    return _not_run(job, f"an earlier run of this case failed in a way every run would ({error})")
 
 
 def _resumable(run_dir: Path, suite: Suite, force: bool, console: Console) -> tuple[Path, dict[str, Any]]:

@@ -388,12 +388,14 @@ def test_measurement_overturns_the_model_only_when_significant(pick: tuple, othe
     """The validated pick is the model's unless another configuration measured faster by Welch's test on log FPS
     at 5%, as scipy computes it."""
     from harness.advise.validate import Validated, recommend
+    from harness.stats import Estimate
 
     def validated(label_workers: int, samples: tuple) -> Validated:
         config = Config("multiprocessing", label_workers, 1)
-        return Validated(config, 1.0, float(stats.gmean(samples)), None, None, len(samples), samples)
+        return Validated(config, 1.0, Estimate(len(samples), float(stats.gmean(samples)), None, None, "geometric mean"),
+                         len(samples), samples)  # fmt: skip
 
-    serial = Validated(Config("serial"), 1.0, 500.0, None, None, 3, (500.0, 501.0, 499.0))
+    serial = Validated(Config("serial"), 1.0, Estimate(3, 500.0, None, None, "geometric mean"), 3, (500.0, 501.0, 499.0))
     results = [serial, validated(2, pick), validated(4, other)]
     welch = stats.ttest_ind(np.log(other), np.log(pick), equal_var=False)
     assert bool(welch.pvalue < 0.05 and np.mean(np.log(other)) > np.mean(np.log(pick))) == switches

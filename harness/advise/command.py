@@ -243,7 +243,8 @@ def _prediction_json(p: Prediction) -> dict[str, Any]:
 
 def _validated_json(v: Validated) -> dict[str, Any]:
     return {"label": v.config.label, "config": dataclasses.asdict(v.config), "predicted_fps": v.predicted_fps,
-            "measured_fps": v.measured_fps, "measured_low": v.measured_low, "measured_high": v.measured_high,
+            "measured_fps": v.measured_fps, "measured_low": v.measured.low if v.measured else None,
+            "measured_high": v.measured.high if v.measured else None,
             "runs_ok": v.runs_ok, "error": v.error, "fps_samples": list(v.samples)}  # fmt: skip
 
 

@@ -301,11 +301,17 @@ def _worker_memory_mib(backend: Any) -> float | None:
     """Median proportional set size of the worker processes the backend placed (PSS: shared pages split)."""
     import psutil
 
-    pids = [p["pid"] for p in backend.describe().get("placement", []) if p.get("pid")]
+    return _median_pss_mib(psutil.Process(p["pid"]) for p in backend.describe().get("placement", []) if p.get("pid"))
+
+
+def _median_pss_mib(processes: Any) -> float | None:
+    """Median PSS of `processes` (RSS where the kernel gives no PSS); those that ended meanwhile are left out."""
+    import psutil
+
     sizes = []
-    for pid in pids:
+    for process in processes:
         try:
-            info = psutil.Process(pid).memory_full_info()
+            info = process.memory_full_info()
             sizes.append(getattr(info, "pss", info.rss) / 2**20)
         except (psutil.Error, OSError):
             continue
@@ -354,14 +360,7 @@ def _children_memory_mib() -> float | None:
     """Median PSS of this process's children (the env processes a vector env started)."""
     import psutil
 
-    sizes = []
-    for child in psutil.Process().children(recursive=True):
-        try:
-            info = child.memory_full_info()
-            sizes.append(getattr(info, "pss", info.rss) / 2**20)
-        except (psutil.Error, OSError):
-            continue
-    return statistics.median(sizes) if sizes else None
+    return _median_pss_mib(psutil.Process().children(recursive=True))
 
 
 # --- EnvPool -----------------------------------------------------------------------------------------

@@ -34,7 +34,7 @@ def search_space(profile: Profile, backends: tuple[str, ...], available_mib: flo
     configs = [Config("serial")]
     for name in backends:
         entry = REGISTRY[name]
-        if name in ("serial",):
+        if name == "serial":
             continue
         if name == "envpool" and profile.envpool_step_s is None:
             continue

@@ -95,8 +95,7 @@ class Profiles:
             return Profile.from_json(json.loads(path.read_text()))
         self.console.print(f"profiling {env['id']} (cost {env.get('step_cost_ms', 0)} ms {env.get('step_cost_kind', '')}), "
                            f"{ppo['steps_per_iteration']} steps per iteration")  # fmt: skip
-        envpool = False
-        request = ProfileRequest(env, preset, ppo, envpool=envpool)
+        request = ProfileRequest(env, preset, ppo, envpool=False)
         profile = measure_profile(request, lambda line: self.console.print(f"  {line}"), {})
         path.write_text(json.dumps(profile.to_json()))
         return profile

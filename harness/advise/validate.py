@@ -11,6 +11,7 @@ from typing import Any
 from rich.console import Console
 
 from harness.advise.model import Config, Prediction
+from harness.stats import Estimate
 
 WARMUP_ITERATIONS = 1
 ITERATIONS = 3
@@ -25,21 +26,20 @@ PROCESS_S = 5.0
 class Validated:
     config: Config
     predicted_fps: float
-    measured_fps: float | None
-    measured_low: float | None
-    measured_high: float | None
+    measured: Estimate | None
+    """The case's FPS as the speed table gives it (geometric mean of the repeats, 95% interval); None if none ran."""
     runs_ok: int
     samples: tuple[float, ...] = ()
     """FPS of each fresh-process repeat."""
 
     @property
+    def measured_fps(self) -> float | None:
+        return self.measured.value if self.measured else None
+
+    @property
     def error(self) -> float | None:
         """Predicted over measured, minus one."""
         return self.predicted_fps / self.measured_fps - 1 if self.measured_fps else None
-
-
-def case_label(config: Config) -> str:
-    return config.label
 
 
 def validation_suite(env_id: str, env_kwargs: dict[str, Any], preset: str, predictions: list[Prediction],
@@ -55,12 +55,12 @@ def validation_suite(env_id: str, env_kwargs: dict[str, Any], preset: str, predi
     for prediction in predictions:
         c = prediction.config
         spec = BackendSpec(c.backend, c.workers, c.envs_per_worker, c.inference, schedule=c.schedule)
-        label = case_label(c)
+        label = c.label
         case_id = f"validation/{label.replace(' ', '_')}/w{c.workers}xe{c.envs_per_worker}"
         cases.append(CaseConfig(case_id, "validation", label, spec, env, PRESETS[preset], preset))
     measure = MeasureConfig(warmup_iterations=WARMUP_ITERATIONS, iterations=ITERATIONS, repeats=repeats)
     part = SuitePart("validation", "the recommended configurations and serial, measured", measure, tuple(cases),
-                     ("speed", "phases"), case_label(predictions[0].config), tuple(c.id for c in cases))  # fmt: skip
+                     ("speed", "phases"), predictions[0].config.label, tuple(c.id for c in cases))  # fmt: skip
     text = json.dumps({"env": env_id, "kwargs": env_kwargs, "preset": preset,
                        "configs": [p.config.label for p in predictions], "repeats": repeats})  # fmt: skip
     return Suite("validation", "harness advise: the top configurations and serial", "(harness advise)", text, (part,))
@@ -90,11 +90,10 @@ def run_validation(suite: Any, predictions: list[Prediction], out: Path, console
     by_label = {c.label: c for c in run_stats(run)["validation"]}
     results = []
     for p in predictions:
-        stats = by_label.get(case_label(p.config))
+        stats = by_label.get(p.config.label)
         fps = stats["fps"] if stats is not None and stats.runs_ok else None
         samples = tuple(stats.samples("fps")) if fps else ()
-        results.append(Validated(p.config, p.fps, fps.value if fps else None, fps.low if fps else None,
-                                 fps.high if fps else None, stats.runs_ok if stats is not None else 0, samples))  # fmt: skip
+        results.append(Validated(p.config, p.fps, fps, stats.runs_ok if stats is not None else 0, samples))
     return run_dir, results
 
 
