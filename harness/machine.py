@@ -7,6 +7,7 @@ import os
 import platform
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,21 @@ def gpus() -> list[dict[str, Any]]:
             pynvml.nvmlShutdown()
     except Exception:  # no library, no driver or no device all mean: no GPU
         return []
+
+
+def busy_cores_between(before: Any, after: Any, wall_s: float) -> float:
+    """Cores kept busy between two `psutil.cpu_times()` readings: every state but idle and iowait."""
+    waiting = ("idle", "iowait", "guest", "guest_nice")  # the guest times are counted in user and nice already
+    busy = sum(getattr(after, f) - getattr(before, f) for f in after._fields if f not in waiting)
+    return max(0.0, busy / wall_s)
+
+
+def busy_cores_elsewhere(window_s: float = 1.0) -> float:
+    """Cores other processes keep busy, measured across the whole machine while this one sleeps. A load
+    average lags by a minute (it still counts a test run that just ended); this reads the last second."""
+    before, start = psutil.cpu_times(), time.monotonic()
+    time.sleep(window_s)
+    return busy_cores_between(before, psutil.cpu_times(), time.monotonic() - start)
 
 
 def machine_info() -> dict[str, Any]:

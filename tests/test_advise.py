@@ -238,6 +238,13 @@ def test_a_budget_too_small_to_validate_says_so_and_still_recommends(tmp_path, c
     (run_dir / "report.md").unlink()
     assert main(["report", str(run_dir)]) == 0  # re-rendered from run.json alone
     assert (run_dir / "report.md").read_text() == report
+    # the rest of the machine, read as advise started: the report warns past a quarter of the usable CPUs
+    assert record["busy_elsewhere_cores"] >= 0
+    usable = record["machine"]["usable_cpus"]
+    for busy, warned in ((0.24 * usable, False), (0.26 * usable, True)):
+        (run_dir / "run.json").write_text(json.dumps({**record, "busy_elsewhere_cores": busy}))
+        assert main(["report", str(run_dir)]) == 0
+        assert ("The machine was busy when advise started" in (run_dir / "report.md").read_text()) is warned, busy
 
 
 @pytest.mark.slow
@@ -249,13 +256,18 @@ def test_recommendation_is_within_10_percent_of_a_brute_force_sweeps_best(tmp_pa
     from backends.envs import EnvSpec
     from harness.advise.model import Prediction
     from harness.advise.validate import run_validation, validation_suite
+    from harness.machine import busy_cores_elsewhere
 
+    # Other processes on the cores (CI's loaded run spins two) take a share that changes with how many
+    # processes each configuration starts, which neither advise nor the sweep can hold still.
+    _skip_when_busy(busy_cores_elsewhere(2.0))
     env, kwargs = "tests.custom_envs:BusyPendulum", {"max_episode_steps": 200}
     argv = ["advise", "--env", env, "--kwargs", json.dumps(kwargs), "--preset", "cartpole", "--backends",
             "multiprocessing", "--max-envs", "4", "--budget-minutes", "4", "--out", str(tmp_path / "advise")]  # fmt: skip
     assert main(argv) == 0
     (run_dir,) = (tmp_path / "advise").glob("advise-*")
     record = json.loads((run_dir / "run.json").read_text())
+    _skip_when_busy(record["busy_elsewhere_cores"])
     assert record["validation"]["validated"], record["validation"]
     recommended = record["recommendation"]["label"]
     configs = [Config(**p["config"]) for p in record["predictions"]]
@@ -272,6 +284,12 @@ def test_recommendation_is_within_10_percent_of_a_brute_force_sweeps_best(tmp_pa
     print(f"brute force, steps/s: {fps}; advise recommended {recommended}")
     assert fps[recommended] >= 0.9 * fps[best], (recommended, fps[recommended], best, fps[best])
     assert math.isfinite(fps[best])
+
+
+def _skip_when_busy(elsewhere: float) -> None:
+    if elsewhere > 0.5:
+        pytest.skip(f"other processes keep {elsewhere:.1f} cores busy: this check times configurations against each "
+                    "other and needs the machine to itself")  # fmt: skip
 
 
 def _quiet_console():  # noqa: ANN202

@@ -4,14 +4,16 @@ against the CPUs a run may use, a dirty flag that means changed code, and the lo
 from __future__ import annotations
 
 import subprocess
+import sys
 import threading
 import time
 
 import numpy as np
+import pytest
 
 from backends.envs import EnvSpec, make_env
 from harness.analysis import case_stats
-from harness.machine import commit_info, usable_cpus
+from harness.machine import busy_cores_between, busy_cores_elsewhere, commit_info, usable_cpus
 from harness.report import machine_header
 
 COST_MS, STEPS = 20.0, 5
@@ -145,3 +147,31 @@ def test_the_case_runs_with_the_torch_threads_run_json_records():
         assert result["torch_threads"] == 1 == torch.get_num_threads()
     finally:
         torch.set_num_threads(previous)
+
+
+def test_busy_cores_count_every_state_but_idle_and_waiting_and_not_guest_twice():
+    """By hand: over 2 s, user 1.5 + nice 0.2 + system 0.6 + irq 0.1 + softirq 0.1 + steal 0.1 = 2.6 CPU-seconds
+    busy, 1.3 cores. Idle and iowait are not busy; guest time is already inside user and nice."""
+    import psutil
+
+    fields = psutil.cpu_times()._fields
+    zero = type(psutil.cpu_times())(**dict.fromkeys(fields, 0.0))
+    grown = {"user": 1.5, "nice": 0.2, "system": 0.6, "idle": 1.0, "iowait": 0.4, "irq": 0.1, "softirq": 0.1,
+             "steal": 0.1, "guest": 0.7, "guest_nice": 0.05}  # fmt: skip
+    after = zero._replace(**{k: v for k, v in grown.items() if k in fields})
+    expected = sum(v for k, v in grown.items() if k in fields and k not in ("idle", "iowait", "guest", "guest_nice"))
+    assert busy_cores_between(zero, after, 2.0) == pytest.approx(expected / 2.0)
+    if set(grown) <= set(fields):  # Linux
+        assert busy_cores_between(zero, after, 2.0) == pytest.approx(1.3)
+
+
+def test_a_busy_process_beside_is_seen_as_a_busy_core():
+    """One process spinning beside a sleeping one: advise's reading of the rest of the machine sees at least
+    most of a core (more if other tests run at the same time, never less)."""
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.3)  # past its start-up
+        assert busy_cores_elsewhere(1.0) >= 0.7
+    finally:
+        spinner.kill()
+        spinner.wait()

@@ -101,8 +101,8 @@ def checked_request(args: argparse.Namespace) -> AdviseRequest:
 def run_advise(request: AdviseRequest, console: Console) -> Path:
     from algorithms.config import PRESETS
     from backends import REGISTRY
-    from harness.advise.report import write_advise_report
-    from harness.machine import commit_info, machine_info
+    from harness.advise.report import busy_warning, write_advise_report
+    from harness.machine import busy_cores_elsewhere, commit_info, machine_info
     from harness.results import new_run_dir
 
     started = time.monotonic()
@@ -123,6 +123,8 @@ def run_advise(request: AdviseRequest, console: Console) -> Path:
             "target": dataclasses.asdict(request.target) if request.target else None,
         },  # fmt: skip
         "machine": machine_info(),
+        # Every probe and validation run shares the machine with whatever else runs on it.
+        "busy_elsewhere_cores": busy_cores_elsewhere(),
         "commit": commit_info(),
         "status": "profiling",
     }
@@ -131,6 +133,8 @@ def run_advise(request: AdviseRequest, console: Console) -> Path:
     console.print(
         f"[bold]advise[/]: {request.env_id} with the {request.preset!r} preset; budget {request.budget_s / 60:g} min -> {out}"
     )
+    if busy_warning(record):
+        console.print(f"[yellow]{busy_warning(record)}[/]")
     remote = tuple(b for b in request.backends if REGISTRY[b].remote and "worker" in REGISTRY[b].inference_modes)
     central = tuple(b for b in request.backends if "central" in REGISTRY[b].inference_modes and b != "envpool")
     envpool = "envpool" in request.backends and _envpool_runs(request.env_id, request.env_kwargs)

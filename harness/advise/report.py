@@ -30,16 +30,31 @@ def write_advise_report(out: Path) -> Path:
     return path
 
 
+def busy_warning(record: dict[str, Any]) -> str | None:
+    """One line when other processes kept more than a quarter of the usable CPUs busy as advise started
+    (records from before this was measured: the 1-minute load average above half of them)."""
+    usable = record["machine"].get("usable_cpus") or record["machine"]["logical_cores"] or 1
+    busy = record.get("busy_elsewhere_cores")
+    if busy is None:
+        busy, how, limit = record["machine"]["load_average"][0], "the 1-minute load average was", 0.5
+    else:
+        how, limit = "other processes kept busy", 0.25
+    if busy <= limit * usable:
+        return None
+    return (
+        f"⚠ The machine was busy when advise started ({how} {busy:.1f} of {usable:g} usable CPUs): every figure "
+        "here includes what else was running, and the model assumes the machine to itself."
+    )
+
+
 def _document(record: dict[str, Any]) -> list[str]:
     request, profile, machine = record["request"], record.get("profile"), record["machine"]
     lines = [f"# harness advise: {request['env_id']}" + (f" {request['env_kwargs']}" if request["env_kwargs"] else ""),
              "", f"PPO preset `{request['preset']}`; {machine['cpu_model']}, {profile['usable_cpus'] if profile else '?'} usable "
              f"CPUs; created {record['created']}; status {record['status']}"
              + (f"; took {record['elapsed_s'] / 60:.1f} of {request['budget_s'] / 60:g} budgeted minutes" if "elapsed_s" in record else "")]  # fmt: skip
-    load = machine.get("load_average") or [0.0]
-    if profile and load[0] > 0.5 * profile["usable_cpus"]:
-        lines += ["", f"⚠ The machine was busy when advise started (1-minute load average {load[0]:.1f} on "
-                  f"{profile['usable_cpus']:g} usable CPUs): every figure here includes what else was running."]  # fmt: skip
+    if busy_warning(record):
+        lines += ["", busy_warning(record)]
     if not profile or "predictions" not in record:
         return [*lines, "", "The profile did not finish: nothing to recommend."]
     chosen = record["recommendation"]
