@@ -65,6 +65,9 @@ class Learner(ABC):
     version: int = 0
     #: Env steps trained on so far.
     steps_trained: int = 0
+    #: Optimiser steps taken so far (None: this learner does not count them). The schedule measures policy
+    #: lag in these as well as in versions: an update's size varies with the algorithm and its settings.
+    optimizer_steps: int | None = None
 
     @abstractmethod
     def __init__(self, setup: LearnerSetup) -> None: ...

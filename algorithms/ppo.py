@@ -59,6 +59,7 @@ class PPOLearner(Learner):
         self.total_steps = setup.total_steps
         self.max_policy_lag = setup.max_policy_lag
         self.steps_trained = 0
+        self.optimizer_steps = 0
         self.version = 0
         self._host_weights: tuple[int, np.ndarray] | None = None
         self.gradient_step = partial(minibatch_gradients, self.action)
@@ -138,6 +139,7 @@ class PPOLearner(Learner):
                 recorded["value_error"].append(value_error)
                 recorded["entropy"].append(entropy)
         self.steps_trained += rollout.num_steps
+        self.optimizer_steps += cfg.epochs * len(starts)
         self.version += 1
         minibatch_sizes = torch.tensor([min(size, batch - s) for s in starts] * cfg.epochs, device=self.device)
         sample_weight = (1.0 / (minibatch_sizes * len(minibatch_sizes))).repeat_interleave(minibatch_sizes)

@@ -124,6 +124,7 @@ class CaseStats:
             "run": [r.record for r in self.runs],
             "learner": [r.record.get("learner") or {} for r in self.runs],
             "iteration": self.iterations,
+            "policy_lag": [it.get("policy_lag") or {} for it in self.iterations],
         }
         return frozenset(
             name

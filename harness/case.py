@@ -50,7 +50,8 @@ class Evaluation:
 
     steps: Count
     train_wall_s: Seconds
-    """Wall time of the iterations before this evaluation: what 'seconds to the threshold' counts."""
+    """Wall time of the run's iterations before this evaluation, their `between_s` included, evaluations excluded
+    (each runs with no batch in flight): what 'seconds to the threshold' counts, alike under both schedules."""
     mean_return: float
     returns: Annotated[list[float], MinLen(1)]
     seconds: Seconds
@@ -151,7 +152,11 @@ class CaseRun:
                     self._progress(index + 1, planned)
                     if self.measure.mode == "convergence" and (learner.steps_trained >= next_eval or index == planned - 1):
                         next_eval += self.measure.eval_every
+                        # Off the clock, so first the batches in flight: no worker samples while it runs.
+                        with self.watchdog.phase(f"taking the batches in flight after iteration {index}", iteration_deadline):
+                            schedule.pause()
                         self.result["evaluations"].append(self._evaluate(learner, eval_policy, self.measure.eval_episodes))
+                        schedule.resume()
                     self._save()
                 if self.measure.mode == "convergence":
                     self.result["final_evaluation"] = self._evaluate(learner, eval_policy, self.measure.final_eval_episodes)

@@ -12,13 +12,14 @@ origin and compares them in training seconds. It is not the time of day the iter
 
 The scalars, per measured iteration (warm-up iterations are skipped, as in every statistic of the report):
     throughput/fps             the iteration's env steps over its wall time (steps / total_s), end to end
-    time/<phase>_s             sync_s, collect_s, train_s, total_s; remote backends also transfer_s, dispatch_s,
+    time/<phase>_s             between_s, sync_s, collect_s, train_s, total_s; remote backends also transfer_s, dispatch_s,
                                worker_compute_s
     bytes/<field>              sync_bytes, sync_bytes_network, transfer_bytes, where a policy copy or a batch
                                crossed a process boundary (none in-process)
     train/episode_return_mean  training episodes that ended in the batch (stochastic policy), where any did
     learner/<name>             every named statistic the learner returned (PPO: losses, KL, entropy, gae_s, ...)
-    policy_lag/min|mean|max    under the overlap schedule only (a sync batch never lags)
+    policy_lag/min|mean|max    under the overlap schedule only (a sync batch never lags); in versions, and as
+    policy_lag/sgd_steps_*     optimiser steps where the learner counts them
 and per evaluation (convergence mode): eval/mean_return, and eval/final_mean_return for the final one.
 Field names are run.json's (harness/records.py says what each measures). Failed case runs are left out: their
 partial iterations stay in run.json. Like the rest of the CLI, the export never writes over earlier output.
@@ -104,8 +105,9 @@ def iteration_scalars(it: dict[str, Any], overlap: bool) -> Iterator[tuple[str, 
     for name, value in it.get("learner", {}).items():
         yield f"learner/{name}", float(value)
     if overlap:
-        for name in ("min", "mean", "max"):
-            yield f"policy_lag/{name}", float(it["policy_lag"][name])
+        for name in ("min", "mean", "max", "sgd_steps_min", "sgd_steps_mean", "sgd_steps_max"):
+            if it["policy_lag"].get(name) is not None:
+                yield f"policy_lag/{name}", float(it["policy_lag"][name])
 
 
 def streams(run: dict[str, Any]) -> list[Stream]:

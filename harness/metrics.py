@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from harness.analysis import CaseStats, RunSamples
 
 Record = dict[str, Any]
-PHASES = ("sync", "collect", "train")  # train: the learner's whole call (PPO: GAE + update)
+PHASES = ("between", "sync", "collect", "train")  # train: the learner's whole call (PPO: GAE + update)
 
 
 @dataclass(frozen=True)
@@ -51,7 +51,7 @@ class Metric:
     applies: Callable[[CaseStats], bool] = lambda case: True
     """False: the figure means nothing for this case (weight sync with central inference, transfer in-process)."""
     recorded_by: tuple[str, str] | None = None
-    """(`run`, `learner` or `iteration`, key): a record lacking that key was written before the harness measured
+    """(`run`, `learner`, `iteration` or an iteration's `policy_lag`, key): a record lacking that key was written before the harness measured
     this figure (harness/migrations.py), and the figure is "not recorded" rather than computed from nothing."""
 
     def compute(self, case: CaseStats) -> Any:
@@ -158,7 +158,12 @@ SAMPLING_PARTS = ("sample_env_s", "sample_inference_s", "sample_other_s")
 
 def _phase(phase: str) -> Callable[[CaseStats, Record], tuple[float, float]]:
     """(this phase's seconds, the three phases' seconds) of one iteration: the parts of a pooled share."""
-    return lambda case, it: (it.get(f"{phase}_s") or 0.0, sum(it[f"{p}_s"] for p in PHASES))
+    return lambda case, it: (it.get(f"{phase}_s") or 0.0, _phases_s(it))
+
+
+def _phases_s(it: Record) -> float:
+    """The iteration's phases summed: its total_s (between_s counts 0 in a record from before version 6)."""
+    return sum(it.get(f"{p}_s") or 0.0 for p in PHASES)
 
 
 _MS = partial(mean, bounds=(0.0, math.inf))
@@ -264,8 +269,10 @@ METRICS: dict[str, Metric] = {
             pooled_share,
             per_iteration=_phase(phase),
             applies=_remote if phase == "transfer" else lambda case: True,
+            recorded_by=("iteration", "between_s") if phase == "between" else None,  # since version 6 (issue 23)
         )
         for phase, label, zh in (
+            ("between", "Between", "迭代之间"),
             ("sync", "Sync", "同步"),
             ("collect", "Collect", "采集"),
             ("transfer", "…transfer", "…其中传输"),
@@ -276,7 +283,7 @@ METRICS: dict[str, Metric] = {
         {"en": "Iteration (ms, mean)", "zh": "每次迭代（毫秒，平均）"},
         "ms",
         pooled_mean,
-        per_iteration=lambda case, it: 1000 * sum(it[f"{p}_s"] for p in PHASES),
+        per_iteration=lambda case, it: 1000 * _phases_s(it),
     ),
     "worker_compute_ms": Metric(
         {"en": "Workers sampling (ms, mean)", "zh": "工作器采样（毫秒，平均）"},
@@ -336,6 +343,13 @@ METRICS: dict[str, Metric] = {
         "policy versions",
         pooled_mean,
         per_iteration=lambda case, it: it["policy_lag"]["mean"] if "policy_lag" in it else None,
+    ),
+    "lag_sgd_steps_mean": Metric(
+        {"en": "Mean lag (SGD steps)", "zh": "平均策略滞后（优化步）"},
+        "optimiser steps",
+        pooled_mean,
+        per_iteration=lambda case, it: it["policy_lag"].get("sgd_steps_mean") if "policy_lag" in it else None,
+        recorded_by=("policy_lag", "sgd_steps_mean"),  # since version 6 (issue 23)
     ),
     "initial_kl": Metric(
         {"en": "Initial KL", "zh": "初始 KL"},

@@ -10,7 +10,8 @@ those, and the report shows them as "not recorded". A figure kept but measured d
 line in `caveats`, which `compare` and the report print. `migrated_from` is the file's own version.
 
 Versions, by the commits that wrote them (tests/fixtures/runs/ holds a run of each version's last commit):
-1: 481cf1b..fe5de4c^; 2: fe5de4c..627bf98^; 3: 627bf98..6766c94^; 4: 6766c94..issue 21^; 5: issue 21 on.
+1: 481cf1b..fe5de4c^; 2: fe5de4c..627bf98^; 3: 627bf98..6766c94^; 4: 6766c94..issue 21^; 5: issue 21..issue 23^;
+6: issue 23 on.
 """
 
 from __future__ import annotations
@@ -186,6 +187,24 @@ def update_to_5(record: Record) -> None:
         case.setdefault("torch_threads", None)  # every case then ran with its part's [measure] torch_threads
     _not_recorded(record, *(f"$.cases[*].runs[*].iterations[*].{key}" for key in SPLIT_SINCE_5))
     _not_recorded(record, *(f"$.cases[*].runs[*].iterations[*].workers[*].{key}" for key in ("env_s", "inference_s")))
+
+
+# --- version 5 -> 6 ---------------------------------------------------------------------------------
+
+SGD_LAG_SINCE_6 = ("sgd_steps_min", "sgd_steps_mean", "sgd_steps_max")
+
+
+@_step(6)
+def update_to_6(record: Record) -> None:
+    """Version 5 -> 6 (issue 23): the learner's time between iterations (writing the record, progress) was off the
+    clock, so a version-5 `total_s` is the sum of three phases and `between_s` was not measured: not recorded. Nor
+    was policy lag in optimiser steps. Under overlap the workers sampled during that time and during evaluations,
+    which a caveat says."""
+    _not_recorded(record, "$.cases[*].runs[*].iterations[*].between_s")
+    _not_recorded(record, *(f"$.cases[*].runs[*].iterations[*].policy_lag.{key}" for key in SGD_LAG_SINCE_6))
+    if any(_table(case, "backend", path).get("schedule") == "overlap" for path, case in _cases(record)):
+        _caveat(record, "overlap before version 6: the workers sampled while the learner evaluated and wrote its record, "
+                        "off the clock, so its seconds to the threshold and its FPS were slightly favoured")  # fmt: skip
 
 
 # --- reading an old record, naming the path of what it lacks ----------------------------------------

@@ -8,10 +8,21 @@ without waiting; the workers load them before their next fragment. A batch then
 lags the learner by up to `max_lag` versions, measured per fragment.
 
 Every phase is timed here, on the learner's timeline, so the phases add up to the
-iteration's wall time under either schedule: `sync_s` (sending weights), `collect_s`
-(the learner waiting for data, plus dispatching the next request), `train_s`. What
-runs at the same time under `overlap`, the workers' sampling, is recorded beside
+iteration's wall time under either schedule: `between_s` (the learner's own time since
+the previous iteration: writing the record, progress), `sync_s` (sending weights),
+`collect_s` (the learner waiting for data, plus dispatching the next request), `train_s`.
+What runs at the same time under `overlap`, the workers' sampling, is recorded beside
 them (`worker_compute_s`), never added in.
+
+The clock gives overlap nothing for free (issue 23). Whatever the learner does between
+iterations is on it, since under `overlap` the workers sample meanwhile. The one thing kept
+off it, an evaluation, runs between `pause()` and `resume()`: `pause` takes every batch in
+flight first (the wait is on the clock, as the next iteration's collect time), so no worker
+samples while the clock is stopped. Draining, rather than clocking the evaluation, keeps
+seconds to a threshold comparable with sync's, which never counted evaluations.
+
+Lag is counted in versions and in the learner's optimiser steps (`Learner.optimizer_steps`
+when each version was published): what Sample Factory and Cleanba mean by policy lag.
 
 `Iteration` is one row of run.json's `iterations`: the union of what measured it (the schedule's
 `PhaseTimes`, the backend's `BatchFigures`, its weight broadcasts' `SyncReport`s, its `WorkerShare`s and
@@ -23,6 +34,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from abc import ABC, abstractmethod
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Annotated, Any, ClassVar
 
@@ -41,17 +53,20 @@ class PhaseTimes:
     """How long each phase of one iteration took, timed by the schedule with time.perf_counter() (seconds,
     on the learner's clock)."""
 
+    between_s: Seconds
+    """The learner's time since the previous iteration ended, an evaluation excluded (`Schedule.pause`): the
+    run's record and progress. 0 in the first iteration."""
     sync_s: Seconds
     """The learner's time sending weights (sync: until every copy loaded them; overlap: handing them over
     without waiting, plus the first barrier broadcast in iteration 0)."""
     collect_s: Seconds
     """The learner's time getting this iteration's batch (sync: sampling it; overlap: waiting for it, plus
-    dispatching the next request)."""
+    dispatching the next request, plus waiting for it when `pause` drained the pipeline)."""
     train_s: Seconds
     """Learner.train(rollout): for PPO, GAE plus the update."""
     total_s: Seconds
-    """Wall time of the iteration on the learner's timeline: sync_s + collect_s + train_s. Under overlap the
-    workers' sampling runs during train_s and is not added in."""
+    """Wall time of the iteration on the learner's timeline: between_s + sync_s + collect_s + train_s. Under
+    overlap the workers' sampling runs during train_s and is not added in."""
     sync_bytes: Count | None
     """Serialized bytes of this iteration's weight broadcasts, measured (stored once however many workers
     read them); 0 with central inference, null in-process."""
@@ -65,6 +80,8 @@ class Scheduled(PhaseTimes):
     stats: dict[str, float]
     lags: tuple[int, ...]
     """Per fragment: the learner's version when it trained on it minus the version it was sampled with."""
+    sgd_lags: tuple[int, ...] | None
+    """The same lags in the learner's optimiser steps; None for a learner that does not count them."""
 
 
 class Schedule(ABC):
@@ -72,17 +89,51 @@ class Schedule(ABC):
 
     def __init__(self, learner: Learner, backend: Backend, steps: int, planned: int) -> None:
         self.learner, self.backend, self.steps, self.planned = learner, backend, steps, planned
+        # Version -> the learner's optimiser steps when it published it: lag in SGD steps is a difference of two.
+        self._published: dict[int, int | None] = {learner.version: learner.optimizer_steps}
+        self._ended: float | None = None  # when the last iteration ended, or the last pause resumed
+        self._between_s = 0.0  # the learner's time since then that is on the clock
+        self._waited_s = 0.0  # a pause's wait for the batches in flight, the next iteration's collect time
 
     @abstractmethod
     def iteration(self, index: int) -> Scheduled:
         """Run iteration `index` (0-based) and say how long each phase took."""
 
-    def _train(self, collected: Collected) -> tuple[dict[str, float], tuple[int, ...]]:
+    def pause(self) -> None:
+        """Stop the clock with no worker sampling: what runs until `resume` (an evaluation) is on no clock."""
+        paused = time.perf_counter()
+        self._between_s += paused - self._ended if self._ended is not None else 0.0
+        self._drain()
+        self._waited_s += time.perf_counter() - paused
+        self._ended = None
+
+    def resume(self) -> None:
+        """Start the clock again after `pause`."""
+        self._ended = time.perf_counter()
+
+    def _drain(self) -> None:  # noqa: B027 (a hook: sync has no batch in flight)
+        """Take every batch in flight."""
+
+    def _clocked(self, started: float, ended: float, **phases: Any) -> Scheduled:
+        """The iteration's record, with the learner's time before it (`between_s`) and a pause's wait on the clock."""
+        between = self._between_s + (started - self._ended if self._ended is not None else 0.0)
+        collect = phases.pop("collect_s") + self._waited_s
+        self._ended, self._between_s, self._waited_s = ended, 0.0, 0.0
+        total = between + phases["sync_s"] + collect + phases["train_s"]
+        return Scheduled(between_s=between, collect_s=collect, total_s=total, **phases)
+
+    def _train(self, collected: Collected) -> tuple[dict[str, float], tuple[int, ...], tuple[int, ...] | None]:
         rollout = collected.rollout
         if rollout.num_steps != self.steps:
             raise RuntimeError(f"backend returned {rollout.num_steps} steps, {self.steps} were asked for")
-        lags = tuple(self.learner.version - v for v in collected.fragment_versions or (rollout.policy_version,))
-        return self.learner.train(rollout), lags  # PPO refuses a batch that lags more than it allows
+        versions = collected.fragment_versions or (rollout.policy_version,)
+        lags = tuple(self.learner.version - v for v in versions)
+        now = self._published[self.learner.version]
+        sampled = [self._published.get(v) for v in versions]
+        sgd_lags = None if now is None or None in sampled else tuple(now - s for s in sampled)  # type: ignore[operator]
+        stats = self.learner.train(rollout)  # PPO refuses a batch that lags more than it allows
+        self._published[self.learner.version] = self.learner.optimizer_steps
+        return stats, lags, sgd_lags
 
 
 class SyncSchedule(Schedule):
@@ -94,14 +145,19 @@ class SyncSchedule(Schedule):
         t1 = time.perf_counter()
         collected = self.backend.collect(self.steps)
         t2 = time.perf_counter()
-        stats, lags = self._train(collected)
+        stats, lags, sgd_lags = self._train(collected)
         t3 = time.perf_counter()
-        return Scheduled(sync_s=t1 - t0, collect_s=t2 - t1, train_s=t3 - t2, total_s=t3 - t0, sync_bytes=sync.bytes_sent,
-                         collected=collected, stats=stats, lags=lags)  # fmt: skip
+        return self._clocked(t0, t3, sync_s=t1 - t0, collect_s=t2 - t1, train_s=t3 - t2, sync_bytes=sync.bytes_sent,
+                             collected=collected, stats=stats, lags=lags, sgd_lags=sgd_lags)  # fmt: skip
 
 
 class OverlapSchedule(Schedule):
     """Take the oldest batch, ask for the next, train, send the new weights without waiting."""
+
+    def __init__(self, learner: Learner, backend: Backend, steps: int, planned: int) -> None:
+        super().__init__(learner, backend, steps, planned)
+        self._held: deque[Collected] = deque()  # batches a pause took, oldest first
+        self._submitted = self._taken = 0
 
     def iteration(self, index: int) -> Scheduled:
         depth = self.backend.spec.pipeline_depth
@@ -109,20 +165,32 @@ class OverlapSchedule(Schedule):
         sent: list[int | None] = []
         if index == 0:  # the first weights go out with a barrier, then the pipeline fills
             sent.append(self.backend.set_weights(self.learner.weights(), self.learner.version).bytes_sent)
-            for _ in range(min(depth, self.planned)):
-                self.backend.submit(self.steps)
+            while self._submitted < min(depth, self.planned):
+                self._submit()
         t1 = time.perf_counter()
-        collected = self.backend.take()
-        if index + depth < self.planned:  # never ask for a batch no iteration will train on
-            self.backend.submit(self.steps)
+        collected = self._held.popleft() if self._held else self._take()
+        if self._submitted < self.planned:  # never ask for a batch no iteration will train on
+            self._submit()
         t2 = time.perf_counter()
-        stats, lags = self._train(collected)
+        stats, lags, sgd_lags = self._train(collected)
         t3 = time.perf_counter()
         sent.append(self.backend.set_weights(self.learner.weights(), self.learner.version, wait=False).bytes_sent)
         t4 = time.perf_counter()
         sync_bytes = None if None in sent else sum(sent)  # type: ignore[arg-type]
-        return Scheduled(sync_s=(t1 - t0) + (t4 - t3), collect_s=t2 - t1, train_s=t3 - t2, total_s=t4 - t0,
-                         sync_bytes=sync_bytes, collected=collected, stats=stats, lags=lags)  # fmt: skip
+        return self._clocked(t0, t4, sync_s=(t1 - t0) + (t4 - t3), collect_s=t2 - t1, train_s=t3 - t2,
+                             sync_bytes=sync_bytes, collected=collected, stats=stats, lags=lags, sgd_lags=sgd_lags)  # fmt: skip
+
+    def _submit(self) -> None:
+        self.backend.submit(self.steps)
+        self._submitted += 1
+
+    def _take(self) -> Collected:
+        self._taken += 1
+        return self.backend.take()
+
+    def _drain(self) -> None:
+        while self._taken < self._submitted:
+            self._held.append(self._take())
 
 
 SCHEDULE_CLASSES: dict[str, type[Schedule]] = {"sync": SyncSchedule, "overlap": OverlapSchedule}
@@ -136,10 +204,15 @@ class PolicyLag:
     min: Count
     mean: Annotated[float, Ge(0)]
     max: Count
+    sgd_steps_min: Count | None
+    """The same lags in the learner's optimiser steps (null for a learner that does not count them)."""
+    sgd_steps_mean: Annotated[float, Ge(0)] | None
+    sgd_steps_max: Count | None
 
     @classmethod
-    def of(cls, lags: tuple[int, ...]) -> PolicyLag:
-        return cls(int(min(lags)), float(np.mean(lags)), int(max(lags)))
+    def of(cls, lags: tuple[int, ...], sgd_lags: tuple[int, ...] | None) -> PolicyLag:
+        sgd = (int(min(sgd_lags)), float(np.mean(sgd_lags)), int(max(sgd_lags))) if sgd_lags else (None, None, None)
+        return cls(int(min(lags)), float(np.mean(lags)), int(max(lags)), *sgd)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -155,7 +228,8 @@ class Iteration(PhaseTimes, BatchFigures):
     """Excluded from every statistic."""
     steps: Positive
     train_wall_s: Seconds
-    """Wall time of this run's iterations so far, this one included (evaluations excluded)."""
+    """Wall time of this run's iterations so far, this one included: the sum of their `total_s`, so everything
+    but evaluations, which run with no batch in flight."""
     policy_lag: PolicyLag
     sync_bytes_serialized: Count
     """As sync_bytes, but 0 rather than null in-process."""
@@ -204,7 +278,7 @@ class Iteration(PhaseTimes, BatchFigures):
             warmup=warmup,
             steps=rollout.num_steps,
             train_wall_s=train_wall_s,
-            policy_lag=PolicyLag.of(done.lags),
+            policy_lag=PolicyLag.of(done.lags, done.sgd_lags),
             sync_bytes_serialized=sum(r.bytes_sent or 0 for r in reports),
             sync_bytes_network=sum(r.bytes_network or 0 for r in reports),
             # A backend whose policy copy is the learner's own drains no report: nothing crossed.

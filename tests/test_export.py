@@ -67,7 +67,7 @@ EXPECTED_STREAMS = {
     "learn/vecenv/w1xe2/seed0",
     "learn/vecenv/w1xe2/seed1",
 }
-PHASES = ("sync_s", "collect_s", "train_s", "total_s")
+PHASES = ("between_s", "sync_s", "collect_s", "train_s", "total_s")
 REMOTE_ONLY = ("transfer_s", "dispatch_s", "worker_compute_s")
 
 
@@ -199,10 +199,13 @@ def test_policy_lag_only_under_overlap(run, events):
         if case["backend"]["schedule"] != "overlap":
             assert not lag_tags, name
             continue
-        assert lag_tags == {"policy_lag/min", "policy_lag/mean", "policy_lag/max"}
+        assert lag_tags == {f"policy_lag/{k}" for k in ("min", "mean", "max", "sgd_steps_min", "sgd_steps_mean", "sgd_steps_max")}
         measured = [it for it in result["iterations"] if not it["warmup"]]
         assert [e.value for e in events[name]["policy_lag/max"]] == [1.0] * len(measured)  # max_lag 1, past the first batch
         assert [e.value for e in events[name]["policy_lag/mean"]] == [it["policy_lag"]["mean"] for it in measured]
+        assert [e.value for e in events[name]["policy_lag/sgd_steps_mean"]] == [
+            it["policy_lag"]["sgd_steps_mean"] for it in measured
+        ]
 
 
 def assert_one_line_error(proc, needle: str) -> None:

@@ -18,7 +18,7 @@ import pytest
 from backends.envs import EnvSpec
 from harness import migrations
 from harness.errors import HarnessError
-from harness.migrations import MEASURED_SINCE_3, update_to_2, update_to_3, update_to_4, update_to_5
+from harness.migrations import MEASURED_SINCE_3, update_to_2, update_to_3, update_to_4, update_to_5, update_to_6
 from harness.records import SCHEMA_VERSION
 from harness.report import write_report
 from harness.results import RUN_FILE, load_run
@@ -147,6 +147,9 @@ def test_figures_an_old_version_did_not_measure_say_not_recorded(version, tmp_pa
     dispatch = [r for r in communication if r["Type"] == "Request dispatch" and r["Config"] == "multiprocessing/worker · 2w×2e"]
     assert (sync["Bytes serialized / iteration"] == "not recorded") == (version < 3)
     assert (dispatch[0]["Mean time (ms), mean of runs"] == "not recorded") == (version < 3)
+    # The learner's time between iterations is on the clock since version 6.
+    phases = {row["Config"]: row for row in table(report, "Where the time goes")}
+    assert (phases["multiprocessing/worker · 2w×2e"]["Between %"] == "not recorded") == (version < 6)
     for row in [*speed.values(), *communication]:
         for cell in row.values():
             assert cell in ("not recorded", "n/a: in-process") or "not recorded" not in cell
@@ -282,6 +285,20 @@ def test_update_to_5_fills_the_constant_cost_model_and_leaves_the_sampling_split
             del case["env"][key]
         del case["torch_threads"]
     assert new == old | {"schema_version": 5, "not_recorded": new["not_recorded"]}
+
+
+@pytest.mark.parametrize("suite", SUITES)
+def test_update_to_6_leaves_the_time_between_iterations_and_the_lag_in_sgd_steps_unrecorded(suite):
+    """Version 5's total_s is its three phases: the time between iterations was off the clock, not 0."""
+    old = raw(5, suite)
+    new = update_to_6(old)
+    lag = [f"$.cases[*].runs[*].iterations[*].policy_lag.sgd_steps_{k}" for k in ("min", "mean", "max")]
+    assert new["not_recorded"] == ["$.cases[*].runs[*].iterations[*].between_s", *lag]
+    overlap = any(case["backend"]["schedule"] == "overlap" for case in old["cases"])
+    assert ("caveats" in new) == overlap
+    assert new == old | {"schema_version": 6, "not_recorded": new["not_recorded"]} | (
+        {"caveats": new["caveats"]} if overlap else {}
+    )
 
 
 def test_a_step_takes_only_the_version_before_it():

@@ -4,6 +4,7 @@ between fragments, PPO accepts exactly the lag the schedule creates, and the CLI
 from __future__ import annotations
 
 import dataclasses
+import time
 
 import numpy as np
 import pytest
@@ -142,8 +143,13 @@ def test_overlap_through_the_cli_records_lag_kl_and_the_learners_time(tmp_path):
         iterations = case["runs"][0]["iterations"]
         assert [it["policy_lag"]["max"] for it in iterations] == [0] + [later_lag] * (len(iterations) - 1)
         for it in iterations:
-            assert it["total_s"] == pytest.approx(it["sync_s"] + it["collect_s"] + it["train_s"])
+            assert it["total_s"] == pytest.approx(it["between_s"] + it["sync_s"] + it["collect_s"] + it["train_s"])
             assert it["worker_compute_s"] > 0 and it["learner"]["initial_clip_fraction"] >= 0
+            # 256 steps in minibatches of 64 (PPOConfig's default), 2 epochs: 8 optimiser steps a version
+            lag = it["policy_lag"]
+            assert [lag[f"sgd_steps_{k}"] for k in ("min", "mean", "max")] == [8 * lag["min"], 8 * lag["mean"], 8 * lag["max"]]
+        assert iterations[0]["between_s"] == 0 and all(it["between_s"] > 0 for it in iterations[1:])  # the record, progress
+        assert [it["train_wall_s"] for it in iterations] == pytest.approx(np.cumsum([it["total_s"] for it in iterations]))
         kl = [it["learner"]["initial_kl"] for it in iterations[1:]]
         assert all(k > 1e-6 for k in kl) if later_lag else all(abs(k) < 1e-6 for k in kl)
     report = (run_dir / "report.md").read_text()
@@ -156,7 +162,7 @@ def test_deeper_pipeline_lags_by_max_lag_and_trains(backend_name):
     weight slots (max_lag + 1 of them) must never hand a worker a version being overwritten."""
     from harness.schedule import OverlapSchedule
 
-    config = PPOConfig(hidden_size=POLICY.hidden_size, steps_per_iteration=64, epochs=1)
+    config = PPOConfig(hidden_size=POLICY.hidden_size, steps_per_iteration=64, minibatch_size=16, epochs=1)
     spec = BackendSpec(backend_name, 2, 2, schedule="overlap", max_lag=2, options={"timeout_s": 60})
     learner = PPOLearner(LearnerSetup(config, POLICY, seed=0, max_policy_lag=2))
     # Workers slower than the learner (5 ms a step, 16 steps a fragment): new weights are written while
@@ -164,9 +170,46 @@ def test_deeper_pipeline_lags_by_max_lag_and_trains(backend_name):
     backend = started(spec, dataclasses.replace(ENV, step_cost_ms=5.0))
     try:
         schedule = OverlapSchedule(learner, backend, config.steps_per_iteration, planned=6)
-        done = [schedule.iteration(i) for i in range(6)]
+        done = [schedule.iteration(i) for i in range(3)]
+        schedule.pause()  # as before an evaluation: both batches in flight are taken, none is lost or re-asked
+        assert not backend.requests
+        schedule.resume()
+        done += [schedule.iteration(i) for i in range(3, 6)]
         assert not backend.requests  # nothing asked for that no iteration trained on
     finally:
         backend.close()
     assert [d.lags for d in done] == [(0, 0), (1, 1), (2, 2), (2, 2), (2, 2), (2, 2)]
-    assert learner.version == 6 and all(d.collected.rollout.num_steps == 64 for d in done)
+    # 64 steps in minibatches of 16, one epoch: 4 optimiser steps a version
+    assert [d.sgd_lags for d in done] == [(0, 0), (4, 4), (8, 8), (8, 8), (8, 8), (8, 8)]
+    assert learner.version == 6 and learner.optimizer_steps == 24 and all(d.collected.rollout.num_steps == 64 for d in done)
+
+
+def test_an_evaluation_gives_overlap_no_sampling_off_the_clock():
+    """A pause (before an evaluation) takes the batch in flight first, so a slow evaluation cannot sample it for
+    free: from its dispatch to the learner taking it, the clock runs at least as long as the workers sampled it
+    (2 workers, 128 sleeping steps of 3 ms each: at least 0.384 s), however long the evaluation took."""
+    from harness.schedule import OverlapSchedule
+
+    config = PPOConfig(hidden_size=POLICY.hidden_size, steps_per_iteration=256, epochs=1)
+    spec = BackendSpec("multiprocessing", 2, 1, schedule="overlap", options={"timeout_s": 60})
+    learner = PPOLearner(LearnerSetup(config, POLICY, seed=0, max_policy_lag=1))
+    backend = started(spec, dataclasses.replace(ENV, step_cost_ms=3.0))
+    try:
+        schedule = OverlapSchedule(learner, backend, config.steps_per_iteration, planned=3)
+        first = schedule.iteration(0)  # trains on batch A, having asked for batch B
+        schedule.pause()
+        assert not backend.requests  # B was taken: no worker samples during what follows
+        time.sleep(1.0)  # a slow evaluation, off the clock
+        schedule.resume()
+        second = schedule.iteration(1)  # trains on B
+        third = schedule.iteration(2)
+    finally:
+        backend.close()
+    sampling_b = second.collected.worker_compute_s
+    assert sampling_b >= 128 * 0.003
+    # B's dispatch came before first's train; the clock from there to taking B, which its sampling fits inside:
+    on_clock = first.train_s + first.sync_s + second.between_s + second.collect_s
+    assert on_clock >= sampling_b, (on_clock, sampling_b)
+    assert second.between_s < 1.0  # the evaluation itself is on no clock
+    for d in (first, second, third):
+        assert d.total_s == pytest.approx(d.between_s + d.sync_s + d.collect_s + d.train_s)

@@ -153,12 +153,13 @@ def test_an_iteration_record_is_its_dataclass_as_json():
     rollout = SimpleNamespace(num_steps=8, policy_version=3, episode_returns=np.array([-100.0, -300.0]))
     share = WorkerShare(compute_s=0.5, bytes=10, sent_s=0.0, start_s=0.1, ready_s=0.6)
     collected = Collected(rollout, fragment_versions=(2,), workers=(share,), transfer_s=0.01, dispatch_s=0.002)  # type: ignore[arg-type]
-    done = Scheduled(sync_s=0.1, collect_s=0.7, train_s=0.2, total_s=1.0, sync_bytes=100, collected=collected,
-                     stats={"approx_kl": np.float32(0.5)}, lags=(1,))  # fmt: skip
+    done = Scheduled(between_s=0.01, sync_s=0.1, collect_s=0.7, train_s=0.2, total_s=1.01, sync_bytes=100, collected=collected,
+                     stats={"approx_kl": np.float32(0.5)}, lags=(1,), sgd_lags=(32,))  # fmt: skip
     record = Iteration.measured(done, index=0, warmup=True, train_wall_s=1.0, steps_trained=8,
                                 sync_reports=[SyncReport(bytes_sent=100, bytes_network=0)], restarts=[],
                                 env_cost=EnvCost(0.008, 8)).record()  # fmt: skip
-    assert record["workers"] == [dataclasses.asdict(share)] and record["policy_lag"] == {"min": 1, "mean": 1.0, "max": 1}
+    assert record["workers"] == [dataclasses.asdict(share)] and record["policy_lag"] == {
+        "min": 1, "mean": 1.0, "max": 1, "sgd_steps_min": 32, "sgd_steps_mean": 32.0, "sgd_steps_max": 32}  # fmt: skip
     assert record["episode_return_mean"] == -200.0 and record["env_cost_ms_mean"] == pytest.approx(1.0)
     assert record["sync_bytes_serialized"] == 100 and record["sync_in_process"] is False and record["transfer_bytes"] is None
     assert json.loads(json.dumps(record)) == record  # plain JSON already

@@ -85,13 +85,13 @@ def memory_cell(ctx: TableContext, case: CaseStats) -> str:
 
 def phases_table(ctx: TableContext) -> tuple[str, list[str]]:
     h = ctx.h
-    shares = [f"{phase}_time_share" for phase in ("sync", "collect", "transfer", "train")]
+    shares = [f"{phase}_time_share" for phase in ("between", "sync", "collect", "transfer", "train")]
     split = [f"sampling_{part}_share" for part in ("env", "inference", "other")]
     rows = []
     for c in ctx.cases:
         measured = recorded(ctx, c, "env_cost_ms", num(c["env_cost_ms"], 3))
         cost = f"{c.env_cost_set:g} → {measured}" if c.env_cost_set else ""
-        rows.append([config(c), c.workers, c.schedule, *(pct(c[share]) for share in shares),
+        rows.append([config(c), c.workers, c.schedule, *(recorded(ctx, c, share, pct(c[share])) for share in shares),
                      *(recorded(ctx, c, part, pct(c[part])) for part in split), num(c["iteration_ms"], 1),
                      num(c["worker_compute_ms"], 1), recorded(ctx, c, "straggler_ms", num(c["straggler_ms"], 1)), cost])  # fmt: skip
     headers = [h["config"], h["workers"], h["schedule"], *map(ctx.header, shares), *map(ctx.header, split),
@@ -106,7 +106,11 @@ def phases_table(ctx: TableContext) -> tuple[str, list[str]]:
         ]
         if names:
             lines.append(f"{phase.capitalize()} dominates the iteration for: {', '.join(names)}.")
-    lines.append("Shares are of the summed phase time of all measured iterations of all runs (pooled).")
+    lines.append(
+        "Shares are of the summed phase time of all measured iterations of all runs (pooled). Between: the learner's "
+        "own time between iterations (writing the record, progress), on the clock because under overlap the workers "
+        "sample during it; evaluations are on no clock, and run with no batch in flight."
+    )
     lines.append(
         "Sampling: of the sampler's own time on the critical path (the learner's for in-process backends and central "
         "inference; the slowest worker's with worker inference), the share spent waiting on env steps (for envs in other "
@@ -136,7 +140,8 @@ def overlap_table(ctx: TableContext) -> tuple[str, list[str]]:
             ratio = compare(sync.samples("fps"), over.samples("fps"))
             rows.append([
                 config(over), over.workers, value(sync["fps"]), value(over["fps"]), with_interval(ratio.ratio if ratio else None, 2),
-                ratio.verdict() if ratio else "n/a", num(over["lag_mean"], 2), num(over["initial_kl"], 4),
+                ratio.verdict() if ratio else "n/a", num(over["lag_mean"], 2),
+                recorded(ctx, over, "lag_sgd_steps_mean", num(over["lag_sgd_steps_mean"], 1)), num(over["initial_kl"], 4),
                 steps_cell(sync.convergence, short=True), steps_cell(over.convergence, short=True),
                 seconds_cell(sync.convergence), seconds_cell(over.convergence),
             ])  # fmt: skip
@@ -148,9 +153,14 @@ def overlap_table(ctx: TableContext) -> tuple[str, list[str]]:
         return "No case here has both a sync and an overlap version of one configuration.", []
     threshold = next((c.convergence.threshold for c in ctx.cases if c.convergence), -200.0)
     headers = [h["config"], h["workers"], h["sync_fps"], h["overlap_fps"], h["overlap_ratio"], h["change"],
-               ctx.header("lag_mean"), ctx.header("initial_kl"), h["steps_sync"].format(threshold=threshold),
+               ctx.header("lag_mean"), ctx.header("lag_sgd_steps_mean"), ctx.header("initial_kl"),
+               h["steps_sync"].format(threshold=threshold),
                h["then_overlap"], h["seconds_sync"].format(threshold=threshold), h["then_overlap"]]  # fmt: skip
     lines.append(
-        "Initial KL: how far each batch already is from the policy that trains on it (0 when fresh), a mean over iterations."
+        "Lag: the learner's version when it trained on a fragment minus the one that sampled it, and the same in the "
+        "learner's optimiser steps (Sample Factory's measure: under 20-30 is usually fine); means over fragments and "
+        "iterations. Initial KL: how far each batch already is from the policy that trains on it (0 when fresh), a mean "
+        "over iterations. Seconds to the threshold: the wall time of the iterations, evaluations excluded (each runs with "
+        "no batch in flight, so overlap samples nothing off the clock), nothing else."
     )
     return table(rows, headers), lines
