@@ -47,6 +47,12 @@ class PPOConfig:
     (`schedule = "overlap"`); on a fresh batch the two policies are the same."""
     importance_weight_cap: float = 2.0
     """Upper bound on the decoupled objective's proximal / behaviour weight (V-trace-style truncation)."""
+    target_kl: float | None = None
+    """KL early stopping with Stable-Baselines3's semantics: an update stops before the first minibatch step
+    whose approximate KL (the mean of (r - 1) - log r over the minibatch, r the ratio the objective clips,
+    before the step) exceeds 1.5 x target_kl. That minibatch counts in the update's statistics, and its step
+    is not taken. None: every epoch runs. Under overlap the ratio is against the behaviour policy, so a stale
+    batch can stop an update at once; with `decoupled` it is against the policy at the update's start."""
     compile: bool = False
     """`torch.compile` the minibatch gradient step (needs a C++ compiler; ~20 s, counted as start-up)."""
 
@@ -63,6 +69,7 @@ class PPOConfig:
             "max_grad_norm": self.max_grad_norm > 0,
             "reward_scale": self.reward_scale > 0,
             "importance_weight_cap": self.importance_weight_cap > 0,
+            "target_kl": self.target_kl is None or self.target_kl > 0,
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:

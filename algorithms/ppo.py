@@ -122,6 +122,7 @@ class PPOLearner(Learner):
         starts = range(0, batch, size)
         # What each step records, in training order, for the statistics (update_statistics).
         recorded: dict[str, list[torch.Tensor]] = {"log_ratio": [], "value_error": [], "advantages": [], "entropy": []}
+        steps_taken = 0
         for _ in range(cfg.epochs):
             # The same shuffle as ever (numpy, seeded): one gather per epoch, then minibatches are slices.
             order = torch.from_numpy(self.shuffle_rng.permutation(batch)).to(self.device)
@@ -130,18 +131,25 @@ class PPOLearner(Learner):
                 advantages = standardize_per_minibatch(advantages, size)
             advantages = advantages * importance  # w * max(-A r, -A clip(r)) = max(-wA r, -wA clip(r)) for w >= 0
             recorded["advantages"].append(advantages)
+            stopped = False
             for start in starts:
                 end = start + size
-                log_ratio, value_error, entropy = self._step(
+                log_ratio, value_error, entropy, stopped = self._step(
                     obs[start:end], actions[start:end], old_log_probs[start:end], advantages[start:end], returns[start:end]
                 )
                 recorded["log_ratio"].append(log_ratio)
                 recorded["value_error"].append(value_error)
                 recorded["entropy"].append(entropy)
+                if stopped:
+                    recorded["advantages"][-1] = advantages[:end]  # the minibatches this epoch evaluated
+                    break
+                steps_taken += 1
+            if stopped:
+                break
         self.steps_trained += rollout.num_steps
-        self.optimizer_steps += cfg.epochs * len(starts)
+        self.optimizer_steps += steps_taken
         self.version += 1
-        minibatch_sizes = torch.tensor([min(size, batch - s) for s in starts] * cfg.epochs, device=self.device)
+        minibatch_sizes = torch.tensor([len(r) for r in recorded["log_ratio"]], device=self.device)
         sample_weight = (1.0 / (minibatch_sizes * len(minibatch_sizes))).repeat_interleave(minibatch_sizes)
         stats = update_statistics(
             torch.cat(recorded["log_ratio"]),
@@ -156,13 +164,19 @@ class PPOLearner(Learner):
             "learning_rate": self.learning_rate,
             "initial_kl": initial_kl,
             "initial_clip_fraction": initial_clip_fraction,
+            "optimizer_steps": float(steps_taken),
         }
 
-    def _step(self, *minibatch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _step(self, *minibatch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, bool]:
+        """One minibatch's gradient and Adam step; True (and no step) where `target_kl` stops the update."""
         cfg = self.config
         grads, log_ratio, value_error, entropy = self.gradient_step(
             self.params, *minibatch, cfg.clip_range, cfg.value_coef, cfg.entropy_coef
         )
+        if cfg.target_kl is not None:  # one host round trip a minibatch, only when asked for
+            approx_kl = ((log_ratio.exp() - 1) - log_ratio).mean().item()
+            if approx_kl > 1.5 * cfg.target_kl:
+                return log_ratio, value_error, entropy, True
         torch.cat([g.reshape(-1) for g in grads], out=self.grad)
         # clip_grad_norm_'s rule (max_norm / (norm + 1e-6), capped at 1) on the one buffer, without a host sync.
         norm = torch.linalg.vector_norm(self.grad)
@@ -170,7 +184,7 @@ class PPOLearner(Learner):
         exp_avg, exp_avg_sq, step = self.adam_state
         adam([self.flat], [self.grad], exp_avg, exp_avg_sq, [], step, fused=True,
              amsgrad=False, beta1=0.9, beta2=0.999, lr=self.learning_rate, weight_decay=0.0, eps=1e-5, maximize=False)  # fmt: skip
-        return log_ratio, value_error, entropy
+        return log_ratio, value_error, entropy, False
 
     def _anneal_learning_rate(self) -> None:
         self.learning_rate = self.config.learning_rate

@@ -173,3 +173,57 @@ def test_one_update_moves_log_probs_toward_the_advantages(variant):
     # Measured (AMD EPYC): +0.003 / -0.002 (report), +0.009 / -0.026 (categorical), +0.012 / -0.012 (branches).
     assert moved[advantage > 0].mean() > 0 > moved[advantage < 0].mean()
     assert np.mean(advantage / advantage.std() * np.expm1(moved)) > 1e-3  # measured 0.003 to 0.02
+
+
+class KLRecordingLearner(PPOLearner):
+    """PPO that notes, in numpy, each minibatch's approximate KL from the log-ratio its gradient step saw (the
+    policy before that step): (r - 1) - log r, averaged over the minibatch."""
+
+    def __init__(self, setup: LearnerSetup) -> None:
+        super().__init__(setup)
+        self.kls: list[float] = []
+        step = self.gradient_step
+
+        def recording(*args: object) -> tuple:
+            out = step(*args)
+            log_ratio = out[1].detach().double().numpy()
+            self.kls.append(float(np.mean(np.expm1(log_ratio) - log_ratio)))
+            return out
+
+        self.gradient_step = recording
+
+
+def test_target_kl_stops_before_the_first_minibatch_past_one_and_a_half_times_it():
+    """SB3's rule: the update takes every step until the first minibatch whose KL exceeds 1.5 x target_kl, and not
+    that one's. Found from an update without the rule: the same steps up to there, as the numpy KL says."""
+    spec = PolicySpec(3, 1, 32)
+    config = PPOConfig(hidden_size=32, steps_per_iteration=512, minibatch_size=64, epochs=4, learning_rate=3e-3)
+    rollout = on_policy_rollout(spec, config)
+    free = KLRecordingLearner(LearnerSetup(config, spec, seed=0))
+    stats = free.train(rollout)
+    assert free.optimizer_steps == stats["optimizer_steps"] == 32 == len(free.kls)
+    target = float(np.quantile(free.kls, 0.6)) / 1.5  # some minibatch past the first epoch crosses it
+    first_over = next(i for i, kl in enumerate(free.kls) if kl > 1.5 * target)
+    assert 8 < first_over < 32
+    stopped = KLRecordingLearner(LearnerSetup(config.replace(target_kl=target), spec, seed=0))
+    stats = stopped.train(rollout)
+    assert stopped.optimizer_steps == stats["optimizer_steps"] == first_over
+    np.testing.assert_allclose(stopped.kls, free.kls[: first_over + 1], rtol=1e-6)  # evaluated up to the stop, no further
+    assert stopped.version == 1 and stopped.steps_trained == 512
+
+
+def test_target_kl_changes_nothing_until_it_stops():
+    """A target no minibatch reaches: the same weights, statistics and Adam state as no target at all."""
+    spec = PolicySpec(3, 1, 32)
+    config = PPOConfig(hidden_size=32, steps_per_iteration=256, epochs=3, learning_rate=3e-3)
+    rollout = on_policy_rollout(spec, config)
+    plain, far = (PPOLearner(LearnerSetup(c, spec, seed=0)) for c in (config, config.replace(target_kl=1e9)))
+    untimed = [{k: v for k, v in learner.train(rollout).items() if not k.endswith("_s")} for learner in (plain, far)]
+    assert untimed[0] == untimed[1]
+    np.testing.assert_array_equal(plain.weights(), far.weights())
+    assert plain.optimizer_steps == far.optimizer_steps == 12
+
+
+def test_target_kl_must_be_positive():
+    with pytest.raises(ValueError, match="target_kl=0.0"):
+        PPOConfig(target_kl=0.0)
