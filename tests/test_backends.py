@@ -107,6 +107,7 @@ def test_an_in_process_backend_answers_the_harness_with_the_interfaces_defaults(
     try:
         backend.set_weights(test_weights(), 1)
         done = Scheduled(
+            between_s=0.0,
             sync_s=0.0,
             collect_s=0.1,
             train_s=0.0,
@@ -115,6 +116,7 @@ def test_an_in_process_backend_answers_the_harness_with_the_interfaces_defaults(
             collected=backend.collect(4),
             stats={},
             lags=(0,),
+            sgd_lags=None,
         )
         record = Iteration.measured(done, index=0, warmup=False, train_wall_s=0.1, steps_trained=4,
                                     sync_reports=backend.drain_sync_reports(), restarts=worker_restarts(backend),
