@@ -199,9 +199,11 @@ def update_to_6(record: Record) -> None:
     """Version 5 -> 6 (issue 23): the learner's time between iterations (writing the record, progress) was off the
     clock, so a version-5 `total_s` is the sum of three phases and `between_s` was not measured: not recorded. Nor
     was policy lag in optimiser steps. Under overlap the workers sampled during that time and during evaluations,
-    which a caveat says. PPO had no KL early stopping: `target_kl` is null, exactly."""
+    which a caveat says. PPO had no KL early stopping and no EWMA proximal policy: `target_kl` and `ewma_decay` are
+    null, exactly."""
     for path, case in _cases(record):
-        _table(case, "ppo", path).setdefault("target_kl", None)
+        for key in ("target_kl", "ewma_decay"):
+            _table(case, "ppo", path).setdefault(key, None)
     _not_recorded(record, "$.cases[*].runs[*].iterations[*].between_s")
     _not_recorded(record, *(f"$.cases[*].runs[*].iterations[*].policy_lag.{key}" for key in SGD_LAG_SINCE_6))
     if any(_table(case, "backend", path).get("schedule") == "overlap" for path, case in _cases(record)):

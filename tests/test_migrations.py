@@ -297,8 +297,9 @@ def test_update_to_6_leaves_the_time_between_iterations_and_the_lag_in_sgd_steps
     overlap = any(case["backend"]["schedule"] == "overlap" for case in old["cases"])
     assert ("caveats" in new) == overlap
     assert all(case["ppo"]["target_kl"] is None for case in new["cases"])  # no KL early stopping then
+    assert all(case["ppo"]["ewma_decay"] is None for case in new["cases"])  # nor an EWMA proximal policy
     for case in new["cases"]:
-        del case["ppo"]["target_kl"]
+        del case["ppo"]["target_kl"], case["ppo"]["ewma_decay"]
     assert new == old | {"schema_version": 6, "not_recorded": new["not_recorded"]} | (
         {"caveats": new["caveats"]} if overlap else {}
     )

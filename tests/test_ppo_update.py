@@ -227,3 +227,90 @@ def test_target_kl_changes_nothing_until_it_stops():
 def test_target_kl_must_be_positive():
     with pytest.raises(ValueError, match="target_kl=0.0"):
         PPOConfig(target_kl=0.0)
+
+
+class WeightRecordingLearner(PPOLearner):
+    """PPO that keeps the weights each gradient step starts from (the trajectory the EWMA averages)."""
+
+    def __init__(self, setup: LearnerSetup) -> None:
+        super().__init__(setup)
+        self.trajectory: list[np.ndarray] = []
+        self.log_ratios: list[np.ndarray] = []
+        self.advantages_seen: list[np.ndarray] = []
+        step = self.gradient_step
+
+        def recording(*args: object) -> tuple:
+            self.trajectory.append(self.flat.numpy().astype(np.float64))
+            out = step(*args)
+            self.log_ratios.append(out[1].detach().numpy().copy())
+            self.advantages_seen.append(args[4].numpy().copy())  # (params, obs, actions, old log-probs, advantages, ...)
+            return out
+
+        self.gradient_step = recording
+
+
+def test_ewma_proximal_policy_is_the_bias_corrected_average_of_every_steps_weights():
+    """openai/ppo-ewma's EwmaModel, by hand: after n steps the average is sum_k d^(n-k) w_k / sum_k d^(n-k) over the
+    initial weights w_0 and the weights after each step. Step k clips its ratio against that average's policy on its
+    minibatch (the shuffle replayed from the seed), and weights each standardised advantage by average / behaviour
+    probability, capped at importance_weight_cap."""
+    spec = PolicySpec(3, 1, 32)
+    decay = 0.8
+    config = PPOConfig(hidden_size=32, steps_per_iteration=256, epochs=2, learning_rate=3e-3, decoupled=True, ewma_decay=decay,
+                       importance_weight_cap=1.0)  # fmt: skip
+    rollout = on_policy_rollout(spec, config)
+    learner = WeightRecordingLearner(LearnerSetup(config, spec, seed=0))
+    advantages, _ = compute_gae(rollout, config.gamma, config.gae_lambda)
+    learner.train(rollout)
+    weights = np.stack([*learner.trajectory, learner.weights().astype(np.float64)])  # w_0 .. w_8
+    n = len(weights) - 1
+    assert n == 8 == learner.optimizer_steps
+    by_age = decay ** np.arange(n, -1, -1.0)
+    expected = by_age @ weights / by_age.sum()
+    np.testing.assert_allclose(learner.ewma.numpy(), expected, rtol=1e-5, atol=1e-6)
+    assert np.abs(expected - weights[-1]).max() > 1e-3  # the average lags the weights: the test can tell them apart
+    order = np.random.default_rng(0)  # the learner's shuffle, seeded by the setup's seed
+    minibatches = [p[i : i + 64] for p in (order.permutation(256), order.permutation(256)) for i in range(0, 256, 64)]
+    obs = torch.from_numpy(rollout.obs.reshape(-1, 3))
+    actions = torch.from_numpy(rollout.actions.reshape(-1, 1))
+    capped = 0
+    for k, rows in enumerate(minibatches):
+        average = (decay ** np.arange(k, -1, -1.0)) @ weights[: k + 1] / (decay ** np.arange(k, -1, -1.0)).sum()
+        current, proximal = (
+            log_probs(
+                spec.action, tuple(spec.unflatten(torch.from_numpy(w.astype(np.float32))).values()), obs[rows], actions[rows]
+            )
+            for w in (weights[k], average)
+        )
+        np.testing.assert_allclose(learner.log_ratios[k], (current - proximal).numpy(), atol=2e-5)
+        gae = advantages.reshape(-1)[rows].astype(np.float64)
+        standardised = (gae - gae.mean()) / (gae.std(ddof=1) + 1e-8)
+        ratio = np.exp(proximal.numpy() - rollout.log_probs.reshape(-1)[rows])
+        capped += int((ratio > 1.0).sum())
+        weight = np.minimum(ratio, config.importance_weight_cap)
+        np.testing.assert_allclose(learner.advantages_seen[k], standardised * weight, rtol=1e-4, atol=1e-5)
+    assert capped > 50  # the cap bit
+
+
+def test_ewma_with_no_memory_is_the_current_policy_at_every_step():
+    """Decay 0: the proximal policy is the weights each step starts from, so every ratio the objective clips is 1
+    (no clipping, a KL of 0) and each sample is weighted by current / behaviour."""
+    spec = PolicySpec(3, 1, 32)
+    config = PPOConfig(hidden_size=32, steps_per_iteration=256, epochs=3, learning_rate=3e-3, decoupled=True, ewma_decay=0.0)
+    rollout = on_policy_rollout(spec, config)
+    learner = KLRecordingLearner(LearnerSetup(config, spec, seed=0))
+    stats = learner.train(rollout)
+    assert learner.kls == pytest.approx([0.0] * 12, abs=1e-7)
+    assert stats["clip_fraction"] == 0 and stats["approx_kl"] == pytest.approx(0, abs=1e-7)
+    plain = PPOLearner(LearnerSetup(config.replace(ewma_decay=None), spec, seed=0))
+    plain.train(rollout)
+    assert np.abs(plain.weights() - learner.weights()).max() > 1e-4  # a different objective than decoupled's
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [({"decoupled": True, "ewma_decay": 1.0}, "ewma_decay=1.0"), ({"ewma_decay": 0.9}, "set decoupled = true")],
+)
+def test_ewma_decay_is_refused_out_of_range_or_without_the_decoupled_objective(changes, message):
+    with pytest.raises(ValueError, match=message):
+        PPOConfig(**changes)
