@@ -288,11 +288,16 @@ def _inference_batch(case: dict[str, Any]) -> int:
     return backend["workers"] * backend["envs_per_worker"]
 
 
+CORRECTIONS = ("decoupled", "importance_weight_cap", "ewma_decay", "target_kl")
+"""PPO settings that correct for a stale batch: an overlap case that sets them still pairs with the sync case."""
+
+
 def schedule_free_key(case: dict[str, Any]) -> str:
-    """The case's configuration without what the `overlap` comparison varies: schedule, lag, off-policy correction."""
+    """The case's configuration without what the `overlap` comparison varies: schedule, lag, the learner's corrections
+    for staleness (each overlap variant is compared with the plain sync case)."""
     config = {k: v for k, v in case.items() if k not in ("id", "label", "runs", "claims")}
     config["backend"] = {k: v for k, v in config["backend"].items() if k not in ("schedule", "max_lag")}
-    config["ppo"] = {k: v for k, v in config["ppo"].items() if k not in ("decoupled", "importance_weight_cap")}
+    config["ppo"] = {k: v for k, v in config["ppo"].items() if k not in CORRECTIONS}
     return json.dumps(config, sort_keys=True)
 
 

@@ -132,12 +132,19 @@ repeats = 1
 backend = "multiprocessing"
 workers = 2
 schedule = ["sync", "overlap"]
+
+[[cases]]
+backend = "multiprocessing"
+workers = 2
+schedule = "overlap"
+label = "multiprocessing EWMA KL stop"
+ppo = { decoupled = true, ewma_decay = 0.9, target_kl = 0.5 }
 """
 
 
 def test_overlap_through_the_cli_records_lag_kl_and_the_learners_time(tmp_path):
     run_dir, run = run_suite_text(tmp_path, SUITE)
-    sync, overlap = run["cases"]
+    sync, overlap, corrected = run["cases"]
     assert (sync["backend"]["schedule"], overlap["backend"]["schedule"]) == ("sync", "overlap")
     for case, later_lag in ((sync, 0), (overlap, 1)):
         iterations = case["runs"][0]["iterations"]
@@ -154,6 +161,10 @@ def test_overlap_through_the_cli_records_lag_kl_and_the_learners_time(tmp_path):
         assert all(k > 1e-6 for k in kl) if later_lag else all(abs(k) < 1e-6 for k in kl)
     report = (run_dir / "report.md").read_text()
     assert "### What overlap buys" in report and "multiprocessing overlap" in report
+    # an overlap case with the learner's corrections is compared with the same sync case
+    rows = report.split("### What overlap buys")[1].split("###")[0]
+    assert "| multiprocessing EWMA KL stop " in rows and "| multiprocessing overlap " in rows
+    assert corrected["runs"][0]["iterations"][-1]["learner"]["optimizer_steps"] <= 8
 
 
 @pytest.mark.parametrize("backend_name", ["multiprocessing", "ray_local"])
