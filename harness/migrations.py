@@ -42,7 +42,7 @@ def migrate(record: Record) -> Record:
     checks, and words the refusal); raises `Damaged` naming the JSON path of a key the old version lacks."""
     version = record["schema_version"]
     if version == SCHEMA_VERSION:
-        return record
+        return fill_partway(record)
     for target in range(version + 1, SCHEMA_VERSION + 1):
         record = MIGRATIONS[target](record)
     record["migrated_from"] = version
@@ -201,14 +201,29 @@ def update_to_6(record: Record) -> None:
     was policy lag in optimiser steps. Under overlap the workers sampled during that time and during evaluations,
     which a caveat says. PPO had no KL early stopping and no EWMA proximal policy: `target_kl` and `ewma_decay` are
     null, exactly."""
-    for path, case in _cases(record):
-        for key in ("target_kl", "ewma_decay"):
-            _table(case, "ppo", path).setdefault(key, None)
+    _fill_ppo_settings_since_6(record)
     _not_recorded(record, "$.cases[*].runs[*].iterations[*].between_s")
     _not_recorded(record, *(f"$.cases[*].runs[*].iterations[*].policy_lag.{key}" for key in SGD_LAG_SINCE_6))
     if any(_table(case, "backend", path).get("schedule") == "overlap" for path, case in _cases(record)):
         _caveat(record, "overlap before version 6: the workers sampled while the learner evaluated and wrote its record, "
                         "off the clock, so its seconds to the threshold and its FPS were slightly favoured")  # fmt: skip
+
+
+def _fill_ppo_settings_since_6(record: Record) -> None:
+    for path, case in _cases(record):
+        for key in ("target_kl", "ewma_decay"):  # each added partway through version 6 (issue 23)
+            _table(case, "ppo", path).setdefault(key, None)
+
+
+def fill_partway(record: Record) -> Record:
+    """A record of today's version written before a key was added to it: a copy with that key at the value that
+    means what the record's code did (here: no KL early stopping, no EWMA proximal policy); the record itself when
+    it lacks nothing. The next version's `update_to_N` takes this over."""
+    if all("target_kl" in c.get("ppo", {}) and "ewma_decay" in c.get("ppo", {}) for c in record.get("cases", [])):
+        return record
+    record = copy.deepcopy(record)
+    _fill_ppo_settings_since_6(record)
+    return record
 
 
 # --- reading an old record, naming the path of what it lacks ----------------------------------------

@@ -305,6 +305,23 @@ def test_update_to_6_leaves_the_time_between_iterations_and_the_lag_in_sgd_steps
     )
 
 
+def test_a_record_of_today_written_before_a_key_was_added_reads_with_its_meaning(tmp_path):
+    """Version 6 gained `ppo.target_kl` and `ppo.ewma_decay` partway: an early version-6 record lacks them and reads
+    as null (no KL stop, no EWMA), what its code did; anything else it lacks is still refused."""
+    early = raw(6, "smoke")
+    for case in early["cases"]:
+        del case["ppo"]["target_kl"], case["ppo"]["ewma_decay"]
+    (tmp_path / RUN_FILE).write_text(json.dumps(early))
+    loaded = load_run(tmp_path)
+    assert all(c["ppo"]["target_kl"] is None and c["ppo"]["ewma_decay"] is None for c in loaded["cases"])
+    assert "not_recorded" not in loaded and "migrated_from" not in loaded
+    assert migrations.migrate(raw(6, "smoke")) == raw(6, "smoke")
+    del early["cases"][0]["ppo"]["gamma"]
+    (tmp_path / RUN_FILE).write_text(json.dumps(early))
+    with pytest.raises(HarnessError, match=r"cases\[0\]\.ppo\.gamma: required key is missing"):
+        load_run(tmp_path)
+
+
 def test_a_step_takes_only_the_version_before_it():
     with pytest.raises(ValueError, match="update_to_3 takes a version 2 record, got 1"):
         update_to_3(raw(1, "smoke"))
