@@ -47,10 +47,6 @@ class PPOConfig:
     (`schedule = "overlap"`); on a fresh batch the two policies are the same."""
     importance_weight_cap: float = 2.0
     """Upper bound on the decoupled objective's proximal / behaviour weight (V-trace-style truncation)."""
-    ewma_decay: float | None = None
-    """PPO-EWMA (Hilton et al. 2021, openai/ppo-ewma): with `decoupled`, the proximal policy is not the one at the
-    update's start but an exponentially weighted moving average of the weights, bias-corrected as openai/ppo-ewma's
-    EwmaModel does, taken after every optimiser step and kept across updates. None: off."""
     target_kl: float | None = None
     """KL early stopping with Stable-Baselines3's semantics: an update stops before the first minibatch step
     whose approximate KL (the mean of (r - 1) - log r over the minibatch, r the ratio the objective clips,
@@ -74,13 +70,10 @@ class PPOConfig:
             "reward_scale": self.reward_scale > 0,
             "importance_weight_cap": self.importance_weight_cap > 0,
             "target_kl": self.target_kl is None or self.target_kl > 0,
-            "ewma_decay": self.ewma_decay is None or 0 <= self.ewma_decay < 1,
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
             raise ValueError(f"PPO setting out of range: {', '.join(f'{n}={getattr(self, n)!r}' for n in bad)}")
-        if self.ewma_decay is not None and not self.decoupled:
-            raise ValueError("ewma_decay sets the decoupled objective's proximal policy; set decoupled = true as well")
 
     def replace(self, **changes: object) -> PPOConfig:
         """A copy with some fields changed (validated again)."""

@@ -54,10 +54,6 @@ class PPOLearner(Learner):
         # buffer (the CPU default is a Python loop over tensors; torch.optim.Adam.step alone
         # costs more than the kernel at this size).
         self.adam_state = ([torch.zeros_like(self.flat)], [torch.zeros_like(self.flat)], [torch.zeros((), device=self.device)])
-        # PPO-EWMA's proximal policy: a moving average of the weights, and the total weight it averages over.
-        self.ewma = self.flat.clone() if config.ewma_decay is not None else None
-        self.ewma_params = tuple(policy.unflatten(self.ewma).values()) if self.ewma is not None else None
-        self.ewma_total = 1.0
         self.learning_rate = config.learning_rate
         self.shuffle_rng = np.random.default_rng(setup.seed)
         self.total_steps = setup.total_steps
@@ -121,7 +117,7 @@ class PPOLearner(Learner):
             clip_against, importance = proximal, ratio.clamp(max=cfg.importance_weight_cap)
         else:
             clip_against, importance = behaviour, torch.ones_like(ratio)
-        data = [obs, actions, clip_against, advantages_t, returns_t, importance, behaviour]
+        data = [obs, actions, clip_against, advantages_t, returns_t, importance]
         batch, size = obs.shape[0], cfg.minibatch_size
         starts = range(0, batch, size)
         # What each step records, in training order, for the statistics (update_statistics).
@@ -130,21 +126,14 @@ class PPOLearner(Learner):
         for _ in range(cfg.epochs):
             # The same shuffle as ever (numpy, seeded): one gather per epoch, then minibatches are slices.
             order = torch.from_numpy(self.shuffle_rng.permutation(batch)).to(self.device)
-            obs, actions, old_log_probs, advantages, returns, importance, behaved = (column[order] for column in data)
+            obs, actions, old_log_probs, advantages, returns, importance = (column[order] for column in data)
             if cfg.normalize_advantages:
                 advantages = standardize_per_minibatch(advantages, size)
-            if self.ewma_params is None:
-                advantages = advantages * importance  # w * max(-A r, -A clip(r)) = max(-wA r, -wA clip(r)) for w >= 0
-            # else the proximal policy moves every step: its log-probs and weights are set one minibatch at a time,
-            # in place (the gather above made these tensors for this epoch)
+            advantages = advantages * importance  # w * max(-A r, -A clip(r)) = max(-wA r, -wA clip(r)) for w >= 0
             recorded["advantages"].append(advantages)
             stopped = False
             for start in starts:
                 end = start + size
-                if self.ewma_params is not None:
-                    proximal = log_probs(self.action, self.ewma_params, obs[start:end], actions[start:end])
-                    old_log_probs[start:end] = proximal
-                    advantages[start:end] *= (proximal - behaved[start:end]).exp().clamp(max=cfg.importance_weight_cap)
                 log_ratio, value_error, entropy, stopped = self._step(
                     obs[start:end], actions[start:end], old_log_probs[start:end], advantages[start:end], returns[start:end]
                 )
@@ -195,10 +184,6 @@ class PPOLearner(Learner):
         exp_avg, exp_avg_sq, step = self.adam_state
         adam([self.flat], [self.grad], exp_avg, exp_avg_sq, [], step, fused=True,
              amsgrad=False, beta1=0.9, beta2=0.999, lr=self.learning_rate, weight_decay=0.0, eps=1e-5, maximize=False)  # fmt: skip
-        if self.ewma is not None:  # openai/ppo-ewma's EwmaModel.update: a bias-corrected average of every step's weights
-            total = cfg.ewma_decay * self.ewma_total + 1
-            self.ewma.mul_(cfg.ewma_decay * self.ewma_total / total).add_(self.flat / total)
-            self.ewma_total = total
         return log_ratio, value_error, entropy, False
 
     def _anneal_learning_rate(self) -> None:

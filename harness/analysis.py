@@ -288,7 +288,7 @@ def _inference_batch(case: dict[str, Any]) -> int:
     return backend["workers"] * backend["envs_per_worker"]
 
 
-CORRECTIONS = ("decoupled", "importance_weight_cap", "ewma_decay", "target_kl")
+CORRECTIONS = ("decoupled", "importance_weight_cap", "target_kl")
 """PPO settings that correct for a stale batch: an overlap case that sets them still pairs with the sync case."""
 
 

@@ -199,8 +199,7 @@ def update_to_6(record: Record) -> None:
     """Version 5 -> 6 (issue 23): the learner's time between iterations (writing the record, progress) was off the
     clock, so a version-5 `total_s` is the sum of three phases and `between_s` was not measured: not recorded. Nor
     was policy lag in optimiser steps. Under overlap the workers sampled during that time and during evaluations,
-    which a caveat says. PPO had no KL early stopping and no EWMA proximal policy: `target_kl` and `ewma_decay` are
-    null, exactly."""
+    which a caveat says. PPO had no KL early stopping: `target_kl` is null, exactly."""
     _fill_ppo_settings_since_6(record)
     _not_recorded(record, "$.cases[*].runs[*].iterations[*].between_s")
     _not_recorded(record, *(f"$.cases[*].runs[*].iterations[*].policy_lag.{key}" for key in SGD_LAG_SINCE_6))
@@ -211,15 +210,14 @@ def update_to_6(record: Record) -> None:
 
 def _fill_ppo_settings_since_6(record: Record) -> None:
     for path, case in _cases(record):
-        for key in ("target_kl", "ewma_decay"):  # each added partway through version 6 (issue 23)
-            _table(case, "ppo", path).setdefault(key, None)
+        _table(case, "ppo", path).setdefault("target_kl", None)  # added partway through version 6 (issue 23)
 
 
 def fill_partway(record: Record) -> Record:
     """A record of today's version written before a key was added to it: a copy with that key at the value that
-    means what the record's code did (here: no KL early stopping, no EWMA proximal policy); the record itself when
-    it lacks nothing. The next version's `update_to_N` takes this over."""
-    if all("target_kl" in c.get("ppo", {}) and "ewma_decay" in c.get("ppo", {}) for c in record.get("cases", [])):
+    means what the record's code did (here: no KL early stopping); the record itself when it lacks nothing. The
+    next version's `update_to_N` takes this over."""
+    if all("target_kl" in c.get("ppo", {}) for c in record.get("cases", [])):
         return record
     record = copy.deepcopy(record)
     _fill_ppo_settings_since_6(record)

@@ -297,23 +297,22 @@ def test_update_to_6_leaves_the_time_between_iterations_and_the_lag_in_sgd_steps
     overlap = any(case["backend"]["schedule"] == "overlap" for case in old["cases"])
     assert ("caveats" in new) == overlap
     assert all(case["ppo"]["target_kl"] is None for case in new["cases"])  # no KL early stopping then
-    assert all(case["ppo"]["ewma_decay"] is None for case in new["cases"])  # nor an EWMA proximal policy
     for case in new["cases"]:
-        del case["ppo"]["target_kl"], case["ppo"]["ewma_decay"]
+        del case["ppo"]["target_kl"]
     assert new == old | {"schema_version": 6, "not_recorded": new["not_recorded"]} | (
         {"caveats": new["caveats"]} if overlap else {}
     )
 
 
 def test_a_record_of_today_written_before_a_key_was_added_reads_with_its_meaning(tmp_path):
-    """Version 6 gained `ppo.target_kl` and `ppo.ewma_decay` partway: an early version-6 record lacks them and reads
-    as null (no KL stop, no EWMA), what its code did; anything else it lacks is still refused."""
+    """Version 6 gained `ppo.target_kl` partway: an early version-6 record lacks it and reads as null (no KL stop),
+    what its code did; anything else it lacks is still refused."""
     early = raw(6, "smoke")
     for case in early["cases"]:
-        del case["ppo"]["target_kl"], case["ppo"]["ewma_decay"]
+        del case["ppo"]["target_kl"]
     (tmp_path / RUN_FILE).write_text(json.dumps(early))
     loaded = load_run(tmp_path)
-    assert all(c["ppo"]["target_kl"] is None and c["ppo"]["ewma_decay"] is None for c in loaded["cases"])
+    assert all(c["ppo"]["target_kl"] is None for c in loaded["cases"])
     assert "not_recorded" not in loaded and "migrated_from" not in loaded
     assert migrations.migrate(raw(6, "smoke")) == raw(6, "smoke")
     del early["cases"][0]["ppo"]["gamma"]

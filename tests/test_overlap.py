@@ -137,8 +137,8 @@ schedule = ["sync", "overlap"]
 backend = "multiprocessing"
 workers = 2
 schedule = "overlap"
-label = "multiprocessing EWMA KL stop"
-ppo = { decoupled = true, ewma_decay = 0.9, target_kl = 0.5 }
+label = "multiprocessing decoupled KL stop"
+ppo = { decoupled = true, target_kl = 0.5 }
 """
 
 
@@ -163,7 +163,7 @@ def test_overlap_through_the_cli_records_lag_kl_and_the_learners_time(tmp_path):
     assert "### What overlap buys" in report and "multiprocessing overlap" in report
     # an overlap case with the learner's corrections is compared with the same sync case
     rows = report.split("### What overlap buys")[1].split("###")[0]
-    assert "| multiprocessing EWMA KL stop " in rows and "| multiprocessing overlap " in rows
+    assert "| multiprocessing decoupled KL stop " in rows and "| multiprocessing overlap " in rows
     assert corrected["runs"][0]["iterations"][-1]["learner"]["optimizer_steps"] <= 8
 
 

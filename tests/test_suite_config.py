@@ -153,7 +153,6 @@ def test_quick_may_not_leave_out_the_baseline_alone(tmp_path):
         (('preset = "report"', 'preset = "fast"'), "unknown preset 'fast'; choose from report, tuned, cartpole"),
         (("steps_per_iteration = 64", "learning_rate = -1.0"), "learning_rate=-1.0"),
         (("steps_per_iteration = 64", "steps_per_iteration = 64\ntarget_kl = 0.0"), "target_kl=0.0"),
-        (("steps_per_iteration = 64", "steps_per_iteration = 64\newma_decay = 0.9"), "set decoupled = true as well"),
         (('name = "t"', 'name = "t"\ntables = ["speed", "speeed"]'), ("[suite]: 'tables' must be 'speed', ", "got 'speeed'")),
         (('baseline = "serial"', 'baseline = "nope"'), "'nope' is not a case label"),
         (
