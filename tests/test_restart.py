@@ -34,15 +34,21 @@ SEED = 3
 class KillingPendulum(gym.Wrapper):
     """Pendulum-v1 whose process SIGKILLs itself at step `at_step` of an env (counted from the env's making).
     With a `marker` path, only the first env anywhere to get there does (it creates the file); without, every env
-    does, so a replacement worker dies again."""
+    does, so a replacement worker dies again. With a `release` path, the env that dies first waits for that file
+    to exist (up to 60 s): the test decides when, not the race between the worker and the learner's next message."""
 
-    def __init__(self, at_step: int, marker: str | None = None, render_mode: str | None = None) -> None:
+    def __init__(
+        self, at_step: int, marker: str | None = None, release: str | None = None, render_mode: str | None = None
+    ) -> None:
         super().__init__(PendulumEnv(render_mode=render_mode))
-        self.at_step, self.marker, self.steps = at_step, marker, 0
+        self.at_step, self.marker, self.release, self.steps = at_step, marker, release, 0
 
     def step(self, action):  # noqa: ANN001, ANN201 - gymnasium's signature
         self.steps += 1
         if self.steps == self.at_step and self._claim():
+            deadline = time.monotonic() + 60
+            while self.release is not None and not os.path.exists(self.release) and time.monotonic() < deadline:
+                time.sleep(0.01)
             os.kill(os.getpid(), signal.SIGKILL)
         return self.env.step(action)
 
@@ -213,13 +219,15 @@ def test_overlap_sends_every_request_in_flight_again_with_its_weights(name, tmp_
     """Under overlap with max_lag 2, two requests for different versions are in flight when a worker dies in the
     first: its replacement reloads each one's weights and samples both again, in order, then loads the newest."""
     spec = dataclasses.replace(make_spec(name), schedule="overlap", max_lag=2)
-    env = EnvSpec(KILLING_ENV, {"at_step": 5, "marker": str(tmp_path / "killed")})
+    release = tmp_path / "release"
+    env = EnvSpec(KILLING_ENV, {"at_step": 5, "marker": str(tmp_path / "killed"), "release": str(release)})
     with started(spec, env) as backend:
         backend.set_weights(weights(), 0)
-        backend.submit(64)  # one env dies at its 5th step of this one
+        backend.submit(64)  # one env dies at its 5th step of this one, once both requests are sent
         backend.set_weights(weights(), 1, wait=False)
         backend.submit(64)
         backend.set_weights(weights(), 2, wait=False)
+        release.touch()
         assert_whole(backend.take(), spec, 64, 0)
         assert_whole(backend.take(), spec, 64, 1)
         backend.submit(64)
