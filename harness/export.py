@@ -105,9 +105,9 @@ def iteration_scalars(it: dict[str, Any], overlap: bool) -> Iterator[tuple[str, 
     for name, value in it.get("learner", {}).items():
         yield f"learner/{name}", float(value)
     if overlap:
-        for name in ("min", "mean", "max", "sgd_steps_min", "sgd_steps_mean", "sgd_steps_max"):
-            if it["policy_lag"].get(name) is not None:
-                yield f"policy_lag/{name}", float(it["policy_lag"][name])
+        for name, value in it["policy_lag"].items():
+            if value is not None:  # a learner that does not count its optimiser steps has no lag in them
+                yield f"policy_lag/{name}", float(value)
 
 
 def streams(run: dict[str, Any]) -> list[Stream]:

@@ -51,8 +51,9 @@ class Metric:
     applies: Callable[[CaseStats], bool] = lambda case: True
     """False: the figure means nothing for this case (weight sync with central inference, transfer in-process)."""
     recorded_by: tuple[str, str] | None = None
-    """(`run`, `learner`, `iteration` or an iteration's `policy_lag`, key): a record lacking that key was written before the harness measured
-    this figure (harness/migrations.py), and the figure is "not recorded" rather than computed from nothing."""
+    """(`run`, `learner`, `iteration` or an iteration's `policy_lag`, key): a record lacking that key was written
+    before the harness measured this figure (harness/migrations.py), and the figure is "not recorded" rather than
+    computed from nothing."""
 
     def compute(self, case: CaseStats) -> Any:
         """The figure for `case` (harness.analysis.CaseStats[name] caches it and checks `recorded_by` first)."""
@@ -157,7 +158,7 @@ SAMPLING_PARTS = ("sample_env_s", "sample_inference_s", "sample_other_s")
 
 
 def _phase(phase: str) -> Callable[[CaseStats, Record], tuple[float, float]]:
-    """(this phase's seconds, the three phases' seconds) of one iteration: the parts of a pooled share."""
+    """(this phase's seconds, all phases' seconds) of one iteration: the parts of a pooled share."""
     return lambda case, it: (it.get(f"{phase}_s") or 0.0, _phases_s(it))
 
 

@@ -208,16 +208,22 @@ def update_to_6(record: Record) -> None:
                         "off the clock, so its seconds to the threshold and its FPS were slightly favoured")  # fmt: skip
 
 
+PPO_SINCE_6 = {"target_kl": None}
+"""PPO settings added partway through version 6 (issue 23), at the value that means what the code before them did."""
+
+
 def _fill_ppo_settings_since_6(record: Record) -> None:
     for path, case in _cases(record):
-        _table(case, "ppo", path).setdefault("target_kl", None)  # added partway through version 6 (issue 23)
+        ppo = _table(case, "ppo", path)
+        for key, value in PPO_SINCE_6.items():
+            ppo.setdefault(key, value)
 
 
 def fill_partway(record: Record) -> Record:
     """A record of today's version written before a key was added to it: a copy with that key at the value that
     means what the record's code did (here: no KL early stopping); the record itself when it lacks nothing. The
     next version's `update_to_N` takes this over."""
-    if all("target_kl" in c.get("ppo", {}) for c in record.get("cases", [])):
+    if all(PPO_SINCE_6.keys() <= c.get("ppo", {}).keys() for c in record.get("cases", [])):
         return record
     record = copy.deepcopy(record)
     _fill_ppo_settings_since_6(record)

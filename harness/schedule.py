@@ -211,8 +211,10 @@ class PolicyLag:
 
     @classmethod
     def of(cls, lags: tuple[int, ...], sgd_lags: tuple[int, ...] | None) -> PolicyLag:
-        sgd = (int(min(sgd_lags)), float(np.mean(sgd_lags)), int(max(sgd_lags))) if sgd_lags else (None, None, None)
-        return cls(int(min(lags)), float(np.mean(lags)), int(max(lags)), *sgd)
+        def spread(values: tuple[int, ...]) -> tuple[int, float, int]:
+            return int(min(values)), float(np.mean(values)), int(max(values))
+
+        return cls(*spread(lags), *(spread(sgd_lags) if sgd_lags else (None, None, None)))
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -213,7 +213,7 @@ def test_target_kl_stops_before_the_first_minibatch_past_one_and_a_half_times_it
 
 
 def test_target_kl_changes_nothing_until_it_stops():
-    """A target no minibatch reaches: the same weights, statistics and Adam state as no target at all."""
+    """A target no minibatch reaches: the same weights, statistics and optimiser steps as no target at all."""
     spec = PolicySpec(3, 1, 32)
     config = PPOConfig(hidden_size=32, steps_per_iteration=256, epochs=3, learning_rate=3e-3)
     rollout = on_policy_rollout(spec, config)

@@ -133,8 +133,8 @@ def run_advise(request: AdviseRequest, console: Console) -> Path:
     console.print(
         f"[bold]advise[/]: {request.env_id} with the {request.preset!r} preset; budget {request.budget_s / 60:g} min -> {out}"
     )
-    if busy_warning(record):
-        console.print(f"[yellow]{busy_warning(record)}[/]")
+    if warning := busy_warning(record):
+        console.print(f"[yellow]{warning}[/]")
     remote = tuple(b for b in request.backends if REGISTRY[b].remote and "worker" in REGISTRY[b].inference_modes)
     central = tuple(b for b in request.backends if "central" in REGISTRY[b].inference_modes and b != "envpool")
     envpool = "envpool" in request.backends and _envpool_runs(request.env_id, request.env_kwargs)

@@ -53,8 +53,8 @@ def _document(record: dict[str, Any]) -> list[str]:
              "", f"PPO preset `{request['preset']}`; {machine['cpu_model']}, {profile['usable_cpus'] if profile else '?'} usable "
              f"CPUs; created {record['created']}; status {record['status']}"
              + (f"; took {record['elapsed_s'] / 60:.1f} of {request['budget_s'] / 60:g} budgeted minutes" if "elapsed_s" in record else "")]  # fmt: skip
-    if busy_warning(record):
-        lines += ["", busy_warning(record)]
+    if warning := busy_warning(record):
+        lines += ["", warning]
     if not profile or "predictions" not in record:
         return [*lines, "", "The profile did not finish: nothing to recommend."]
     chosen = record["recommendation"]
