@@ -223,10 +223,18 @@ def fill_partway(record: Record) -> Record:
     """A record of today's version written before a key was added to it: a copy with that key at the value that
     means what the record's code did (here: no KL early stopping); the record itself when it lacks nothing. The
     next version's `update_to_N` takes this over."""
-    if all(PPO_SINCE_6.keys() <= c.get("ppo", {}).keys() for c in record.get("cases", [])):
+
+    def lacking(case: Any) -> bool:  # a damaged record is left as it is, for the schema check to name what is wrong
+        return isinstance(case, dict) and isinstance(case.get("ppo"), dict) and not PPO_SINCE_6.keys() <= case["ppo"].keys()
+
+    cases = record.get("cases")
+    if not isinstance(cases, list) or not any(lacking(c) for c in cases):
         return record
     record = copy.deepcopy(record)
-    _fill_ppo_settings_since_6(record)
+    for case in record["cases"]:
+        if lacking(case):
+            for key, value in PPO_SINCE_6.items():
+                case["ppo"].setdefault(key, value)
     return record
 
 

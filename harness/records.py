@@ -38,6 +38,7 @@ from typing_extensions import TypedDict  # pydantic needs typing_extensions' Typ
 from backends.base import INFERENCE_MODES
 from backends.remote import ClockOffset
 from harness.case import Evaluation, Memory
+from harness.names import TABLE_NAMES
 from harness.schedule import Iteration
 from harness.suite import CaseConfig, MeasureConfig
 
@@ -134,8 +135,8 @@ class PartRecord(TypedDict):
     name: Name
     description: str
     measure: MeasureConfig
-    tables: list[str]
-    """The report tables of this part."""
+    tables: list[Literal[TABLE_NAMES]]
+    """The report tables of this part (a name the report does not know is refused at load, in one line)."""
     baseline: str | None
     """Label of the case speedups are measured against."""
 

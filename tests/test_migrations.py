@@ -365,6 +365,24 @@ def test_damaged_old_record_fails_in_one_line(version, damage, expected, tmp_pat
     assert "\n" not in message and len(message) < 300
 
 
+@pytest.mark.parametrize(
+    ("damage", "expected"),
+    [
+        (lambda run: run.update(cases=1), "$.cases: expected array, got integer"),
+        (lambda run: run.update(cases=["0"]), "$.cases[0]: expected object, got string"),
+        (lambda run: run["parts"][0]["tables"].__setitem__(0, ""), '$.parts[0].tables[0]: must be one of "speed"'),
+    ],
+)  # fmt: skip
+def test_damaged_record_of_today_fails_in_one_line(damage, expected, tmp_path):
+    """Found by the fuzz test: today's records pass through the partway fill and the report's table registry too."""
+    damaged = raw(SCHEMA_VERSION, "smoke")
+    damage(damaged)
+    (tmp_path / RUN_FILE).write_text(json.dumps(damaged))
+    with pytest.raises(HarnessError) as caught:
+        load_run(tmp_path)
+    assert expected in str(caught.value) and "\n" not in str(caught.value)
+
+
 def test_only_a_migration_excuses_a_missing_key(tmp_path):
     """Today's record must have what the harness always writes, whatever its own `not_recorded` claims."""
     forged = raw(SCHEMA_VERSION, "smoke")
