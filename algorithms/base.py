@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
-from algorithms.config import PPOConfig
+from algorithms.config import LearnerConfig
 from algorithms.policy import PolicySpec
 from algorithms.rollout import Rollout
 
@@ -39,9 +39,9 @@ class AlgorithmSpec:
 class LearnerSetup:
     """Everything a learner is built from."""
 
-    config: PPOConfig
-    """Hyperparameters: batch size (`steps_per_iteration`) and network width are read by the harness
-    too; an algorithm ignores the fields it has no use for."""
+    config: LearnerConfig
+    """The learner's settings (the model of its `settings_table`): the batch size (`steps_per_iteration`) and the
+    network width are read by the harness too."""
     policy: PolicySpec
     """The actor-critic whose flat weights the backends' policy copies load."""
     seed: int
@@ -58,8 +58,16 @@ class LearnerSetup:
             raise ValueError(f"policy hidden_size {self.policy.hidden_size} differs from the config's {self.config.hidden_size}")
 
 
+INITIAL_KL = "initial_kl"
+"""A statistic any learner may return from `train`: the mean KL from the policy that sampled the batch to the
+learner's policy as the update starts (0 on a fresh batch; what staleness costs under `overlap`)."""
+
+
 class Learner(ABC):
     """An algorithm that trains the actor-critic on rollouts and versions its weights."""
+
+    #: The suite table its settings are read from: a name in `algorithms.config.SETTINGS_TABLES`.
+    settings_table: ClassVar[str] = "ppo"
 
     #: Bumped by every `train`; the version the weights of `weights()` carry.
     version: int = 0

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch.optim.adam import adam
 
-from algorithms.base import Learner, LearnerSetup
+from algorithms.base import INITIAL_KL, Learner, LearnerSetup
 from algorithms.gae import compute_gae
 from algorithms.model import ActorCritic, flatten_weights
 from algorithms.ppo_gradients import log_probs, minibatch_gradients, standardize_per_minibatch, update_statistics
@@ -37,6 +37,9 @@ def resolve_device(device: str) -> torch.device:
 
 class PPOLearner(Learner):
     """Owns the actor-critic's flat weights, the Adam state and the minibatch shuffling."""
+
+    #: The statistic that times the advantage estimate.
+    advantages_timer = "gae_s"
 
     def __init__(self, setup: LearnerSetup) -> None:
         config, policy = setup.config, setup.policy
@@ -63,6 +66,10 @@ class PPOLearner(Learner):
         self.version = 0
         self._host_weights: tuple[int, np.ndarray] | None = None
         self.gradient_step = partial(minibatch_gradients, self.action)
+        # How the update treats a stale batch (PPO's own settings; a learner built on this update may have none).
+        self.decoupled = getattr(config, "decoupled", False)
+        self.importance_weight_cap = getattr(config, "importance_weight_cap", None)
+        self.target_kl = getattr(config, "target_kl", None)
         self.compile_s = 0.0
         if config.compile:
             self._compile()
@@ -80,7 +87,7 @@ class PPOLearner(Learner):
         advantages, returns = self.advantages(rollout)
         gae_done = time.perf_counter()
         stats = self.update(rollout, advantages, returns)
-        return stats | {"gae_s": gae_done - started, "update_s": time.perf_counter() - gae_done}
+        return stats | {self.advantages_timer: gae_done - started, "update_s": time.perf_counter() - gae_done}
 
     def advantages(self, rollout: Rollout) -> tuple[np.ndarray, np.ndarray]:
         """GAE advantages and value targets for a rollout of the current version."""
@@ -113,8 +120,8 @@ class PPOLearner(Learner):
         staleness = proximal - behaviour
         ratio = staleness.exp()
         initial = torch.stack([((ratio - 1) - staleness).mean(), ((ratio - 1).abs() > cfg.clip_range).float().mean()])
-        if cfg.decoupled:  # clip against the proximal policy; reweight by proximal / behaviour
-            clip_against, importance = proximal, ratio.clamp(max=cfg.importance_weight_cap)
+        if self.decoupled:  # clip against the proximal policy; reweight by proximal / behaviour
+            clip_against, importance = proximal, ratio.clamp(max=self.importance_weight_cap)
         else:
             clip_against, importance = behaviour, torch.ones_like(ratio)
         data = [obs, actions, clip_against, advantages_t, returns_t, importance]
@@ -162,7 +169,7 @@ class PPOLearner(Learner):
         initial_kl, initial_clip_fraction = initial.tolist()
         return stats | {
             "learning_rate": self.learning_rate,
-            "initial_kl": initial_kl,
+            INITIAL_KL: initial_kl,
             "initial_clip_fraction": initial_clip_fraction,
             "optimizer_steps": float(steps_taken),
         }
@@ -173,9 +180,9 @@ class PPOLearner(Learner):
         grads, log_ratio, value_error, entropy = self.gradient_step(
             self.params, *minibatch, cfg.clip_range, cfg.value_coef, cfg.entropy_coef
         )
-        if cfg.target_kl is not None:  # one host round trip a minibatch, only when asked for
+        if self.target_kl is not None:  # one host round trip a minibatch, only when asked for
             approx_kl = ((log_ratio.exp() - 1) - log_ratio).mean().item()
-            if approx_kl > 1.5 * cfg.target_kl:
+            if approx_kl > 1.5 * self.target_kl:
                 return log_ratio, value_error, entropy, True
         torch.cat([g.reshape(-1) for g in grads], out=self.grad)
         # clip_grad_norm_'s rule (max_norm / (norm + 1e-6), capped at 1) on the one buffer, without a host sync.
@@ -211,7 +218,7 @@ class PPOLearner(Learner):
 
     def describe(self) -> dict[str, Any]:
         return {
-            "algorithm": "ppo",
+            "algorithm": self.settings_table,
             "device": str(self.device),
             "compiled": self.config.compile,
             "compile_s": self.compile_s,

@@ -51,6 +51,14 @@ def log_probs(action: Distribution, params: tuple[torch.Tensor, ...], obs: torch
     return _forward(action, params, obs, actions)[-2]
 
 
+def log_probs_and_values(
+    action: Distribution, params: tuple[torch.Tensor, ...], obs: torch.Tensor, actions: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The current policy's log-probabilities of `actions`, and the current values of `obs` (no gradient)."""
+    out = _forward(action, params, obs, actions)
+    return out[-2], out[3]
+
+
 def minibatch_gradients(
     action: Distribution,
     params: tuple[torch.Tensor, ...],

@@ -10,9 +10,11 @@ from __future__ import annotations
 import importlib
 
 from algorithms.base import Learner, LearnerSetup
+from algorithms.config import SETTINGS_TABLES
 
 LEARNERS: dict[str, str] = {
     "ppo": "algorithms.ppo:PPOLearner",
+    "appo": "algorithms.appo:APPOLearner",
 }
 DEFAULT_ALGORITHM = "ppo"
 
@@ -30,6 +32,15 @@ def learner_class(name: str) -> type[Learner]:
     if not (isinstance(cls, type) and issubclass(cls, Learner)):
         raise ValueError(f"algorithm '{name}' is not a subclass of algorithms.base.Learner")
     return cls
+
+
+def settings_table_name(name: str) -> str:
+    """The suite table the learner `name` reads its settings from (`ppo`, `appo`); `ValueError` if none known."""
+    cls = learner_class(name)
+    if cls.settings_table not in SETTINGS_TABLES:
+        raise ValueError(f"algorithm '{name}' reads settings table '{cls.settings_table}', which is not one of "
+                         f"{', '.join(SETTINGS_TABLES)} (algorithms.config.SETTINGS_TABLES)")  # fmt: skip
+    return cls.settings_table
 
 
 def create_learner(name: str, setup: LearnerSetup) -> Learner:

@@ -8,13 +8,15 @@ from the raw samples. The unit of every interval is an independent sample: a fre
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from algorithms.config import PRESETS
+from algorithms.config import PRESETS, SETTINGS_TABLES
+from algorithms.registry import DEFAULT_ALGORITHM
 from backends import REGISTRY
 from harness.metrics import METRICS, PHASES
 
@@ -214,7 +216,7 @@ def case_stats(case: dict[str, Any], part: dict[str, Any], cpus: float, host: st
         sampling_key=sampling_key(case),
         pair_key=schedule_free_key(case),
         busy_per_host=busy,
-        deviations=report_deviations(case.get("ppo") or {}),
+        deviations=report_deviations(case.get("hyperparameters") or {}),
         worker_restarts=sum(restarts),
         restarted_runs=sum(1 for n in restarts if n),
     )
@@ -225,10 +227,13 @@ def _restarts(run: dict[str, Any]) -> int:
     return sum(len(it.get("worker_restarts") or []) for it in run.get("iterations", []))
 
 
-def report_deviations(ppo: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
-    """Where a case's PPO settings leave the research report's (the `report` preset)."""
+def report_deviations(settings: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """Where a case's learner settings leave the research report's (PPO's `report` preset); none for a learner
+    whose settings are not PPO's (the report has no figures of another algorithm to stand beside)."""
     report = PRESETS["report"]
-    return {k: (getattr(report, k), v) for k, v in ppo.items() if hasattr(report, k) and getattr(report, k) != v}
+    if set(settings) != {f.name for f in dataclasses.fields(report)}:
+        return {}
+    return {k: (getattr(report, k), v) for k, v in settings.items() if hasattr(report, k) and getattr(report, k) != v}
 
 
 def _busy_per_host(
@@ -273,7 +278,7 @@ def sampling_key(case: dict[str, Any]) -> str:
         "num_envs": backend["workers"] * backend["envs_per_worker"],
         "inference_batch": _inference_batch(case),
         "schedule": backend.get("schedule", "sync"),
-        **{k: case.get(k) for k in ("env", "ppo", "algorithm")},
+        **{k: case.get(k) for k in ("env", "hyperparameters", "algorithm")},
     }
     return json.dumps(config, sort_keys=True)
 
@@ -288,17 +293,23 @@ def _inference_batch(case: dict[str, Any]) -> int:
     return backend["workers"] * backend["envs_per_worker"]
 
 
-CORRECTIONS = ("decoupled", "importance_weight_cap", "target_kl")
-"""PPO settings that correct for a stale batch: an overlap case that sets them still pairs with the sync case."""
-
-
 def schedule_free_key(case: dict[str, Any]) -> str:
     """The case's configuration without what the `overlap` comparison varies: schedule, lag, the learner's corrections
     for staleness (each overlap variant is compared with the plain sync case)."""
     config = {k: v for k, v in case.items() if k not in ("id", "label", "runs", "claims")}
     config["backend"] = {k: v for k, v in config["backend"].items() if k not in ("schedule", "max_lag")}
-    config["ppo"] = {k: v for k, v in config["ppo"].items() if k not in CORRECTIONS}
+    corrections = _staleness_corrections((case.get("algorithm") or {}).get("name", DEFAULT_ALGORITHM))
+    config["hyperparameters"] = {k: v for k, v in (case.get("hyperparameters") or {}).items() if k not in corrections}
     return json.dumps(config, sort_keys=True)
+
+
+def _staleness_corrections(algorithm: str) -> tuple[str, ...]:
+    """The learner's settings that only correct for a stale batch (its settings table says which)."""
+    from algorithms.registry import LEARNERS, settings_table_name
+
+    if algorithm not in LEARNERS:  # a `module:Class` learner the reader may not have: nothing known to set aside
+        return ()
+    return SETTINGS_TABLES[settings_table_name(algorithm)].staleness_corrections
 
 
 def _convergence(runs: list[dict[str, Any]], measure: dict[str, Any]) -> Convergence:

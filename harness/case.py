@@ -103,7 +103,7 @@ class CaseRun:
         self._save()
 
     def iterations_planned(self) -> int:
-        per_iteration = self.case.ppo.steps_per_iteration
+        per_iteration = self.case.steps_per_iteration
         if self.measure.mode == "convergence":
             return math.ceil(self.measure.total_steps / per_iteration)
         return self.measure.warmup_iterations + self.measure.iterations
@@ -118,11 +118,13 @@ class CaseRun:
         threadpool_limits(threads, user_api="blas")  # numpy's inference in this process (central, vecenv, eval)
         self.result["torch_threads"] = threads
         spaces = describe_env(self.case.env)  # checked at suite load too; here the env's own package may have changed
-        policy = PolicySpec(spaces.obs_dim, spaces.act_dim, self.case.ppo.hidden_size, spaces.distribution)
+        policy = PolicySpec(spaces.obs_dim, spaces.act_dim, self.case.hidden_size, spaces.distribution)
         planned = self.iterations_planned()
-        total_steps = planned * self.case.ppo.steps_per_iteration
+        total_steps = planned * self.case.steps_per_iteration
         lag = self.case.backend.pipeline_depth  # how stale a batch the schedule will hand the learner
-        setup = LearnerSetup(self.case.ppo, policy, self.seed, total_steps, self.case.algorithm.device, max_policy_lag=lag)
+        setup = LearnerSetup(
+            self.case.learner_config(), policy, self.seed, total_steps, self.case.algorithm.device, max_policy_lag=lag
+        )
         started = time.perf_counter()
         with self.watchdog.phase("building the learner", STARTUP_S):
             learner = create_learner(self.case.algorithm.name, setup)  # a compiled learner compiles here, not in an iteration
@@ -140,11 +142,9 @@ class CaseRun:
                 signal.signal(signal.SIGTERM, _terminate)
                 self.result["startup_s"] = time.perf_counter() - started
                 self.result["backend"] = backend.describe()
-                schedule = SCHEDULE_CLASSES[self.case.backend.schedule](
-                    learner, backend, self.case.ppo.steps_per_iteration, planned
-                )
+                schedule = SCHEDULE_CLASSES[self.case.backend.schedule](learner, backend, self.case.steps_per_iteration, planned)
                 next_eval = self.measure.eval_every
-                iteration_deadline = self._deadline(self.case.ppo.steps_per_iteration)
+                iteration_deadline = self._deadline(self.case.steps_per_iteration)
                 for index in range(planned):
                     self.phase = f"iteration {index}"
                     with self.watchdog.phase(self.phase, iteration_deadline):

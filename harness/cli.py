@@ -6,6 +6,7 @@ User mistakes end as one line `error: ...` and exit status 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import os
 import signal
@@ -144,7 +145,7 @@ def _with_cluster_address(suite, cli_address: str | None):  # noqa: ANN001, ANN2
 
 
 def cmd_list(console: Console) -> int:
-    from algorithms.config import PRESETS
+    from algorithms.config import SETTINGS_TABLES
     from backends import DEFAULT_BACKEND, REGISTRY, available
 
     console.print("[bold]Backends[/]")
@@ -168,15 +169,16 @@ def cmd_list(console: Console) -> int:
             console.print(f"  {path.stem:16} [red]invalid[/]: {exc}")
     from algorithms.registry import DEFAULT_ALGORITHM, LEARNERS
 
-    console.print("[bold]Algorithms[/] ([algorithm] name; or any 'module:Class' learner)")
+    console.print("[bold]Algorithms[/] (\\[algorithm] name; or any 'module:Class' learner)")
     for name, target in LEARNERS.items():
         console.print(f"  {name:16} {target}" + (" (default)" if name == DEFAULT_ALGORITHM else ""))
-    console.print("[bold]PPO presets[/]")
-    for name, cfg in PRESETS.items():
-        console.print(
-            f"  {name:16} lr {cfg.learning_rate:g}, gamma {cfg.gamma}, {cfg.steps_per_iteration} steps/iter, "
-            f"{cfg.epochs} epochs x minibatch {cfg.minibatch_size}"
-        )
+    for table, settings in SETTINGS_TABLES.items():
+        console.print(f"[bold]Presets of \\[{table}][/] (what each changes from {settings.model.__name__}'s defaults)")
+        defaults = dataclasses.asdict(settings.model())
+        for name, cfg in settings.presets.items():
+            changed = {k: v for k, v in dataclasses.asdict(cfg).items() if v != defaults[k]}
+            console.print(f"  {name:16} " + (", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}"
+                                                       for k, v in changed.items()) or "the defaults"))  # fmt: skip
     return 0
 
 

@@ -11,7 +11,7 @@ line in `caveats`, which `compare` and the report print. `migrated_from` is the 
 
 Versions, by the commits that wrote them (tests/fixtures/runs/ holds a run of each version's last commit):
 1: 481cf1b..fe5de4c^; 2: fe5de4c..627bf98^; 3: 627bf98..6766c94^; 4: 6766c94..issue 21^; 5: issue 21..issue 23^;
-6: issue 23 on.
+6: issue 23..issue 23's second algorithm^; 7: since.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ def migrate(record: Record) -> Record:
     checks, and words the refusal); raises `Damaged` naming the JSON path of a key the old version lacks."""
     version = record["schema_version"]
     if version == SCHEMA_VERSION:
-        return fill_partway(record)
+        return record
     for target in range(version + 1, SCHEMA_VERSION + 1):
         record = MIGRATIONS[target](record)
     record["migrated_from"] = version
@@ -219,23 +219,17 @@ def _fill_ppo_settings_since_6(record: Record) -> None:
             ppo.setdefault(key, value)
 
 
-def fill_partway(record: Record) -> Record:
-    """A record of today's version written before a key was added to it: a copy with that key at the value that
-    means what the record's code did (here: no KL early stopping); the record itself when it lacks nothing. The
-    next version's `update_to_N` takes this over."""
+# --- version 6 -> 7 ---------------------------------------------------------------------------------
 
-    def lacking(case: Any) -> bool:  # a damaged record is left as it is, for the schema check to name what is wrong
-        return isinstance(case, dict) and isinstance(case.get("ppo"), dict) and not PPO_SINCE_6.keys() <= case["ppo"].keys()
 
-    cases = record.get("cases")
-    if not isinstance(cases, list) or not any(lacking(c) for c in cases):
-        return record
-    record = copy.deepcopy(record)
-    for case in record["cases"]:
-        if lacking(case):
-            for key, value in PPO_SINCE_6.items():
-                case["ppo"].setdefault(key, value)
-    return record
+@_step(7)
+def update_to_7(record: Record) -> None:
+    """Version 6 -> 7 (issue 23: a second algorithm). A case's learner settings were its `ppo` table, the only learner
+    there was; they are `hyperparameters` now, whichever learner's they are. A version-6 record written before
+    `target_kl` came lacks it: null, no KL early stopping, as its code did."""
+    _fill_ppo_settings_since_6(record)
+    for _, case in _cases(record):
+        case["hyperparameters"] = case.pop("ppo")
 
 
 # --- reading an old record, naming the path of what it lacks ----------------------------------------

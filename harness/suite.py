@@ -2,7 +2,7 @@
 description of the format.
 
 `SuiteFile`, `SuiteTable` and `CaseTable` describe a file's tables; `MeasureConfig` and `CaseConfig`
-(with `EnvSpec`, `PPOConfig`, `AlgorithmSpec`, `BackendSpec` and each backend's options model)
+(with `EnvSpec`, the learner's settings, `AlgorithmSpec`, `BackendSpec` and each backend's options model)
 what a part and a case are. From them pydantic derives the checks of a file (strict types: no "5"
 for 5 or true for 1; unknown keys refused; each class's `__post_init__` run), the JSON round trip of
 a case to its subprocess (`to_json`, `from_json`) and the run record's JSON Schema
@@ -27,15 +27,15 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, Required, TypeVar
 
 from annotated_types import Ge, Gt
-from pydantic import BeforeValidator, TypeAdapter, ValidationError
+from pydantic import BeforeValidator, ConfigDict, TypeAdapter, ValidationError
 from typing_extensions import TypedDict, is_typeddict  # pydantic needs typing_extensions' TypedDict before Python 3.12
 
 from algorithms.base import AlgorithmSpec
-from algorithms.config import PRESETS, PPOConfig
-from algorithms.registry import learner_class
+from algorithms.config import SETTINGS_TABLES, LearnerConfig
+from algorithms.registry import settings_table_name
 from backends import REGISTRY
 from backends.base import INFERENCE_MODES, SCHEDULES, BackendSpec
 from backends.envs import EnvError, EnvSpec, describe_env
@@ -117,9 +117,17 @@ class MeasureConfig:
         )
 
 
+class Hyperparameters(TypedDict, total=False):
+    """A learner's settings, every key of its model; the harness reads these two itself (`LearnerConfig`)."""
+
+    __pydantic_config__ = ConfigDict(extra="allow")  # type: ignore[misc]  # the rest are the learner's own
+    steps_per_iteration: Required[Positive]
+    hidden_size: Required[Positive]
+
+
 @dataclass(frozen=True)
 class CaseConfig:
-    """One cell of a sweep: a backend configuration with its env and PPO settings."""
+    """One cell of a sweep: a backend configuration with its env, its learner and the learner's settings."""
 
     id: str
     """`part/label/wWORKERSxeENVS`, unique in the suite."""
@@ -128,15 +136,31 @@ class CaseConfig:
     """The case's name in tables: `label` of its `[[cases]]` table, or one made from its settings."""
     backend: BackendSpec
     env: EnvSpec
-    ppo: PPOConfig
+    hyperparameters: Hyperparameters
+    """The learner's settings, every key (its settings table, `[ppo]` or `[appo]`, over the table's preset): the
+    model of `algorithms.config.SETTINGS_TABLES` that `algorithm` names checks them (`learner_config`)."""
     preset: str
-    """The `[ppo]` preset the case's PPO settings start from."""
+    """The preset of the learner's settings table the case starts from."""
     claims: dict[str, float] = field(default_factory=dict)
     """The research report's figures for this case (names from harness.names.CLAIM_NAMES), shown beside ours."""
     algorithm: AlgorithmSpec = AlgorithmSpec()
     """The learner that trains the case, and its device."""
     torch_threads: int | None = None
     """The learner's intra-op threads for this case (0: one per physical core); null: the part's `[measure]` setting."""
+
+    @property
+    def steps_per_iteration(self) -> int:
+        """Env steps the harness samples per iteration, summed over envs (`LearnerConfig`)."""
+        return int(self.hyperparameters["steps_per_iteration"])
+
+    @property
+    def hidden_size(self) -> int:
+        """Width of the network the samplers run (`LearnerConfig`)."""
+        return int(self.hyperparameters["hidden_size"])
+
+    def learner_config(self) -> LearnerConfig:
+        """`hyperparameters` as the model of the learner's settings table (imports the learner's module)."""
+        return SETTINGS_TABLES[settings_table_name(self.algorithm.name)].build(self.hyperparameters)
 
 
 @dataclass(frozen=True)
@@ -257,8 +281,8 @@ class QuickSweep(TypedDict, total=False):
 @dataclass(frozen=True)
 class CaseTable:
     """A `[[cases]]` table: a backend and the values it is swept over (every combination of `workers`,
-    `envs_per_worker`, `inference` and `schedule` is a case). Its `env`, `ppo` and `algorithm` tables
-    override the part's key by key; `options` are the backend's own (`options_model` of its registry entry)."""
+    `envs_per_worker`, `inference` and `schedule` is a case). Its `env`, `algorithm` and settings (`ppo`, `appo`)
+    tables override the part's key by key; `options` are the backend's own (`options_model` of its registry entry)."""
 
     backend: Literal[tuple(REGISTRY)]
     workers: OneOrMany[Positive] = (1,)
@@ -274,6 +298,7 @@ class CaseTable:
     options: dict[str, Any] = field(default_factory=dict)
     env: dict[str, Any] = field(default_factory=dict)
     ppo: dict[str, Any] = field(default_factory=dict)
+    appo: dict[str, Any] = field(default_factory=dict)
     algorithm: dict[str, Any] = field(default_factory=dict)
     claims: Claims = field(default_factory=dict)
     quick: bool | QuickSweep = True
@@ -296,7 +321,9 @@ class SuiteFile:
     env: dict[str, Any] = field(default_factory=dict)
     """`EnvSpec` keys every case starts from (checked once merged: see `_env`)."""
     ppo: dict[str, Any] = field(default_factory=dict)
-    """`preset` and `PPOConfig` keys every case starts from."""
+    """`preset` and `PPOConfig` keys every PPO case starts from."""
+    appo: dict[str, Any] = field(default_factory=dict)
+    """`preset` and `APPOConfig` keys every APPO case starts from."""
     algorithm: dict[str, Any] = field(default_factory=dict)
     """`AlgorithmSpec` keys every case starts from."""
     measure: MeasureConfig = MeasureConfig()
@@ -522,15 +549,19 @@ def _load_part(check: _Checker, file: SuiteFile, data: dict[str, Any], name: str
             ("measure",), "'warmup_iterations' does not apply in convergence mode (every iteration trains and counts); remove it"
         )
     base_env = _env(check, file.env, EnvSpec(), ("env",), make=False)
-    preset, base_ppo = _ppo(check, file.ppo, "report", PRESETS["report"], ("ppo",))
+    base_settings = {table: _settings_base(check, getattr(file, table), table, (table,)) for table in SETTINGS_TABLES}
     base_algorithm = _algorithm(check, file.algorithm, AlgorithmSpec(), ("algorithm",))
     cases: list[CaseConfig] = []
     quick: list[str] = []
     for index, table in enumerate(file.cases):
-        bases = (base_env, preset, base_ppo, base_algorithm)
+        bases = (base_env, base_settings, base_algorithm)
         expanded = _expand_case(check, table, data["cases"][index], ("cases", index), name, *bases)
         cases.extend(expanded)
         quick.extend(c.id for c in expanded if file.suite.quick and _quick_keeps(check, table, c, ("cases", index, "quick")))
+    trained = {settings_table_name(c.algorithm.name) for c in cases}
+    if unused := [t for t in SETTINGS_TABLES if getattr(file, t) and t not in trained]:
+        check.fail((unused[0],), f"applies to no case: every case trains a learner whose settings are "
+                                 f"{' or '.join(f'[{t}]' for t in sorted(trained))}; put these keys there")  # fmt: skip
     ids = [c.id for c in cases]
     duplicates = sorted({i for i in ids if ids.count(i) > 1})
     if duplicates:
@@ -581,20 +612,31 @@ def _check_env(env_id: str, kwargs_json: str) -> None:
     describe_env(EnvSpec(env_id, json.loads(kwargs_json)))
 
 
-def _ppo(check: _Checker, table: dict[str, Any], preset: str, base: PPOConfig, loc: Loc) -> tuple[str, PPOConfig]:
+def _settings(
+    check: _Checker, table: dict[str, Any], name: str, base: tuple[str, LearnerConfig], loc: Loc
+) -> tuple[str, LearnerConfig]:
+    """A learner's settings table `name` merged over `base` (a preset, and the part's keys); `preset` starts over."""
+    settings = SETTINGS_TABLES[name]
+    preset, config = base
     table = dict(table)
     if "preset" in table:
         preset = table.pop("preset")
-        if not isinstance(preset, str) or preset not in PRESETS:
-            check.fail(loc, f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
-        base = PRESETS[preset]
-    return preset, check.validate(PPOConfig, {**dataclasses.asdict(base), **table}, loc, also_valid=("preset",))
+        if not isinstance(preset, str) or preset not in settings.presets:
+            check.fail(loc, f"unknown preset {preset!r}; choose from {', '.join(settings.presets)}")
+        config = settings.presets[preset]
+    merged = {**dataclasses.asdict(config), **table}
+    return preset, check.validate(settings.model, merged, loc, also_valid=("preset",))
+
+
+def _settings_base(check: _Checker, table: dict[str, Any], name: str, loc: Loc) -> tuple[str, LearnerConfig]:
+    settings = SETTINGS_TABLES[name]
+    return _settings(check, table, name, (settings.default_preset, settings.presets[settings.default_preset]), loc)
 
 
 def _algorithm(check: _Checker, table: dict[str, Any], base: AlgorithmSpec, loc: Loc) -> AlgorithmSpec:
     spec = check.validate(AlgorithmSpec, {**dataclasses.asdict(base), **table}, loc)
     try:
-        learner_class(spec.name)
+        settings_table_name(spec.name)
     except ValueError as exc:
         check.fail(loc, str(exc))
     if spec.device == "cuda":
@@ -612,8 +654,7 @@ def _expand_case(
     loc: Loc,
     part: str,
     base_env: EnvSpec,
-    base_preset: str,
-    base_ppo: PPOConfig,
+    base_settings: dict[str, tuple[str, LearnerConfig]],
     base_algorithm: AlgorithmSpec,
 ) -> list[CaseConfig]:
     """Every case of one `[[cases]]` table (`data` is the table as written, for its default label)."""
@@ -625,8 +666,12 @@ def _expand_case(
         REGISTRY[table.backend].check_env(env)
     except ValueError as error:
         check.fail(env_loc, str(error))
-    preset, ppo = _ppo(check, table.ppo, base_preset, base_ppo, (*loc, "ppo"))
     algorithm = _algorithm(check, table.algorithm, base_algorithm, (*loc, "algorithm"))
+    trains = settings_table_name(algorithm.name)
+    if stray := [t for t in SETTINGS_TABLES if t != trains and getattr(table, t)]:
+        check.fail((*loc, stray[0]), f"this case trains '{algorithm.name}', whose settings are its [{trains}] table; "
+                                     f"move these keys there")  # fmt: skip
+    preset, config = _settings(check, getattr(table, trains), trains, base_settings[trains], (*loc, trains))
     label = table.label or _default_label(table.backend, data)
     cases = []
     sweep = itertools.product(
@@ -640,10 +685,13 @@ def _expand_case(
         if threads is not None and (len(table.torch_threads) > 1 or "label" not in data):
             case_label += f" torch {threads or 'cores'}"
         case_id = f"{part}/{case_label}/w{n_workers}xe{n_envs}"
-        if ppo.steps_per_iteration % spec.num_envs:
-            check.fail(loc, f"case {case_id}: steps_per_iteration {ppo.steps_per_iteration} does not split over "
+        if config.steps_per_iteration % spec.num_envs:
+            check.fail(loc, f"case {case_id}: steps_per_iteration {config.steps_per_iteration} does not split over "
                             f"{spec.num_envs} envs; choose envs that divide it")  # fmt: skip
-        cases.append(CaseConfig(case_id, part, case_label, spec, env, ppo, preset, dict(table.claims), algorithm, threads))
+        hyperparameters = dataclasses.asdict(config)
+        cases.append(
+            CaseConfig(case_id, part, case_label, spec, env, hyperparameters, preset, dict(table.claims), algorithm, threads)
+        )
     return cases
 
 
@@ -651,8 +699,7 @@ def _default_label(backend: str, data: dict[str, Any]) -> str:
     label = backend
     if data.get("inference", "worker") == "central":
         label += "/central"
-    if "preset" in data.get("ppo", {}):
-        label += f" {data['ppo']['preset']}"
+    label += "".join(f" {data[t]['preset']}" for t in SETTINGS_TABLES if "preset" in data.get(t, {}))
     env = data.get("env", {})
     if env.get("step_cost_ms"):
         label += f" +{env['step_cost_ms']}ms {env.get('step_cost_kind', 'sleep')}"

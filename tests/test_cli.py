@@ -162,7 +162,7 @@ def test_compare_tests_the_change_and_warns_on_different_configs(smoke_run, tmp_
     b.mkdir()
     (a / "run.json").write_text(json.dumps(_with_repeats(run, {})))
     changed = _with_repeats(run, {faster: 0.5, same: 1.01})
-    next(c for c in changed["cases"] if c["id"] == reconfigured)["ppo"]["learning_rate"] = 0.01
+    next(c for c in changed["cases"] if c["id"] == reconfigured)["hyperparameters"]["learning_rate"] = 0.01
     (b / "run.json").write_text(json.dumps(changed))
     proc = harness("compare", str(a), str(b))
     assert proc.returncode == 0, proc.stderr

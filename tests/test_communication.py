@@ -8,6 +8,7 @@ and nothing is clamped; the synthetic env cost is what the envs really spent.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import pickle
 import subprocess
@@ -202,7 +203,15 @@ def torch_threads():
 def test_iteration_record_carries_measured_communication(name, workers, envs, inference, schedule, torch_threads):
     backend = BackendSpec(name, workers, envs, inference, {"timeout_s": 60} if name != "vecenv" else {}, schedule)
     env = EnvSpec(step_cost_ms=1.0, step_cost_kind="busy")
-    case = CaseConfig("c/x", "c", "x", backend, env, PPOConfig(steps_per_iteration=32, minibatch_size=16, epochs=1), "custom")
+    case = CaseConfig(
+        "c/x",
+        "c",
+        "x",
+        backend,
+        env,
+        dataclasses.asdict(PPOConfig(steps_per_iteration=32, minibatch_size=16, epochs=1)),
+        "custom",
+    )
     result = CaseRun(case, MeasureConfig(warmup_iterations=0, iterations=2, repeats=1), seed=0).run()
     for it in result["iterations"]:
         # A busy cost spins on the thread's CPU time, so a step costs at least 1 ms of wall time; how much more

@@ -35,7 +35,7 @@ def _case(backend: str, reached: list[int | None], workers: int = 4) -> dict:
     return {
         "id": f"c/{backend}", "part": "c", "label": backend,
         "backend": {"name": backend, "workers": workers, "envs_per_worker": 1, "inference": "worker", "options": {}, "schedule": "sync"},
-        "env": {"id": "Pendulum-v1"}, "ppo": {"preset": "tuned"}, "algorithm": {"name": "ppo"},
+        "env": {"id": "Pendulum-v1"}, "hyperparameters": {}, "preset": "tuned", "algorithm": {"name": "ppo"},
         "runs": [_run(r, seed) for seed, r in enumerate(reached)],
     }  # fmt: skip
 

@@ -3,6 +3,7 @@ against the CPUs a run may use, a dirty flag that means changed code, and the lo
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 import threading
@@ -46,7 +47,7 @@ def _case(kind: str, workers: int) -> dict:
         "id": "p/c", "part": "p", "label": "c", "runs": [],
         "backend": {"name": "ray_local", "workers": workers, "envs_per_worker": 1, "inference": "worker", "options": {}},
         "env": {"id": "Pendulum-v1", "kwargs": {}, "step_cost_ms": 1.0, "step_cost_kind": kind},
-        "ppo": {}, "preset": "report",
+        "hyperparameters": {}, "preset": "report",
     }  # fmt: skip
 
 
@@ -119,7 +120,7 @@ def test_a_case_records_each_workers_pss_and_the_trees():
     from harness.suite import CaseConfig, MeasureConfig
 
     case = CaseConfig("m/mp", "m", "mp", BackendSpec("multiprocessing", 2, 1, options={"timeout_s": 60}), EnvSpec(),
-                      PPOConfig(steps_per_iteration=64, epochs=1, hidden_size=16), "report")  # fmt: skip
+                      dataclasses.asdict(PPOConfig(steps_per_iteration=64, epochs=1, hidden_size=16)), "report")  # fmt: skip
     result = CaseRun(case, MeasureConfig(warmup_iterations=0, iterations=2, repeats=1), seed=0).run()
     memory = result["memory"]
     assert memory["learner_pss_mib"] > 0 and len(memory["workers_pss_mib"]) == 2
@@ -142,7 +143,7 @@ def test_the_case_runs_with_the_torch_threads_run_json_records():
     torch.set_num_threads(2)
     try:
         case = CaseConfig("t/vecenv", "t", "vecenv", BackendSpec("vecenv", 1, 2), EnvSpec(),
-                          PPOConfig(steps_per_iteration=64, epochs=1, hidden_size=16), "report")  # fmt: skip
+                          dataclasses.asdict(PPOConfig(steps_per_iteration=64, epochs=1, hidden_size=16)), "report")  # fmt: skip
         result = CaseRun(case, MeasureConfig(warmup_iterations=0, iterations=1, repeats=1, torch_threads=1), seed=0).run()
         assert result["torch_threads"] == 1 == torch.get_num_threads()
     finally:

@@ -45,7 +45,7 @@ def _case(runs: int = 5, iterations: int = 4, inference: str = "worker") -> dict
                  for _ in range(runs)],
         "backend": {"name": "multiprocessing", "workers": 2, "envs_per_worker": 2, "inference": inference, "options": {},
                     "schedule": "sync"},
-        "env": {"id": "Pendulum-v1", "step_cost_ms": 1.5}, "ppo": {}, "preset": "report",
+        "env": {"id": "Pendulum-v1", "step_cost_ms": 1.5}, "hyperparameters": {}, "preset": "report",
     }  # fmt: skip
 
 

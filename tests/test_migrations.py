@@ -18,7 +18,15 @@ import pytest
 from backends.envs import EnvSpec
 from harness import migrations
 from harness.errors import HarnessError
-from harness.migrations import MEASURED_SINCE_3, update_to_2, update_to_3, update_to_4, update_to_5, update_to_6
+from harness.migrations import (
+    MEASURED_SINCE_3,
+    update_to_2,
+    update_to_3,
+    update_to_4,
+    update_to_5,
+    update_to_6,
+    update_to_7,
+)
 from harness.records import SCHEMA_VERSION
 from harness.report import write_report
 from harness.results import RUN_FILE, load_run
@@ -304,7 +312,18 @@ def test_update_to_6_leaves_the_time_between_iterations_and_the_lag_in_sgd_steps
     )
 
 
-def test_a_record_of_today_written_before_a_key_was_added_reads_with_its_meaning(tmp_path):
+@pytest.mark.parametrize("suite", SUITES)
+def test_update_to_7_renames_the_learner_settings_and_nothing_else(suite):
+    """A version-6 case's `ppo` table is its `hyperparameters`, key for key."""
+    old = raw(6, suite)
+    new = update_to_7(old)
+    assert [c["hyperparameters"] for c in new["cases"]] == [c["ppo"] for c in old["cases"]]
+    for case in new["cases"]:
+        case["ppo"] = case.pop("hyperparameters")
+    assert new == old | {"schema_version": 7}
+
+
+def test_an_early_version_6_record_reads_with_its_meaning(tmp_path):
     """Version 6 gained `ppo.target_kl` partway: an early version-6 record lacks it and reads as null (no KL stop),
     what its code did; anything else it lacks is still refused."""
     early = raw(6, "smoke")
@@ -312,12 +331,11 @@ def test_a_record_of_today_written_before_a_key_was_added_reads_with_its_meaning
         del case["ppo"]["target_kl"]
     (tmp_path / RUN_FILE).write_text(json.dumps(early))
     loaded = load_run(tmp_path)
-    assert all(c["ppo"]["target_kl"] is None for c in loaded["cases"])
-    assert "not_recorded" not in loaded and "migrated_from" not in loaded
-    assert migrations.migrate(raw(6, "smoke")) == raw(6, "smoke")
-    del early["cases"][0]["ppo"]["gamma"]
+    assert all(c["hyperparameters"]["target_kl"] is None for c in loaded["cases"])
+    assert "not_recorded" not in loaded and loaded["migrated_from"] == 6
+    del early["cases"][0]["ppo"]["steps_per_iteration"]
     (tmp_path / RUN_FILE).write_text(json.dumps(early))
-    with pytest.raises(HarnessError, match=r"cases\[0\]\.ppo\.gamma: required key is missing"):
+    with pytest.raises(HarnessError, match=r"cases\[0\]\.hyperparameters\.steps_per_iteration: required key is missing"):
         load_run(tmp_path)
 
 
@@ -374,7 +392,7 @@ def test_damaged_old_record_fails_in_one_line(version, damage, expected, tmp_pat
     ],
 )  # fmt: skip
 def test_damaged_record_of_today_fails_in_one_line(damage, expected, tmp_path):
-    """Found by the fuzz test: today's records pass through the partway fill and the report's table registry too."""
+    """Found by the fuzz test: today's records pass through the report's table registry too."""
     damaged = raw(SCHEMA_VERSION, "smoke")
     damage(damaged)
     (tmp_path / RUN_FILE).write_text(json.dumps(damaged))

@@ -192,7 +192,7 @@ def test_extra_keys_need_no_new_schema_version(run, tmp_path):
     extended = copy.deepcopy(run)
     _ok_run(extended)["iterations"][0]["new_figure_s"] = 0.5
     _ok_run(extended)["new_note"] = "x"
-    extended["cases"][0]["ppo"]["new_setting"] = 1
+    extended["cases"][0]["hyperparameters"]["new_setting"] = 1
     (tmp_path / RUN_FILE).write_text(json.dumps(extended))
     validate_run(tmp_path)
     assert load_run(tmp_path) == extended
@@ -222,7 +222,8 @@ BROKEN: list[tuple[str, Callable[[dict[str, Any]], None], str]] = [
     ("top-level key missing", lambda run: run.pop("machine"), "$.machine: required key is missing"),
     ("future schema version", _set(["schema_version"], 999), f"$.schema_version: must be {SCHEMA_VERSION}, got 999"),
     ("today's record labelled version 1", _set(["schema_version"], 1), f"$.schema_version: must be {SCHEMA_VERSION}, got 1"),
-    ("case config missing a field", lambda run: run["cases"][0]["ppo"].pop("gamma"), "$.cases[0].ppo.gamma: required key is missing"),
+    ("case config missing a field", lambda run: run["cases"][0]["hyperparameters"].pop("steps_per_iteration"),
+     "$.cases[0].hyperparameters.steps_per_iteration: required key is missing"),
     ("wrong type in case config", _set(["cases", 0, "backend", "workers"], "2"), "$.cases[0].backend.workers: expected integer, got string"),
     ("run without status", lambda run: run["cases"][0]["runs"][0].pop("status"), "$.cases[0].runs[0].status: required key is missing"),
     ("failed run without its error", lambda run: run["cases"][1]["runs"][0].pop("error"), "$.cases[1].runs[0].error: required key is missing"),

@@ -27,7 +27,7 @@ def _case(label: str, backend: str, fps_per_repeat: list[float], workers: int = 
         "id": f"p/{label}/w{workers}xe{envs}", "part": "p", "label": label, "runs": runs,
         "backend": {"name": backend, "workers": workers, "envs_per_worker": envs, "inference": "worker", "options": {},
                     "schedule": "sync"},
-        "env": {"id": "Pendulum-v1"}, "ppo": {}, "preset": "report", **extra,
+        "env": {"id": "Pendulum-v1"}, "hyperparameters": {}, "preset": "report", **extra,
     }  # fmt: skip
 
 

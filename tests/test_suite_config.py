@@ -64,7 +64,7 @@ def test_sweep_expands_and_configs_are_typed(tmp_path):
         "t/ray_local/central/w2xe1",
     ]
     case = suite.cases[0]
-    assert case.ppo.steps_per_iteration == 64 and case.ppo.learning_rate == 3e-4
+    assert case.steps_per_iteration == 64 and case.learner_config().learning_rate == 3e-4
     assert suite.parts[0].measure.iterations == 1 and suite.parts[0].measure.repeats == 3
     assert len(suite.sha256) == 64
 
@@ -153,6 +153,25 @@ def test_quick_may_not_leave_out_the_baseline_alone(tmp_path):
         (('preset = "report"', 'preset = "fast"'), "unknown preset 'fast'; choose from report, tuned, cartpole"),
         (("steps_per_iteration = 64", "learning_rate = -1.0"), "learning_rate=-1.0"),
         (("steps_per_iteration = 64", "steps_per_iteration = 64\ntarget_kl = 0.0"), "target_kl=0.0"),
+        # Each learner's settings table takes its own keys: a PPO-only key in [appo], an APPO-only one in [ppo].
+        (
+            ('[ppo]\npreset = "report"', '[algorithm]\nname = "appo"\n[appo]\ntarget_kl = 0.02'),
+            ("[appo]: unknown key 'target_kl'; valid keys: anneal_lr, clip_c, clip_pg_rho", "trace_lambda"),
+        ),
+        (("steps_per_iteration = 64", "steps_per_iteration = 64\nclip_rho = 1.0"), "[ppo]: unknown key 'clip_rho'"),
+        (
+            ('[ppo]\npreset = "report"', '[algorithm]\nname = "appo"\n[appo]\npreset = "report"'),
+            "[appo]: unknown preset 'report'; choose from default, tuned, cartpole",
+        ),
+        (
+            ("[ppo]", '[algorithm]\nname = "appo"\n[ppo]'),
+            "[ppo]: applies to no case: every case trains a learner whose settings are [appo]; put these keys there",
+        ),  # fmt: skip
+        (
+            ('backend = "serial"', 'backend = "serial"\nalgorithm = { name = "appo" }\nppo = { epochs = 2 }'),
+            "[[cases]] #1 ppo: this case trains 'appo', whose settings are its [appo] table; move these keys there",
+        ),
+        (('[ppo]\npreset = "report"', '[algorithm]\nname = "appo"\n[appo]\nclip_c = 0'), "clip_c=0"),
         (('name = "t"', 'name = "t"\ntables = ["speed", "speeed"]'), ("[suite]: 'tables' must be 'speed', ", "got 'speeed'")),
         (('baseline = "serial"', 'baseline = "nope"'), "'nope' is not a case label"),
         (
@@ -172,7 +191,7 @@ def test_quick_may_not_leave_out_the_baseline_alone(tmp_path):
         (("workers = [1, 2]", "workers = [1, 2]\noptions = { adress = 1 }"), "unknown key 'adress'"),
         (
             ("[measure]", '[algorithm]\nname = "a2c"\n[measure]'),
-            "unknown algorithm 'a2c'; choose one of ppo or give 'module:Class'",
+            "unknown algorithm 'a2c'; choose one of ppo, appo or give 'module:Class'",
         ),
         (("[measure]", '[algorithm]\nname = "no_such_module:L"\n[measure]'), "cannot load algorithm 'no_such_module:L'"),
         (("[measure]", '[algorithm]\nname = "harness.suite:Suite"\n[measure]'), "is not a subclass of algorithms.base.Learner"),

@@ -24,7 +24,7 @@ def _case(backend: str, fps: float, cost_ms: float = 0.0, kind: str = "busy", wo
             "label": f"{backend} +{cost_ms}", "runs": runs, "torch_threads": torch_threads,
             "backend": {"name": backend, "workers": workers, "envs_per_worker": envs, "inference": "worker",
                         "options": options or {}, "schedule": "sync"},
-            "env": {"id": "Pendulum-v1", "step_cost_ms": cost_ms, "step_cost_kind": kind}, "ppo": {}}  # fmt: skip
+            "env": {"id": "Pendulum-v1", "step_cost_ms": cost_ms, "step_cost_kind": kind}, "hyperparameters": {}}  # fmt: skip
 
 
 def _stats(cases: list[dict]):

@@ -192,13 +192,13 @@ def _learner(request: dict[str, Any], policy: Any) -> dict[str, Any]:
     import torch
 
     from algorithms.base import LearnerSetup
-    from algorithms.config import PPOConfig
+    from algorithms.config import SETTINGS_TABLES
     from algorithms.inference import InferencePolicy
-    from algorithms.registry import create_learner
+    from algorithms.registry import create_learner, settings_table_name
     from algorithms.rollout import Rollout
 
     torch.set_num_threads(request["torch_threads"])
-    config = PPOConfig(**request["ppo"])
+    config = SETTINGS_TABLES[settings_table_name(request["algorithm"])].build(request["ppo"])  # the learner's settings
     steps, envs = config.steps_per_iteration, 1
     learner = create_learner(request["algorithm"], LearnerSetup(config, policy, 0, steps * 10))
     net = InferencePolicy(policy)

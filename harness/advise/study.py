@@ -25,6 +25,7 @@ from typing import Any
 from rich.console import Console
 from tabulate import tabulate
 
+from algorithms.registry import DEFAULT_ALGORITHM
 from harness.advise.model import Config, Hardware, predict
 from harness.advise.profile import Profile, ProfileRequest, measure_profile
 from harness.errors import HarnessError
@@ -78,24 +79,25 @@ class Cell:
         return self.predicted / self.measured - 1
 
 
-def _profile_key(env: dict[str, Any], ppo: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps([env, ppo], sort_keys=True).encode()).hexdigest()[:12]
+def _profile_key(env: dict[str, Any], settings: dict[str, Any], algorithm: str) -> str:
+    key = [env, settings] if algorithm == DEFAULT_ALGORITHM else [env, settings, algorithm]  # earlier studies' files
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
 
 
 class Profiles:
-    """Profiles by env and PPO settings: read from `folder` if an earlier study measured them, else measured now."""
+    """Profiles by env and learner settings: read from `folder` if an earlier study measured them, else measured now."""
 
     def __init__(self, folder: Path, console: Console) -> None:
         self.folder, self.console = folder, console
         folder.mkdir(parents=True, exist_ok=True)
 
-    def get(self, env: dict[str, Any], ppo: dict[str, Any], preset: str) -> Profile:
-        path = self.folder / f"profile-{_profile_key(env, ppo)}.json"
+    def get(self, env: dict[str, Any], ppo: dict[str, Any], preset: str, algorithm: str = DEFAULT_ALGORITHM) -> Profile:
+        path = self.folder / f"profile-{_profile_key(env, ppo, algorithm)}.json"
         if path.exists():
             return Profile.from_json(json.loads(path.read_text()))
         self.console.print(f"profiling {env['id']} (cost {env.get('step_cost_ms', 0)} ms {env.get('step_cost_kind', '')}), "
                            f"{ppo['steps_per_iteration']} steps per iteration")  # fmt: skip
-        request = ProfileRequest(env, preset, ppo, envpool=False)
+        request = ProfileRequest(env, preset, ppo, algorithm, envpool=False)
         profile = measure_profile(request, lambda line: self.console.print(f"  {line}"), {})
         path.write_text(json.dumps(profile.to_json()))
         return profile
@@ -118,7 +120,7 @@ def measured_cells(run_dir: Path, profiles: Profiles) -> list[Cell]:
             backend = record["backend"]
             config = Config(backend["name"], backend["workers"], backend["envs_per_worker"], backend["inference"],
                             backend["schedule"])  # fmt: skip
-            profile = profiles.get(record["env"], record["ppo"], record["preset"])
+            profile = profiles.get(record["env"], record["hyperparameters"], record["preset"], record["algorithm"]["name"])
             prediction = predict(profile, config, Hardware(cpus))
             cells.append(Cell(run_dir.name, stats.id, config, prediction.fps, fps.value, stats.oversubscribed,
                               prediction.dominant))  # fmt: skip

@@ -45,6 +45,8 @@ class Validated:
 def validation_suite(env_id: str, env_kwargs: dict[str, Any], preset: str, predictions: list[Prediction],
                      repeats: int) -> Any:  # fmt: skip
     """The suite that measures `predictions`' configurations: serial first, as the baseline."""
+    import dataclasses
+
     from algorithms.config import PRESETS
     from backends.base import BackendSpec
     from backends.envs import EnvSpec
@@ -57,7 +59,7 @@ def validation_suite(env_id: str, env_kwargs: dict[str, Any], preset: str, predi
         spec = BackendSpec(c.backend, c.workers, c.envs_per_worker, c.inference, schedule=c.schedule)
         label = c.label
         case_id = f"validation/{label.replace(' ', '_')}/w{c.workers}xe{c.envs_per_worker}"
-        cases.append(CaseConfig(case_id, "validation", label, spec, env, PRESETS[preset], preset))
+        cases.append(CaseConfig(case_id, "validation", label, spec, env, dataclasses.asdict(PRESETS[preset]), preset))
     measure = MeasureConfig(warmup_iterations=WARMUP_ITERATIONS, iterations=ITERATIONS, repeats=repeats)
     part = SuitePart("validation", "the recommended configurations and serial, measured", measure, tuple(cases),
                      ("speed", "phases"), predictions[0].config.label, tuple(c.id for c in cases))  # fmt: skip

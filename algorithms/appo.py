@@ -1,0 +1,52 @@
+"""APPO: PPO's clipped-surrogate update on V-trace targets and advantages (`algorithms/vtrace.py`).
+
+The update is PPO's (`PPOLearner.update`: epochs of shuffled minibatches, the ratio against the
+behaviour policy clipped, one flat Adam step each); what changes is the estimate it is given.
+GAE assumes the batch was sampled by the policy it trains; V-trace weighs each TD error by the
+truncated ratio of the learner's policy to the one that sampled it, so a batch that is a
+version (or several) old under `overlap` still gives unbiased-in-the-limit value targets
+(Espeholt et al. 2018, section 4). The values and log-probabilities are the learner's own,
+computed once as the update starts; the bootstrap values of a truncation and of the fragment's
+end are the sampler's, as recorded in the rollout (it holds no final observations to re-evaluate).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from algorithms.config import APPOConfig
+from algorithms.ppo import PPOLearner
+from algorithms.ppo_gradients import log_probs_and_values
+from algorithms.rollout import Rollout
+from algorithms.vtrace import VTraceClips, vtrace
+
+
+class APPOLearner(PPOLearner):
+    """PPO's update with V-trace in place of GAE; no KL stop, no decoupled objective (V-trace is the correction)."""
+
+    settings_table = "appo"
+    advantages_timer = "vtrace_s"
+    config: APPOConfig
+
+    def advantages(self, rollout: Rollout) -> tuple[np.ndarray, np.ndarray]:
+        """V-trace policy-gradient advantages and value targets, `(T, N)`, under the learner's current policy."""
+        cfg = self.config
+        steps, envs = rollout.rewards.shape
+        obs = torch.from_numpy(np.ascontiguousarray(rollout.obs.reshape(steps * envs, -1))).to(self.device)
+        actions = torch.from_numpy(np.ascontiguousarray(rollout.actions.reshape(steps * envs, *self.action.action_shape)))
+        log_prob, values = log_probs_and_values(self.action, self.params, obs, actions.to(self.device))
+        log_ratio = log_prob.cpu().numpy().reshape(steps, envs) - rollout.log_probs
+        targets, advantages = vtrace(
+            log_ratio,
+            rollout.rewards.astype(np.float32) * cfg.reward_scale,
+            values.cpu().numpy().reshape(steps, envs),
+            rollout.terminations,
+            rollout.truncations,
+            rollout.final_values,
+            rollout.last_values,
+            cfg.gamma,
+            cfg.trace_lambda,
+            VTraceClips(rho=cfg.clip_rho, pg_rho=cfg.clip_pg_rho, c=cfg.clip_c),
+        )
+        return advantages, targets
