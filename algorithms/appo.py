@@ -1,7 +1,7 @@
 """APPO: PPO's clipped-surrogate update on V-trace targets and advantages (`algorithms/vtrace.py`).
 
-The update is PPO's (`PPOLearner.update`: epochs of shuffled minibatches, the ratio against the
-behaviour policy clipped, one flat Adam step each); what changes is the estimate it is given.
+The update is PPO's (`PPOLearner.update`: epochs of shuffled minibatches, one flat Adam step each),
+with the ratio clipped against the policy at the update's start; what changes is the estimate it is given.
 GAE assumes the batch was sampled by the policy it trains; V-trace weighs each TD error by the
 truncated ratio of the learner's policy to the one that sampled it, so a batch that is a
 version (or several) old under `overlap` still gives unbiased-in-the-limit value targets
@@ -23,11 +23,20 @@ from algorithms.vtrace import VTraceClips, vtrace
 
 
 class APPOLearner(PPOLearner):
-    """PPO's update with V-trace in place of GAE; no KL stop, no decoupled objective (V-trace is the correction)."""
+    """PPO's update with V-trace in place of GAE, clipped against the policy at the update's start; no KL stop."""
 
     settings_table = "appo"
     advantages_timer = "vtrace_s"
     config: APPOConfig
+
+    def _clip_anchor(
+        self, behaviour: torch.Tensor, proximal: torch.Tensor, ratio: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Clip against the policy at the update's start (RLlib's APPO: its target network), not the behaviour
+        policy; no further weight, since V-trace's rho_pg already carries proximal / behaviour in each advantage.
+        Clipping against the behaviour policy as well would count that ratio twice: on Pendulum under overlap
+        (316 optimiser steps of lag) it did, and the policy diverged (initial KL from 0.02 to 8 in 12 updates)."""
+        return proximal, torch.ones_like(ratio)
 
     def advantages(self, rollout: Rollout) -> tuple[np.ndarray, np.ndarray]:
         """V-trace policy-gradient advantages and value targets, `(T, N)`, under the learner's current policy."""

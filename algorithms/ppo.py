@@ -120,10 +120,7 @@ class PPOLearner(Learner):
         staleness = proximal - behaviour
         ratio = staleness.exp()
         initial = torch.stack([((ratio - 1) - staleness).mean(), ((ratio - 1).abs() > cfg.clip_range).float().mean()])
-        if self.decoupled:  # clip against the proximal policy; reweight by proximal / behaviour
-            clip_against, importance = proximal, ratio.clamp(max=self.importance_weight_cap)
-        else:
-            clip_against, importance = behaviour, torch.ones_like(ratio)
+        clip_against, importance = self._clip_anchor(behaviour, proximal, ratio)
         data = [obs, actions, clip_against, advantages_t, returns_t, importance]
         batch, size = obs.shape[0], cfg.minibatch_size
         starts = range(0, batch, size)
@@ -173,6 +170,14 @@ class PPOLearner(Learner):
             "initial_clip_fraction": initial_clip_fraction,
             "optimizer_steps": float(steps_taken),
         }
+
+    def _clip_anchor(
+        self, behaviour: torch.Tensor, proximal: torch.Tensor, ratio: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The log-probabilities the ratio is clipped against, and each sample's weight on its advantage."""
+        if self.decoupled:  # clip against the proximal policy; reweight by proximal / behaviour
+            return proximal, ratio.clamp(max=self.importance_weight_cap)
+        return behaviour, torch.ones_like(ratio)
 
     def _step(self, *minibatch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, bool]:
         """One minibatch's gradient and Adam step; True (and no step) where `target_kl` stops the update."""

@@ -324,7 +324,9 @@ def test_study_sets_each_prediction_beside_the_measured_fps(tmp_path) -> None:  
     case = run["cases"][0]
     smoke_profile = dataclasses.replace(base, steps_per_iteration=case["hyperparameters"]["steps_per_iteration"], **parts)
     assert all(c["env"] == case["env"] and c["hyperparameters"] == case["hyperparameters"] for c in run["cases"])
-    (profiles / f"profile-{study._profile_key(case['env'], case['ppo'])}.json").write_text(json.dumps(smoke_profile.to_json()))
+    (profiles / f"profile-{study._profile_key(case['env'], case['hyperparameters'], case['algorithm']['name'])}.json").write_text(
+        json.dumps(smoke_profile.to_json())
+    )
     reference_profile = dataclasses.replace(base, steps_per_iteration=2048, **parts)
     reference_env = dataclasses.asdict(EnvSpec(**study.SIXTEEN_CORE.env))
     reference_ppo = dataclasses.asdict(PRESETS["report"])

@@ -171,12 +171,17 @@ repeats = 1
 backend = "multiprocessing"
 workers = 2
 schedule = ["sync", "overlap"]
+[[cases]]
+backend = "ray_local"
+workers = 2
+schedule = ["sync", "overlap"]
 """
 
 
 def test_appo_runs_through_the_cli_sync_and_overlap(tmp_path):
+    """On both remote transports (the learner never sees which one sampled its batch)."""
     run_dir, run = run_suite_text(tmp_path, APPO_SUITE)
-    assert [c["backend"]["schedule"] for c in run["cases"]] == ["sync", "overlap"]
+    assert [c["backend"]["schedule"] for c in run["cases"]] == ["sync", "overlap"] * 2
     for case in run["cases"]:
         assert case["algorithm"]["name"] == "appo" and case["preset"] == "default"
         assert case["hyperparameters"] == {**dataclasses.asdict(APPOConfig()), "steps_per_iteration": 128,
@@ -187,7 +192,8 @@ def test_appo_runs_through_the_cli_sync_and_overlap(tmp_path):
         for iteration in result["iterations"]:
             assert iteration["learner"]["vtrace_s"] > 0 and "gae_s" not in iteration["learner"]
             assert iteration["learner"]["optimizer_steps"] == 2 * 128 / 32
-    overlap = run["cases"][1]["runs"][0]["iterations"]
-    assert [it["policy_lag"]["max"] for it in overlap] == [0, 1, 1]  # the first batch is fresh; then one version old
-    assert any(it["learner"]["initial_kl"] > 0 for it in overlap)  # V-trace has something to correct
+    for case in run["cases"][1::2]:
+        overlap = case["runs"][0]["iterations"]
+        assert [it["policy_lag"]["max"] for it in overlap] == [0, 1, 1]  # the first batch is fresh; then one version old
+        assert any(it["learner"]["initial_kl"] > 0 for it in overlap)  # V-trace has something to correct
     assert "appo on cpu" in (run_dir / "report.md").read_text()

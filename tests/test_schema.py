@@ -250,7 +250,7 @@ def test_broken_copy_fails_naming_the_path(run, tmp_path, change, expected):
 LOAD_RUN_SAYS = {
     "future schema version": f"has results schema version 999; this harness reads versions 1 to {SCHEMA_VERSION}; it was "
     "written by a newer harness",
-    "today's record labelled version 1": f".iterations[0].gae_s: required key is missing (a version 1 record, read as "
+    "today's record labelled version 1": f"$.cases[0].ppo: required key is missing (a version 1 record, read as "
     f"version {SCHEMA_VERSION})",
 }
 

@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
-import numpy as np
+import dataclasses
 
+import numpy as np
+import torch
+
+from algorithms.appo import APPOLearner
+from algorithms.base import LearnerSetup
+from algorithms.config import APPOConfig, PPOConfig
 from algorithms.gae import compute_gae
+from algorithms.policy import PolicySpec
+from algorithms.ppo_gradients import log_probs_and_values
 from algorithms.vtrace import VTraceClips, vtrace
 from tests.test_gae import CASE, make_rollout
+from tests.test_ppo_update import on_policy_rollout
 
 # Columns are envs; gamma 0.5, lambda 1, every clip at 1.
 # Env 0: pi/mu = 2, 0.5, 1 (so rho = c = 1, 0.5, 1); truncated at t=1 (last observation worth 2.0).
@@ -68,3 +77,73 @@ def test_a_lower_c_clip_shortens_the_trace_and_leaves_one_step_targets_alone():
     cut, _ = _vtrace(rollout, LOG_RATIO, gamma=0.5, clips=VTraceClips(c=0.0))
     np.testing.assert_allclose([cut[0, 0], cut[1, 1]], [0.5 + 0.75, 1 + 1.5])  # delta only, nothing carried back
     np.testing.assert_allclose([cut[1, 0], *cut[2]], [full[1, 0], *full[2]])  # an episode's end, the fragment's end
+
+
+# --- the APPO learner: V-trace from its own critic and policy, PPO's update -------------------------
+
+
+def _appo_and_batch(seed: int = 0):
+    spec = PolicySpec(3, 1, 32)
+    config = APPOConfig(hidden_size=32, steps_per_iteration=256, epochs=2, trace_lambda=0.9, gamma=0.95)
+    rollout = on_policy_rollout(spec, PPOConfig(hidden_size=32, steps_per_iteration=256), seed=seed)
+    learner = APPOLearner(LearnerSetup(config, spec, seed=seed, max_policy_lag=1))
+    return learner, rollout
+
+
+def test_appo_on_a_fresh_batch_targets_are_gaes_returns_from_its_own_critic():
+    """Sampled by the learner's own weights: V-trace's targets are GAE's returns (lambda = trace_lambda). The values
+    come from the learner's critic, not the rollout's column: zeroing that column changes nothing."""
+    learner, rollout = _appo_and_batch()
+    advantages, targets = learner.advantages(rollout)
+    _, returns = compute_gae(rollout, gamma=0.95, gae_lambda=0.9)
+    np.testing.assert_allclose(targets, returns, rtol=1e-4, atol=1e-4)
+    blind = dataclasses.replace(rollout, values=np.zeros_like(rollout.values))
+    again_advantages, again_targets = learner.advantages(blind)
+    np.testing.assert_array_equal(again_targets, targets)
+    np.testing.assert_array_equal(again_advantages, advantages)
+
+
+def test_appo_weighs_a_stale_batch_by_the_truncated_ratio():
+    """After one update the same batch is a version old: its targets move, by exactly V-trace of the new log-ratio."""
+    learner, rollout = _appo_and_batch(seed=1)
+    fresh, _ = learner.advantages(rollout)
+    stats = learner.train(rollout)
+    assert learner.version == 1 and stats["optimizer_steps"] == 2 * 256 / 64 and "vtrace_s" in stats
+    stale = dataclasses.replace(rollout, policy_version=0)
+    advantages, targets = learner.advantages(stale)
+    assert not np.allclose(advantages, fresh)
+    obs = torch.from_numpy(rollout.obs.reshape(-1, 3))
+    log_prob, values = log_probs_and_values(learner.action, learner.params, obs, torch.from_numpy(rollout.actions.reshape(-1, 1)))
+    log_ratio = log_prob.numpy().reshape(rollout.rewards.shape) - rollout.log_probs
+    assert np.abs(log_ratio).max() > 1e-3  # the policy moved
+    fields = ("rewards", "terminations", "truncations", "final_values", "last_values")
+    r, term, trunc, final, last = (getattr(rollout, f) for f in fields)
+    expected_targets, expected_advantages = vtrace(
+        log_ratio, r, values.numpy().reshape(r.shape), term, trunc, final, last, 0.95, 0.9
+    )
+    np.testing.assert_allclose(targets, expected_targets, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(advantages, expected_advantages, rtol=1e-5, atol=1e-5)
+
+
+def test_appo_clips_against_the_policy_at_the_update_start_not_the_behaviour_policy():
+    """RLlib's APPO clips against its target network; with V-trace's rho in the advantage, clipping against the
+    behaviour policy too would weigh the same ratio twice. The first minibatch shows what the update anchors to."""
+    learner, rollout = _appo_and_batch(seed=2)
+    learner.train(rollout)  # the batch is now a version old
+    stale = dataclasses.replace(rollout, policy_version=0)
+    seen = []
+    step = learner.gradient_step
+
+    def recording(params, obs, actions, old_log_probs, *rest):
+        if not seen:
+            current, _ = log_probs_and_values(learner.action, params, obs, actions)
+            seen.append((obs.clone(), old_log_probs.clone(), current))
+        return step(params, obs, actions, old_log_probs, *rest)
+
+    learner.gradient_step = recording
+    learner.train(stale)
+    obs, anchor, current = seen[0]
+    torch.testing.assert_close(anchor, current)  # before the first step: the policy at the update's start
+    rows = {row.tobytes(): i for i, row in enumerate(rollout.obs.reshape(-1, 3))}  # the shuffled samples' places
+    behaviour = rollout.log_probs.reshape(-1)[[rows[row.tobytes()] for row in obs.numpy()]]
+    assert np.abs(anchor.numpy() - behaviour).max() > 1e-3  # and the policy that sampled them differs from it

@@ -79,7 +79,7 @@ class Cell:
         return self.predicted / self.measured - 1
 
 
-def _profile_key(env: dict[str, Any], settings: dict[str, Any], algorithm: str) -> str:
+def _profile_key(env: dict[str, Any], settings: dict[str, Any], algorithm: str = DEFAULT_ALGORITHM) -> str:
     key = [env, settings] if algorithm == DEFAULT_ALGORITHM else [env, settings, algorithm]  # earlier studies' files
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
 
