@@ -17,13 +17,12 @@ import torch
 
 from algorithms.config import APPOConfig
 from algorithms.ppo import PPOLearner
-from algorithms.ppo_gradients import log_probs_and_values
 from algorithms.rollout import Rollout
 from algorithms.vtrace import VTraceClips, vtrace
 
 
 class APPOLearner(PPOLearner):
-    """PPO's update with V-trace in place of GAE, clipped against the policy at the update's start; no KL stop."""
+    """PPO's update with V-trace in place of GAE, clipped against the policy at the update's start by default."""
 
     settings_table = "appo"
     advantages_timer = "vtrace_s"
@@ -32,24 +31,19 @@ class APPOLearner(PPOLearner):
     def _clip_anchor(
         self, behaviour: torch.Tensor, proximal: torch.Tensor, ratio: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Clip against the policy at the update's start (RLlib's APPO: its target network), not the behaviour
-        policy; no further weight, since V-trace's rho_pg already carries proximal / behaviour in each advantage.
-        Clipping against the behaviour policy as well would count that ratio twice: on Pendulum under overlap
-        (316 optimiser steps of lag) it did, and the policy diverged (initial KL from 0.02 to 8 in 12 updates)."""
-        return proximal, torch.ones_like(ratio)
+        """Clip against the policy `clip_against` names; no further weight, since V-trace's rho_pg already carries
+        proximal / behaviour in each advantage. On Pendulum under overlap (316 optimiser steps of lag) clipping
+        against the behaviour policy diverged (initial KL from 0.02 to 8 in 12 updates; seeds 0-4 all failed)."""
+        return (proximal if self.config.clip_against == "proximal" else behaviour), torch.ones_like(ratio)
 
     def advantages(self, rollout: Rollout) -> tuple[np.ndarray, np.ndarray]:
         """V-trace policy-gradient advantages and value targets, `(T, N)`, under the learner's current policy."""
         cfg = self.config
-        steps, envs = rollout.rewards.shape
-        obs = torch.from_numpy(np.ascontiguousarray(rollout.obs.reshape(steps * envs, -1))).to(self.device)
-        actions = torch.from_numpy(np.ascontiguousarray(rollout.actions.reshape(steps * envs, *self.action.action_shape)))
-        log_prob, values = log_probs_and_values(self.action, self.params, obs, actions.to(self.device))
-        log_ratio = log_prob.cpu().numpy().reshape(steps, envs) - rollout.log_probs
+        log_prob, values = self.current_policy(rollout)
         targets, advantages = vtrace(
-            log_ratio,
+            log_prob - rollout.log_probs,
             rollout.rewards.astype(np.float32) * cfg.reward_scale,
-            values.cpu().numpy().reshape(steps, envs),
+            values,
             rollout.terminations,
             rollout.truncations,
             rollout.final_values,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 
 @dataclass(frozen=True)
@@ -60,6 +60,10 @@ class PPOConfig:
     before the step) exceeds 1.5 x target_kl. That minibatch counts in the update's statistics, and its step
     is not taken. None: every epoch runs. Under overlap the ratio is against the behaviour policy, so a stale
     batch can stop an update at once; with `decoupled` it is against the policy at the update's start."""
+    recompute_advantages: bool = False
+    """Estimate GAE with the learner's own critic as the update starts, not the values the sampler recorded. The
+    same on a fresh batch; under overlap the sampler's critic is a version old. The bootstrap values of a truncation
+    and of the fragment's end stay the sampler's (the rollout keeps no final observations to evaluate again)."""
     compile: bool = False
     """`torch.compile` the minibatch gradient step (needs a C++ compiler; ~20 s, counted as start-up)."""
 
@@ -144,7 +148,11 @@ class APPOConfig:
     clip_c: float = 1.0
     """c_bar: the cap on the trace's importance weights."""
     clip_range: float = 0.4
-    """The surrogate's clip on pi/mu (RLlib's `clip_param`)."""
+    """The surrogate's clip (RLlib's `clip_param`), on the ratio to the policy `clip_against` names."""
+    clip_against: Literal["proximal", "behaviour"] = "proximal"
+    """`proximal`: the ratio is to the policy at the update's start (RLlib's APPO, its target network), and V-trace's
+    rho_pg carries proximal / behaviour in each advantage. `behaviour`: to the policy that sampled the batch, as PPO's,
+    which weighs that ratio twice (once in the advantage) but also bounds how far an update moves from the sampler."""
     steps_per_iteration: int = 2048
     """Env steps collected per iteration, summed over all envs."""
     epochs: int = 1
@@ -258,7 +266,9 @@ class SettingsTable:
 
 
 SETTINGS_TABLES: dict[str, SettingsTable] = {
-    "ppo": SettingsTable(PPOConfig, PRESETS, "report", ("decoupled", "importance_weight_cap", "target_kl")),
+    "ppo": SettingsTable(
+        PPOConfig, PRESETS, "report", ("decoupled", "importance_weight_cap", "target_kl", "recompute_advantages")
+    ),
     "appo": SettingsTable(APPOConfig, APPO_PRESETS, "default"),
 }
 """Settings tables by the name a suite gives them (`[ppo]`); a learner names its table (`Learner.settings_table`)."""

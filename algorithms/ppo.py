@@ -9,6 +9,7 @@ update from what the steps recorded: no host round trip inside the loop (issue 8
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from functools import partial
 from typing import Any
@@ -20,7 +21,13 @@ from torch.optim.adam import adam
 from algorithms.base import INITIAL_KL, Learner, LearnerSetup
 from algorithms.gae import compute_gae
 from algorithms.model import ActorCritic, flatten_weights
-from algorithms.ppo_gradients import log_probs, minibatch_gradients, standardize_per_minibatch, update_statistics
+from algorithms.ppo_gradients import (
+    log_probs,
+    log_probs_and_values,
+    minibatch_gradients,
+    standardize_per_minibatch,
+    update_statistics,
+)
 from algorithms.rollout import Rollout
 
 _TORCH_DTYPE = {"float32": torch.float32, "int64": torch.int64}
@@ -90,9 +97,20 @@ class PPOLearner(Learner):
         return stats | {self.advantages_timer: gae_done - started, "update_s": time.perf_counter() - gae_done}
 
     def advantages(self, rollout: Rollout) -> tuple[np.ndarray, np.ndarray]:
-        """GAE advantages and value targets for a rollout of the current version."""
+        """GAE advantages and value targets: from the values the sampler recorded, or (`recompute_advantages`) from
+        the learner's critic as the update starts."""
         cfg = self.config
+        if cfg.recompute_advantages:
+            rollout = dataclasses.replace(rollout, values=self.current_policy(rollout)[1])
         return compute_gae(rollout, cfg.gamma, cfg.gae_lambda, cfg.reward_scale)
+
+    def current_policy(self, rollout: Rollout) -> tuple[np.ndarray, np.ndarray]:
+        """The learner's log-probabilities of the rollout's actions and values of its observations now, `(T, N)`."""
+        steps, envs = rollout.rewards.shape
+        obs = torch.from_numpy(np.ascontiguousarray(rollout.obs.reshape(steps * envs, -1))).to(self.device)
+        actions = torch.from_numpy(np.ascontiguousarray(rollout.actions.reshape(steps * envs, *self.action.action_shape)))
+        log_prob, values = log_probs_and_values(self.action, self.params, obs, actions.to(self.device))
+        return log_prob.cpu().numpy().reshape(steps, envs), values.cpu().numpy().reshape(steps, envs)
 
     def update(self, rollout: Rollout, advantages: np.ndarray, returns: np.ndarray) -> dict[str, float]:
         """Several epochs of shuffled minibatches over the rollout; bumps the version."""

@@ -11,6 +11,7 @@ import pytest
 
 from algorithms.base import LearnerSetup
 from algorithms.config import PPOConfig
+from algorithms.gae import compute_gae
 from algorithms.policy import PolicySpec
 from algorithms.ppo import PPOLearner
 from backends import REGISTRY, create_backend
@@ -113,6 +114,25 @@ def test_decoupled_objective_is_plain_ppo_until_the_clip_bites():
     stale = plain.train(rollout), decoupled.train(rollout)  # the same batch, now one version old
     assert stale[0]["initial_clip_fraction"] > 0.01, "the learning rate should move the policy past the clip range"
     assert np.abs(plain.weights() - decoupled.weights()).max() > 1e-3
+
+
+def test_recompute_advantages_changes_only_the_values_gae_starts_from():
+    """On a fresh batch the learner's critic is the sampler's: the same update. On a stale one, GAE runs on the
+    learner's values now (checked against compute_gae on those values), and nothing else about the update moves."""
+    spec = PolicySpec(3, 1, 32)
+    configs = [PPOConfig(hidden_size=32, steps_per_iteration=256, epochs=2, recompute_advantages=r) for r in (False, True)]
+    rollout = on_policy_rollout(spec, configs[0])
+    plain, recomputing = (PPOLearner(LearnerSetup(c, spec, seed=0, max_policy_lag=1)) for c in configs)
+    np.testing.assert_allclose(plain.advantages(rollout)[1], recomputing.advantages(rollout)[1], rtol=0, atol=1e-5)
+    plain.train(rollout), recomputing.train(rollout)
+    np.testing.assert_allclose(plain.weights(), recomputing.weights(), rtol=0, atol=1e-6)
+    now = recomputing.current_policy(rollout)[1]
+    assert np.abs(now - rollout.values).max() > 1e-3  # the critic moved: the sampler's values are stale
+    advantages, returns = recomputing.advantages(rollout)
+    want_advantages, want_returns = compute_gae(dataclasses.replace(rollout, values=now), 0.99, 0.95)
+    np.testing.assert_allclose(advantages, want_advantages, rtol=1e-6)
+    np.testing.assert_allclose(returns, want_returns, rtol=1e-6)
+    np.testing.assert_array_equal(plain.advantages(rollout)[0], compute_gae(rollout, 0.99, 0.95)[0])  # plain: recorded
 
 
 SUITE = """

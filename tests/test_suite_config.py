@@ -156,7 +156,7 @@ def test_quick_may_not_leave_out_the_baseline_alone(tmp_path):
         # Each learner's settings table takes its own keys: a PPO-only key in [appo], an APPO-only one in [ppo].
         (
             ('[ppo]\npreset = "report"', '[algorithm]\nname = "appo"\n[appo]\ntarget_kl = 0.02'),
-            ("[appo]: unknown key 'target_kl'; valid keys: anneal_lr, clip_c, clip_pg_rho", "trace_lambda"),
+            ("[appo]: unknown key 'target_kl'; valid keys: anneal_lr, clip_against, clip_c, clip_pg_rho", "trace_lambda"),
         ),
         (("steps_per_iteration = 64", "steps_per_iteration = 64\nclip_rho = 1.0"), "[ppo]: unknown key 'clip_rho'"),
         (
@@ -172,6 +172,10 @@ def test_quick_may_not_leave_out_the_baseline_alone(tmp_path):
             "[[cases]] #1 ppo: this case trains 'appo', whose settings are its [appo] table; move these keys there",
         ),
         (('[ppo]\npreset = "report"', '[algorithm]\nname = "appo"\n[appo]\nclip_c = 0'), "clip_c=0"),
+        (
+            ('[ppo]\npreset = "report"', '[algorithm]\nname = "appo"\n[appo]\nclip_against = "old"'),
+            "[appo]: 'clip_against' must be 'proximal' or 'behaviour', got 'old'",
+        ),
         (('name = "t"', 'name = "t"\ntables = ["speed", "speeed"]'), ("[suite]: 'tables' must be 'speed', ", "got 'speeed'")),
         (('baseline = "serial"', 'baseline = "nope"'), "'nope' is not a case label"),
         (

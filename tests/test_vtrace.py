@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+import pytest
 import torch
 
 from algorithms.appo import APPOLearner
@@ -82,9 +83,11 @@ def test_a_lower_c_clip_shortens_the_trace_and_leaves_one_step_targets_alone():
 # --- the APPO learner: V-trace from its own critic and policy, PPO's update -------------------------
 
 
-def _appo_and_batch(seed: int = 0):
+def _appo_and_batch(seed: int = 0, clip_against: str = "proximal"):
     spec = PolicySpec(3, 1, 32)
-    config = APPOConfig(hidden_size=32, steps_per_iteration=256, epochs=2, trace_lambda=0.9, gamma=0.95)
+    config = APPOConfig(
+        hidden_size=32, steps_per_iteration=256, epochs=2, trace_lambda=0.9, gamma=0.95, clip_against=clip_against
+    )
     rollout = on_policy_rollout(spec, PPOConfig(hidden_size=32, steps_per_iteration=256), seed=seed)
     learner = APPOLearner(LearnerSetup(config, spec, seed=seed, max_policy_lag=1))
     return learner, rollout
@@ -125,10 +128,11 @@ def test_appo_weighs_a_stale_batch_by_the_truncated_ratio():
     np.testing.assert_allclose(advantages, expected_advantages, rtol=1e-5, atol=1e-5)
 
 
-def test_appo_clips_against_the_policy_at_the_update_start_not_the_behaviour_policy():
-    """RLlib's APPO clips against its target network; with V-trace's rho in the advantage, clipping against the
-    behaviour policy too would weigh the same ratio twice. The first minibatch shows what the update anchors to."""
-    learner, rollout = _appo_and_batch(seed=2)
+@pytest.mark.parametrize("clip_against", ["proximal", "behaviour"])
+def test_appo_clips_against_the_policy_it_is_told(clip_against):
+    """`proximal` (RLlib's APPO: its target network) or `behaviour` (PPO's anchor). The first minibatch of an update
+    on a stale batch shows which log-probabilities the ratio is taken against."""
+    learner, rollout = _appo_and_batch(seed=2, clip_against=clip_against)
     learner.train(rollout)  # the batch is now a version old
     stale = dataclasses.replace(rollout, policy_version=0)
     seen = []
@@ -142,8 +146,8 @@ def test_appo_clips_against_the_policy_at_the_update_start_not_the_behaviour_pol
 
     learner.gradient_step = recording
     learner.train(stale)
-    obs, anchor, current = seen[0]
-    torch.testing.assert_close(anchor, current)  # before the first step: the policy at the update's start
+    obs, anchor, current = seen[0]  # `current`: before the first step, the policy at the update's start
     rows = {row.tobytes(): i for i, row in enumerate(rollout.obs.reshape(-1, 3))}  # the shuffled samples' places
-    behaviour = rollout.log_probs.reshape(-1)[[rows[row.tobytes()] for row in obs.numpy()]]
-    assert np.abs(anchor.numpy() - behaviour).max() > 1e-3  # and the policy that sampled them differs from it
+    behaviour = torch.from_numpy(rollout.log_probs.reshape(-1)[[rows[row.tobytes()] for row in obs.numpy()]])
+    assert (current - behaviour).abs().max() > 1e-3  # the two candidates differ
+    torch.testing.assert_close(anchor, current if clip_against == "proximal" else behaviour)
