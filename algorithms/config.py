@@ -201,7 +201,11 @@ class APPOConfig:
 
 # APPO's presets carry PPO's of the same name where the task is the same (batch, network, lr schedule,
 # epochs), with V-trace in place of GAE: lambda as PPO's, value coefficient and gradient clip as PPO's.
-# They were checked on seeds 0-4 and reported on 100-104 (README "Overlapped sampling").
+# Checked on seeds 0-4 (ray_local, the lag study's layouts), reported on 100-104 (README "Overlapped sampling"):
+# `tuned` clipping against the proximal policy reached -200 on 5/5 seeds sync and 3/5 under overlap (against the
+# behaviour policy 0/5; 1 or 2 epochs instead of 10, against the proximal policy, 0/3 and 2/3 by 150K steps);
+# `cartpole` against the behaviour policy reached 475 on 5/5 under overlap at a median of 73,728 steps (against
+# the proximal policy 1/5).
 APPO_PRESETS: dict[str, APPOConfig] = {
     "default": APPOConfig(),
     "tuned": APPOConfig(
@@ -229,6 +233,7 @@ APPO_PRESETS: dict[str, APPOConfig] = {
         entropy_coef=0.0,
         max_grad_norm=0.5,
         anneal_lr=True,
+        clip_against="behaviour",
     ),  # fmt: skip
 }
 
