@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -9,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from algorithms.config import APPO_PRESETS, SETTINGS_TABLES, PPOConfig
 from backends import REGISTRY
 from harness.errors import HarnessError
-from harness.suite import CaseConfig, MeasureConfig, from_json, load_suite, to_json
+from harness.suite import CaseConfig, CaseTable, MeasureConfig, SuiteFile, from_json, load_suite, to_json
 from tests.conftest import REPO
 
 MINIMAL = """
@@ -67,6 +69,28 @@ def test_sweep_expands_and_configs_are_typed(tmp_path):
     assert case.steps_per_iteration == 64 and case.learner_config().learning_rate == 3e-4
     assert suite.parts[0].measure.iterations == 1 and suite.parts[0].measure.repeats == 3
     assert len(suite.sha256) == 64
+
+
+def test_each_case_reads_its_learners_settings_table(tmp_path):
+    """A PPO case and an APPO case side by side: each merges its own table over its own preset, part then case,
+    and a case-level `preset` starts over from that preset (the part's keys dropped), as PPO's always did."""
+    text = MINIMAL.replace('[ppo]\npreset = "report"', '[appo]\npreset = "tuned"\nepochs = 3\n[ppo]\npreset = "report"')
+    text += '[[cases]]\nbackend = "vecenv"\nenvs_per_worker = 4\nlabel = "a"\nalgorithm = { name = "appo" }\n'
+    text += '[[cases]]\nbackend = "vecenv"\nenvs_per_worker = 4\nlabel = "b"\nalgorithm = { name = "appo" }\n'
+    text += 'appo = { preset = "cartpole" }\n'
+    suite = load_suite(write(tmp_path, text))
+    ppo, appo, restarted = suite.cases[0], suite.cases[-2], suite.cases[-1]
+    assert type(ppo.learner_config()) is PPOConfig and ppo.hyperparameters["steps_per_iteration"] == 64
+    assert appo.learner_config() == dataclasses.replace(APPO_PRESETS["tuned"], epochs=3)
+    assert appo.preset == "tuned" and "gae_lambda" not in appo.hyperparameters
+    assert restarted.learner_config() == APPO_PRESETS["cartpole"] and restarted.preset == "cartpole"
+
+
+def test_every_settings_table_can_be_given_for_the_part_and_for_a_case():
+    """`SuiteFile` and `CaseTable` name the settings tables as fields; a table added to the registry without them
+    could never be written in a suite."""
+    for model in (SuiteFile, CaseTable):
+        assert set(SETTINGS_TABLES) <= {f.name for f in dataclasses.fields(model)}
 
 
 def test_include_collects_parts():
