@@ -14,17 +14,16 @@ from typing import Any, Literal, Protocol
 
 
 @dataclass(frozen=True)
-class PPOConfig:
-    """PPO hyperparameters. Defaults are the research report's (section 4.2)."""
+class UpdateSettings:
+    """What the learners built on PPO's minibatch update (`PPOLearner.update`) share: its batch, network, optimiser
+    and loss weights. Defaults are the research report's (section 4.2); a learner's model may change them."""
 
     learning_rate: float = 3e-4
     """Adam step size."""
     gamma: float = 0.99
     """Discount factor."""
-    gae_lambda: float = 0.95
-    """GAE lambda: bias/variance trade-off of the advantage estimate."""
     clip_range: float = 0.2
-    """PPO surrogate clipping epsilon."""
+    """The surrogate's clipping epsilon."""
     steps_per_iteration: int = 2048
     """Env steps collected per iteration, summed over all envs."""
     epochs: int = 10
@@ -44,9 +43,39 @@ class PPOConfig:
     init_log_std: float = 0.0
     """Initial log standard deviation of the Gaussian policy."""
     reward_scale: float = 1.0
-    """Rewards are multiplied by this before GAE (returns are reported unscaled)."""
+    """Rewards are multiplied by this before the advantages are estimated (returns are reported unscaled)."""
     anneal_lr: bool = False
     """Decay the learning rate linearly to zero over the step budget (needs one)."""
+    compile: bool = False
+    """`torch.compile` the minibatch gradient step (needs a C++ compiler; ~20 s, counted as start-up)."""
+
+    def __post_init__(self) -> None:
+        bad = [name for name, ok in self.range_checks().items() if not ok]
+        if bad:
+            kind = type(self).__name__.removesuffix("Config")
+            raise ValueError(f"{kind} setting out of range: {', '.join(f'{n}={getattr(self, n)!r}' for n in bad)}")
+
+    def range_checks(self) -> dict[str, bool]:
+        """Each checked setting, and whether it is in range (a learner's model adds its own)."""
+        return {
+            "learning_rate": self.learning_rate > 0,
+            "gamma": 0 < self.gamma <= 1,
+            "clip_range": self.clip_range > 0,
+            "steps_per_iteration": self.steps_per_iteration > 0,
+            "epochs": self.epochs > 0,
+            "minibatch_size": self.minibatch_size > 0,
+            "hidden_size": self.hidden_size > 0,
+            "max_grad_norm": self.max_grad_norm > 0,
+            "reward_scale": self.reward_scale > 0,
+        }
+
+
+@dataclass(frozen=True)
+class PPOConfig(UpdateSettings):
+    """PPO hyperparameters: the update's, GAE's lambda, and the corrections for a stale batch."""
+
+    gae_lambda: float = 0.95
+    """GAE lambda: bias/variance trade-off of the advantage estimate."""
     decoupled: bool = False
     """Hilton et al. 2021 ("Batch size-invariance for policy optimization"): clip the ratio against the
     policy at the start of the update (the proximal policy), not the one that sampled the batch, and
@@ -64,27 +93,13 @@ class PPOConfig:
     """Estimate GAE with the learner's own critic as the update starts, not the values the sampler recorded. The
     same on a fresh batch; under overlap the sampler's critic is a version old. The bootstrap values of a truncation
     and of the fragment's end stay the sampler's (the rollout keeps no final observations to evaluate again)."""
-    compile: bool = False
-    """`torch.compile` the minibatch gradient step (needs a C++ compiler; ~20 s, counted as start-up)."""
 
-    def __post_init__(self) -> None:
-        checks = {
-            "learning_rate": self.learning_rate > 0,
-            "gamma": 0 < self.gamma <= 1,
+    def range_checks(self) -> dict[str, bool]:
+        return super().range_checks() | {
             "gae_lambda": 0 <= self.gae_lambda <= 1,
-            "clip_range": self.clip_range > 0,
-            "steps_per_iteration": self.steps_per_iteration > 0,
-            "epochs": self.epochs > 0,
-            "minibatch_size": self.minibatch_size > 0,
-            "hidden_size": self.hidden_size > 0,
-            "max_grad_norm": self.max_grad_norm > 0,
-            "reward_scale": self.reward_scale > 0,
             "importance_weight_cap": self.importance_weight_cap > 0,
             "target_kl": self.target_kl is None or self.target_kl > 0,
         }
-        bad = [name for name, ok in checks.items() if not ok]
-        if bad:
-            raise ValueError(f"PPO setting out of range: {', '.join(f'{n}={getattr(self, n)!r}' for n in bad)}")
 
     def replace(self, **changes: object) -> PPOConfig:
         """A copy with some fields changed (validated again)."""
@@ -127,17 +142,18 @@ PRESETS: dict[str, PPOConfig] = {
 
 
 @dataclass(frozen=True)
-class APPOConfig:
+class APPOConfig(UpdateSettings):
     """APPO (Luo et al. 2020, "IMPACT"; RLlib's APPO): the clipped surrogate on V-trace targets and advantages
     (Espeholt et al. 2018) instead of GAE's. V-trace corrects for a batch sampled by an older policy; the clip
-    bounds each update's step from the behaviour policy. RLlib's target network is the behaviour policy here.
-    Defaults are RLlib's APPO where it has one (clip 0.4, V-trace clips 1.0, lambda 1.0, value coefficient 0.5,
-    entropy 0.01, lr 5e-4), and the report's batch and network otherwise."""
+    bounds each update's step. RLlib's target network is the policy at the update's start here. Defaults are
+    RLlib's APPO where it has one (clip 0.4, V-trace clips 1.0, lambda 1.0, value coefficient 0.5, entropy 0.01,
+    lr 5e-4, gradient clip 40, one epoch), and the report's batch and network otherwise."""
 
     learning_rate: float = 5e-4
-    """Adam step size."""
-    gamma: float = 0.99
-    """Discount factor."""
+    clip_range: float = 0.4
+    epochs: int = 1
+    entropy_coef: float = 0.01
+    max_grad_norm: float = 40.0
     trace_lambda: float = 1.0
     """V-trace's lambda: c_t = lambda min(c_bar, pi/mu) (RLlib's `lambda_`); on a fresh batch the targets are
     lambda-returns, as GAE's with this lambda."""
@@ -147,56 +163,18 @@ class APPOConfig:
     """The cap on the importance weight of the policy-gradient advantage."""
     clip_c: float = 1.0
     """c_bar: the cap on the trace's importance weights."""
-    clip_range: float = 0.4
-    """The surrogate's clip (RLlib's `clip_param`), on the ratio to the policy `clip_against` names."""
     clip_against: Literal["proximal", "behaviour"] = "proximal"
     """`proximal`: the ratio is to the policy at the update's start (RLlib's APPO, its target network), and V-trace's
     rho_pg carries proximal / behaviour in each advantage. `behaviour`: to the policy that sampled the batch, as PPO's,
     which weighs that ratio twice (once in the advantage) but also bounds how far an update moves from the sampler."""
-    steps_per_iteration: int = 2048
-    """Env steps collected per iteration, summed over all envs."""
-    epochs: int = 1
-    """Passes over each batch (RLlib's `num_epochs`); the V-trace targets are computed once, before the first."""
-    minibatch_size: int = 64
-    """Transitions per gradient step."""
-    hidden_size: int = 256
-    """Width of the two shared hidden layers."""
-    value_coef: float = 0.5
-    """Weight of the value loss."""
-    entropy_coef: float = 0.01
-    """Weight of the entropy bonus."""
-    max_grad_norm: float = 40.0
-    """Global gradient-norm clip (RLlib's `grad_clip`)."""
-    normalize_advantages: bool = True
-    """Standardise advantages per minibatch."""
-    init_log_std: float = 0.0
-    """Initial log standard deviation of the Gaussian policy."""
-    reward_scale: float = 1.0
-    """Rewards are multiplied by this before V-trace (returns are reported unscaled)."""
-    anneal_lr: bool = False
-    """Decay the learning rate linearly to zero over the step budget (needs one)."""
-    compile: bool = False
-    """`torch.compile` the minibatch gradient step, as PPO's."""
 
-    def __post_init__(self) -> None:
-        checks = {
-            "learning_rate": self.learning_rate > 0,
-            "gamma": 0 < self.gamma <= 1,
+    def range_checks(self) -> dict[str, bool]:
+        return super().range_checks() | {
             "trace_lambda": 0 <= self.trace_lambda <= 1,
             "clip_rho": self.clip_rho > 0,
             "clip_pg_rho": self.clip_pg_rho > 0,
             "clip_c": self.clip_c > 0,
-            "clip_range": self.clip_range > 0,
-            "steps_per_iteration": self.steps_per_iteration > 0,
-            "epochs": self.epochs > 0,
-            "minibatch_size": self.minibatch_size > 0,
-            "hidden_size": self.hidden_size > 0,
-            "max_grad_norm": self.max_grad_norm > 0,
-            "reward_scale": self.reward_scale > 0,
         }
-        bad = [name for name, ok in checks.items() if not ok]
-        if bad:
-            raise ValueError(f"APPO setting out of range: {', '.join(f'{n}={getattr(self, n)!r}' for n in bad)}")
 
 
 # APPO's presets carry PPO's of the same name where the task is the same (batch, network, lr schedule,
