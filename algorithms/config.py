@@ -177,6 +177,13 @@ class APPOConfig(UpdateSettings):
         }
 
 
+def _appo_like_ppo(preset: str, **changes: Any) -> APPOConfig:
+    """PPO's preset of that name as APPO's: the same update settings, V-trace's lambda for GAE's."""
+    ppo = PRESETS[preset]
+    shared = {f.name: getattr(ppo, f.name) for f in dataclasses.fields(UpdateSettings)}
+    return APPOConfig(**shared, trace_lambda=ppo.gae_lambda, **changes)
+
+
 # APPO's presets carry PPO's of the same name where the task is the same (batch, network, lr schedule,
 # epochs), with V-trace in place of GAE: lambda as PPO's, value coefficient and gradient clip as PPO's.
 # Checked on seeds 0-4 (ray_local, the lag study's layouts), reported on 100-104 (README "Overlapped sampling"):
@@ -186,33 +193,8 @@ class APPOConfig(UpdateSettings):
 # the proximal policy 1/5).
 APPO_PRESETS: dict[str, APPOConfig] = {
     "default": APPOConfig(),
-    "tuned": APPOConfig(
-        learning_rate=1e-3,
-        gamma=0.98,
-        trace_lambda=0.95,
-        clip_range=0.2,
-        steps_per_iteration=2048,
-        epochs=10,
-        minibatch_size=64,
-        entropy_coef=0.0,
-        max_grad_norm=0.5,
-        reward_scale=0.1,
-        anneal_lr=True,
-    ),  # fmt: skip
-    "cartpole": APPOConfig(
-        learning_rate=1e-3,
-        gamma=0.98,
-        trace_lambda=0.8,
-        clip_range=0.2,
-        steps_per_iteration=512,
-        epochs=10,
-        minibatch_size=256,
-        hidden_size=64,
-        entropy_coef=0.0,
-        max_grad_norm=0.5,
-        anneal_lr=True,
-        clip_against="behaviour",
-    ),  # fmt: skip
+    "tuned": _appo_like_ppo("tuned"),
+    "cartpole": _appo_like_ppo("cartpole", clip_against="behaviour"),
 }
 
 
