@@ -3,9 +3,12 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
-from algorithms.config import PRESETS
+from algorithms.base import AlgorithmSpec
+from algorithms.config import APPO_PRESETS, PRESETS
 from algorithms.evaluate import evaluation_seeds
 from backends.base import BackendSpec
 from backends.envs import EnvSpec
@@ -22,7 +25,13 @@ def test_tuned_preset_solves_pendulum_within_150k_steps(seed):
     (One lucky evaluation among ~19 noisy ones, which the test used to accept, is not solving it.)
     About 30 s per seed here."""
     case = CaseConfig(
-        "learning/vecenv", "learning", "vecenv tuned", BackendSpec("vecenv", 1, 4), EnvSpec(), PRESETS["tuned"], "tuned"
+        "learning/vecenv",
+        "learning",
+        "vecenv tuned",
+        BackendSpec("vecenv", 1, 4),
+        EnvSpec(),
+        dataclasses.asdict(PRESETS["tuned"]),
+        "tuned",
     )
     measure = MeasureConfig(mode="convergence", seeds=(seed,), total_steps=150_000, eval_every=8192, eval_episodes=10,
                             final_eval_episodes=20, threshold=-200.0)  # fmt: skip
@@ -42,7 +51,7 @@ def test_cartpole_preset_solves_cartpole_within_100k_steps():
     About 10 s here (the preset's 196 iterations of 512 steps)."""
     case = CaseConfig(
         "learning/cartpole", "learning", "vecenv cartpole", BackendSpec("vecenv", 1, 8), EnvSpec("CartPole-v1"),
-        PRESETS["cartpole"], "cartpole",
+        dataclasses.asdict(PRESETS["cartpole"]), "cartpole",
     )  # fmt: skip
     measure = MeasureConfig(mode="convergence", seeds=(0,), total_steps=100_000, eval_every=8192, eval_episodes=10,
                             final_eval_episodes=20, threshold=475.0)  # fmt: skip
@@ -52,3 +61,19 @@ def test_cartpole_preset_solves_cartpole_within_100k_steps():
     assert len(curve) >= 3 and last_three[1] >= 475.0, f"evaluations: {curve}"
     assert result["final_evaluation"]["mean_return"] >= 475.0, result["final_evaluation"]
     assert len(result["final_evaluation"]["returns"]) == 20
+
+
+def test_appo_cartpole_preset_solves_cartpole_within_100k_steps():
+    """The second learner learns too: APPO (V-trace under the clipped update) to 475 on CartPole-v1, seed 0, and
+    ends there (the final 20-episode evaluation). About 10 s here."""
+    case = CaseConfig(
+        "learning/appo", "learning", "vecenv appo", BackendSpec("vecenv", 1, 8), EnvSpec("CartPole-v1"),
+        dataclasses.asdict(APPO_PRESETS["cartpole"]), "cartpole", algorithm=AlgorithmSpec("appo"),
+    )  # fmt: skip
+    measure = MeasureConfig(mode="convergence", seeds=(0,), total_steps=100_000, eval_every=8192, eval_episodes=10,
+                            final_eval_episodes=20, threshold=475.0)  # fmt: skip
+    result = CaseRun(case, measure, seed=0).run()
+    curve = [(e["steps"], e["mean_return"]) for e in result["evaluations"]]
+    assert result["learner"]["algorithm"] == "appo"
+    assert any(mean_return >= 475.0 for _, mean_return in curve), f"evaluations: {curve}"
+    assert result["final_evaluation"]["mean_return"] >= 475.0, (curve, result["final_evaluation"])
