@@ -73,9 +73,7 @@ class PPOLearner(Learner):
         self.version = 0
         self._host_weights: tuple[int, np.ndarray] | None = None
         self.gradient_step = partial(minibatch_gradients, self.action)
-        # How the update treats a stale batch (PPO's own settings; a learner built on this update may have none).
-        self.decoupled = getattr(config, "decoupled", False)
-        self.importance_weight_cap = getattr(config, "importance_weight_cap", None)
+        # KL early stopping is PPO's setting; a learner built on this update may have none (APPO).
         self.target_kl = getattr(config, "target_kl", None)
         self.compile_s = 0.0
         if config.compile:
@@ -193,8 +191,8 @@ class PPOLearner(Learner):
         self, behaviour: torch.Tensor, proximal: torch.Tensor, ratio: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The log-probabilities the ratio is clipped against, and each sample's weight on its advantage."""
-        if self.decoupled:  # clip against the proximal policy; reweight by proximal / behaviour
-            return proximal, ratio.clamp(max=self.importance_weight_cap)
+        if self.config.decoupled:  # clip against the proximal policy; reweight by proximal / behaviour
+            return proximal, ratio.clamp(max=self.config.importance_weight_cap)
         return behaviour, torch.ones_like(ratio)
 
     def _step(self, *minibatch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, bool]:

@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from algorithms.config import PRESETS, SETTINGS_TABLES
-from algorithms.registry import DEFAULT_ALGORITHM
 from backends import REGISTRY
 from harness.metrics import METRICS, PHASES
 
@@ -233,7 +232,7 @@ def report_deviations(settings: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
     report = PRESETS["report"]
     if set(settings) != {f.name for f in dataclasses.fields(report)}:
         return {}
-    return {k: (getattr(report, k), v) for k, v in settings.items() if hasattr(report, k) and getattr(report, k) != v}
+    return {k: (getattr(report, k), v) for k, v in settings.items() if getattr(report, k) != v}
 
 
 def _busy_per_host(
@@ -293,23 +292,18 @@ def _inference_batch(case: dict[str, Any]) -> int:
     return backend["workers"] * backend["envs_per_worker"]
 
 
+_CORRECTIONS = frozenset(name for table in SETTINGS_TABLES.values() for name in table.staleness_corrections)
+"""Every settings table's staleness corrections: a case's settings are one table's, so the union sets aside exactly
+its own, without importing its learner (and torch) to ask which table that is."""
+
+
 def schedule_free_key(case: dict[str, Any]) -> str:
     """The case's configuration without what the `overlap` comparison varies: schedule, lag, the learner's corrections
     for staleness (each overlap variant is compared with the plain sync case)."""
     config = {k: v for k, v in case.items() if k not in ("id", "label", "runs", "claims")}
     config["backend"] = {k: v for k, v in config["backend"].items() if k not in ("schedule", "max_lag")}
-    corrections = _staleness_corrections((case.get("algorithm") or {}).get("name", DEFAULT_ALGORITHM))
-    config["hyperparameters"] = {k: v for k, v in (case.get("hyperparameters") or {}).items() if k not in corrections}
+    config["hyperparameters"] = {k: v for k, v in (case.get("hyperparameters") or {}).items() if k not in _CORRECTIONS}
     return json.dumps(config, sort_keys=True)
-
-
-def _staleness_corrections(algorithm: str) -> tuple[str, ...]:
-    """The learner's settings that only correct for a stale batch (its settings table says which)."""
-    from algorithms.registry import LEARNERS, settings_table_name
-
-    if algorithm not in LEARNERS:  # a `module:Class` learner the reader may not have: nothing known to set aside
-        return ()
-    return SETTINGS_TABLES[settings_table_name(algorithm)].staleness_corrections
 
 
 def _convergence(runs: list[dict[str, Any]], measure: dict[str, Any]) -> Convergence:
