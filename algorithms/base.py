@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from algorithms.config import LearnerConfig
+from algorithms.config import LearnerConfig, network_of
 from algorithms.policy import PolicySpec
 from algorithms.rollout import Rollout
 
@@ -41,7 +41,7 @@ class LearnerSetup:
 
     config: LearnerConfig
     """The learner's settings (the model of its `settings_table`): the batch size (`steps_per_iteration`) and the
-    network width are read by the harness too."""
+    network (`hidden_sizes`, `activation`) are read by the harness too."""
     policy: PolicySpec
     """The actor-critic whose flat weights the backends' policy copies load."""
     seed: int
@@ -54,8 +54,9 @@ class LearnerSetup:
     `overlap` schedule hands the learner batches up to `max_lag` versions old)."""
 
     def __post_init__(self) -> None:
-        if self.policy.hidden_size != self.config.hidden_size:
-            raise ValueError(f"policy hidden_size {self.policy.hidden_size} differs from the config's {self.config.hidden_size}")
+        network, configured = (self.policy.hidden_sizes, self.policy.activation), network_of(self.config)
+        if network != configured:
+            raise ValueError(f"the policy's network {network} differs from the config's {configured}")
 
 
 INITIAL_KL = "initial_kl"

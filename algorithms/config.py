@@ -1,8 +1,8 @@
 """Each learner's hyperparameters as one frozen dataclass, its named presets, and the registry of both.
 
 A suite configures a learner with one table named after its settings (`[ppo]`, `[appo]`); the
-harness reads only `steps_per_iteration` (the batch it has sampled per iteration) and
-`hidden_size` (the network its samplers run) from it (`LearnerConfig`), the learner the rest.
+harness reads only `steps_per_iteration` (the batch it has sampled per iteration), `hidden_sizes` and
+`activation` (the network its samplers run) from it (`LearnerConfig`), the learner the rest.
 """
 
 from __future__ import annotations
@@ -11,6 +11,8 @@ import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
+
+from algorithms.policy import check_network
 
 
 @dataclass(frozen=True)
@@ -30,8 +32,10 @@ class UpdateSettings:
     """Passes over each batch."""
     minibatch_size: int = 64
     """Transitions per gradient step."""
-    hidden_size: int = 256
-    """Width of the two shared hidden layers."""
+    hidden_sizes: tuple[int, ...] = (256, 256)
+    """Widths of the shared trunk's layers, input side first (a suite writes a list: `[256, 256]`)."""
+    activation: str = "tanh"
+    """The trunk's nonlinearity after each layer: `tanh` or `relu` (`algorithms.policy.ACTIVATIONS`)."""
     value_coef: float = 0.5
     """Weight of the value loss."""
     entropy_coef: float = 0.0
@@ -50,6 +54,9 @@ class UpdateSettings:
     """`torch.compile` the minibatch gradient step (needs a C++ compiler; ~20 s, counted as start-up)."""
 
     def __post_init__(self) -> None:
+        if not isinstance(self.hidden_sizes, tuple):  # a list from TOML or JSON: a frozen config holds a tuple
+            object.__setattr__(self, "hidden_sizes", tuple(self.hidden_sizes))
+        check_network(self.hidden_sizes, self.activation)  # its own words: what a network needs
         bad = [name for name, ok in self.range_checks().items() if not ok]
         if bad:
             kind = type(self).__name__.removesuffix("Config")
@@ -64,7 +71,6 @@ class UpdateSettings:
             "steps_per_iteration": self.steps_per_iteration > 0,
             "epochs": self.epochs > 0,
             "minibatch_size": self.minibatch_size > 0,
-            "hidden_size": self.hidden_size > 0,
             "max_grad_norm": self.max_grad_norm > 0,
             "reward_scale": self.reward_scale > 0,
         }
@@ -135,7 +141,7 @@ PRESETS: dict[str, PPOConfig] = {
         steps_per_iteration=512,
         epochs=10,
         minibatch_size=256,
-        hidden_size=64,
+        hidden_sizes=(64, 64),
         anneal_lr=True,
     ),
 }
@@ -205,7 +211,15 @@ class LearnerConfig(Protocol):
     def steps_per_iteration(self) -> int: ...
 
     @property
-    def hidden_size(self) -> int: ...
+    def hidden_sizes(self) -> tuple[int, ...]: ...
+
+    @property
+    def activation(self) -> str: ...
+
+
+def network_of(config: LearnerConfig) -> tuple[tuple[int, ...], str]:
+    """The network a learner's settings describe: its layer widths and activation (`PolicySpec`'s)."""
+    return tuple(config.hidden_sizes), config.activation
 
 
 @dataclass(frozen=True)

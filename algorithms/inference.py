@@ -1,12 +1,14 @@
 """The policy copy a sampler holds: numpy inference from the flat weight buffer, no torch.
 
-A forward pass of the report's network is three small matrix products; at the batch sizes a
-sampler sees (1 to 64 envs), torch's per-call overhead was most of a policy call, and importing
-torch made every sampling process far larger (issue 13; `benchmarks/test_bench_learner.py`
+A forward pass of the report's network (two 256-wide tanh layers) is three small matrix products;
+at the batch sizes a sampler sees (1 to 64 envs), torch's per-call overhead was most of a policy
+call, and importing torch made every sampling process far larger (issue 13; `benchmarks/test_bench_learner.py`
 times both). The same arithmetic in numpy, from the broadcast buffer laid out by
 `PolicySpec.layout` (the layout the learner's torch model flattens to, checked by
 `tests/test_model.py`), samples the same actions within float32 rounding, and a worker that
-imports only this never loads torch.
+imports only this never loads torch. The layers are `PolicySpec.hidden_sizes`, run in a loop:
+`benchmarks/test_bench_learner.py::test_inference_act` times it against the two-layer forward
+pass it replaced (issue 23).
 """
 
 from __future__ import annotations
@@ -14,6 +16,14 @@ from __future__ import annotations
 import numpy as np
 
 from algorithms.policy import PolicySpec
+
+
+def _relu(x: np.ndarray, out: np.ndarray) -> np.ndarray:
+    return np.maximum(x, 0, out=out)
+
+
+_ACTIVATIONS = {"tanh": np.tanh, "relu": _relu}
+"""`algorithms.policy.ACTIVATIONS` in numpy, each called as `f(x, out=x)`."""
 
 
 class InferencePolicy:
@@ -34,14 +44,16 @@ class InferencePolicy:
         self.flat = np.zeros(self.num_params, np.float32)
         self.views = policy.unflatten(self.flat)
         self.distribution_params = tuple(self.views[name] for name in self.action.params)
-        self.b1, self.b2 = self.views["trunk.0.bias"], self.views["trunk.2.bias"]
         # The weight matrices, transposed to (in, out) and C-contiguous, refreshed by each load: OpenBLAS
         # multiplies by a transposed view ~5x slower at a batch of 8 (56 vs 11 us for 256x256 here), so
         # a load transposes them once rather than every call paying for it. Both heads are one product.
-        hidden, self.head_size = policy.hidden_size, self.action.head_size
-        self.w1 = np.zeros((policy.obs_dim, hidden), np.float32)
-        self.w2 = np.zeros((hidden, hidden), np.float32)
-        self.w_heads = np.zeros((hidden, self.head_size + 1), np.float32)
+        self.head_size = self.action.head_size
+        self.layers = tuple(
+            (np.zeros(self.views[f"{name}.weight"].shape[::-1], np.float32), self.views[f"{name}.bias"])
+            for name in policy.trunk_layers
+        )
+        self.activate = _ACTIVATIONS[policy.activation]
+        self.w_heads = np.zeros((policy.hidden_sizes[-1], self.head_size + 1), np.float32)
         self.b_heads = np.zeros(self.head_size + 1, np.float32)
 
     def load_flat(self, weights: np.ndarray, version: int) -> None:
@@ -50,8 +62,8 @@ class InferencePolicy:
             raise ValueError(f"weight buffer has shape {weights.shape}, expected ({self.num_params},)")
         np.copyto(self.flat, weights, casting="same_kind")
         views, size = self.views, self.head_size
-        np.copyto(self.w1, views["trunk.0.weight"].T)
-        np.copyto(self.w2, views["trunk.2.weight"].T)
+        for name, (weight, _) in zip(self.spec.trunk_layers, self.layers, strict=True):
+            np.copyto(weight, views[f"{name}.weight"].T)
         np.copyto(self.w_heads[:, :size], views["policy_head.weight"].T)
         np.copyto(self.w_heads[:, size], views["value_head.weight"][0])
         self.b_heads[:size], self.b_heads[size] = views["policy_head.bias"], views["value_head.bias"][0]
@@ -59,8 +71,13 @@ class InferencePolicy:
 
     def forward(self, obs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Policy head outputs `(B, head_size)` (means or logits) and values `(B,)`, float32."""
-        features = np.tanh(np.tanh(obs @ self.w1 + self.b1) @ self.w2 + self.b2)
-        heads = features @ self.w_heads + self.b_heads
+        features = obs
+        for weight, bias in self.layers:
+            features = features @ weight
+            features += bias  # in place: one temporary per layer, not two
+            self.activate(features, out=features)
+        heads = features @ self.w_heads
+        heads += self.b_heads
         return heads[:, : self.head_size], heads[:, self.head_size]
 
     def act(self, obs: np.ndarray, noise: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -15,22 +15,26 @@ from algorithms.policy import PolicySpec
 __all__ = ["LOG_SQRT_2PI", "ActorCritic", "flatten_weights"]
 
 
+_ACTIVATION_MODULES: dict[str, type[nn.Module]] = {"tanh": nn.Tanh, "relu": nn.ReLU}  # policy.ACTIVATIONS
+
+
 class ActorCritic(nn.Module):
-    """Shared two-layer tanh trunk, a policy head (the Gaussian's mean, or Categorical logits),
-    a value head, and the distribution's own parameters (the Gaussian's state-independent
-    log-std): the report's architecture, for any action space `policy.distribution` covers."""
+    """A shared trunk (`policy.hidden_sizes`, each layer followed by `policy.activation`), a policy head
+    (the Gaussian's mean, or Categorical logits), a value head, and the distribution's own parameters
+    (the Gaussian's state-independent log-std). The report's architecture is two 256-wide tanh layers."""
 
     def __init__(self, policy: PolicySpec, init_log_std: float = 0.0) -> None:
         super().__init__()
-        hidden_size, self.distribution = policy.hidden_size, policy.distribution
+        self.distribution = policy.distribution
         head_size = policy.action.head_size
         if self.distribution == "gaussian":  # registered first: parameters() yields it first (PolicySpec.layout)
             self.log_std = nn.Parameter(torch.full((policy.act_dim,), float(init_log_std)))
-        self.trunk = nn.Sequential(
-            nn.Linear(policy.obs_dim, hidden_size), nn.Tanh(), nn.Linear(hidden_size, hidden_size), nn.Tanh()
-        )
-        self.policy_head = nn.Linear(hidden_size, head_size)
-        self.value_head = nn.Linear(hidden_size, 1)
+        layers: list[nn.Module] = []
+        for inputs, width in zip((policy.obs_dim, *policy.hidden_sizes), policy.hidden_sizes, strict=False):
+            layers += [nn.Linear(inputs, width), _ACTIVATION_MODULES[policy.activation]()]
+        self.trunk = nn.Sequential(*layers)
+        self.policy_head = nn.Linear(policy.hidden_sizes[-1], head_size)
+        self.value_head = nn.Linear(policy.hidden_sizes[-1], 1)
         # Small final layers: actions start near zero (or uniform) and values near zero (CleanRL, SB3).
         for layer in self.trunk:
             if isinstance(layer, nn.Linear):

@@ -17,6 +17,20 @@ from algorithms.distributions import DISTRIBUTIONS, Distribution
 
 Array = TypeVar("Array")  # a numpy array or a torch tensor: both slice and reshape alike
 
+ACTIVATIONS = ("tanh", "relu")
+"""The trunk's nonlinearities: each is written three times, in torch (`model.py`), numpy (`inference.py`) and the
+hand-written gradient (`ppo_gradients.py`), and `tests/test_model.py` checks the three agree for each."""
+
+
+def check_network(hidden_sizes: tuple[int, ...] | list[int], activation: str) -> None:
+    """`ValueError` naming what is wrong with a network's description: no layers, a width < 1, an unknown activation."""
+    if not hidden_sizes:
+        raise ValueError("hidden_sizes must name at least one layer width, e.g. [256, 256]")
+    if any(isinstance(w, bool) or not isinstance(w, int) or w < 1 for w in hidden_sizes):
+        raise ValueError(f"hidden_sizes must be positive integers, got {list(hidden_sizes)}")
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {activation!r}; one of {', '.join(ACTIVATIONS)}")
+
 
 @dataclass(frozen=True)
 class PolicySpec:
@@ -26,13 +40,25 @@ class PolicySpec:
     """Length of the (flattened) observation."""
     act_dim: int
     """A Box action's length, or a Discrete space's number of actions: the policy head's width."""
-    hidden_size: int
+    hidden_sizes: tuple[int, ...]
+    """The shared trunk's layer widths, input side first (the report's: `(256, 256)`)."""
     distribution: str = "gaussian"
     """The action distribution, a key of `DISTRIBUTIONS` (chosen from the env's action space)."""
+    activation: str = "tanh"
+    """The trunk's nonlinearity after each layer, one of `ACTIVATIONS`."""
 
     def __post_init__(self) -> None:
         if self.distribution not in DISTRIBUTIONS:
             raise ValueError(f"unknown action distribution {self.distribution!r}; one of {', '.join(DISTRIBUTIONS)}")
+        if not isinstance(self.hidden_sizes, tuple):  # a list from TOML or JSON: a frozen spec holds a tuple
+            object.__setattr__(self, "hidden_sizes", tuple(self.hidden_sizes))
+        check_network(self.hidden_sizes, self.activation)
+
+    @property
+    def trunk_layers(self) -> tuple[str, ...]:
+        """The trunk's layer names in the flat buffer (`trunk.0`, `trunk.2`, ...: `nn.Sequential` indices, each
+        linear layer followed by its activation)."""
+        return tuple(f"trunk.{2 * i}" for i in range(len(self.hidden_sizes)))
 
     @property
     def action(self) -> Distribution:
@@ -43,19 +69,19 @@ class PolicySpec:
         """Name and shape of each parameter, in flat-buffer order.
 
         That order is `ActorCritic.parameters()`'s: the module's own distribution parameters
-        first (the Gaussian's `log_std`), then the trunk's two layers, then the policy and
+        first (the Gaussian's `log_std`), then the trunk's layers, then the policy and
         value heads (weight before bias).
         """
-        h, head = self.hidden_size, self.action.head_size
-        return {
-            **self.action.params,
-            "trunk.0.weight": (h, self.obs_dim),
-            "trunk.0.bias": (h,),
-            "trunk.2.weight": (h, h),
-            "trunk.2.bias": (h,),
-            "policy_head.weight": (head, h),
+        layout: dict[str, tuple[int, ...]] = dict(self.action.params)
+        inputs = self.obs_dim
+        for name, width in zip(self.trunk_layers, self.hidden_sizes, strict=True):
+            layout[f"{name}.weight"], layout[f"{name}.bias"] = (width, inputs), (width,)
+            inputs = width
+        head = self.action.head_size
+        return layout | {
+            "policy_head.weight": (head, inputs),
             "policy_head.bias": (head,),
-            "value_head.weight": (1, h),
+            "value_head.weight": (1, inputs),
             "value_head.bias": (1,),
         }
 

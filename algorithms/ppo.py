@@ -72,7 +72,7 @@ class PPOLearner(Learner):
         self.optimizer_steps = 0
         self.version = 0
         self._host_weights: tuple[int, np.ndarray] | None = None
-        self.gradient_step = partial(minibatch_gradients, self.action)
+        self.gradient_step = partial(minibatch_gradients, self.action, policy.activation)
         # KL early stopping is PPO's setting; a learner built on this update may have none (APPO).
         self.target_kl = getattr(config, "target_kl", None)
         self.compile_s = 0.0
@@ -107,7 +107,7 @@ class PPOLearner(Learner):
         steps, envs = rollout.rewards.shape
         obs = torch.from_numpy(np.ascontiguousarray(rollout.obs.reshape(steps * envs, -1))).to(self.device)
         actions = torch.from_numpy(np.ascontiguousarray(rollout.actions.reshape(steps * envs, *self.action.action_shape)))
-        log_prob, values = log_probs_and_values(self.action, self.params, obs, actions.to(self.device))
+        log_prob, values = log_probs_and_values(self.action, self.policy.activation, self.params, obs, actions.to(self.device))
         return log_prob.cpu().numpy().reshape(steps, envs), values.cpu().numpy().reshape(steps, envs)
 
     def update(self, rollout: Rollout, advantages: np.ndarray, returns: np.ndarray) -> dict[str, float]:
@@ -132,7 +132,9 @@ class PPOLearner(Learner):
         )
         # How far the batch already is from the policy about to train on it: 0 for a fresh batch,
         # the cost of staleness under `overlap`.
-        proximal = log_probs(self.action, self.params, obs, actions)  # the policy at the start of this update
+        proximal = log_probs(
+            self.action, self.policy.activation, self.params, obs, actions
+        )  # the policy at the start of this update
         staleness = proximal - behaviour
         ratio = staleness.exp()
         initial = torch.stack([((ratio - 1) - staleness).mean(), ((ratio - 1).abs() > cfg.clip_range).float().mean()])
@@ -222,7 +224,7 @@ class PPOLearner(Learner):
     def _compile(self) -> None:
         """`torch.compile` the gradient step, and compile it now, so no measured iteration pays for it."""
         started = time.perf_counter()
-        self.gradient_step = partial(torch.compile(minibatch_gradients, dynamic=False), self.action)
+        self.gradient_step = partial(torch.compile(minibatch_gradients, dynamic=False), self.action, self.policy.activation)
         cfg = self.config
         # Every minibatch size an update will see: full ones, and the remainder of an uneven split.
         sizes = {cfg.minibatch_size, cfg.steps_per_iteration % cfg.minibatch_size} - {0}

@@ -1,4 +1,4 @@
-"""PPO's minibatch loss and its exact gradient, written out for the one actor-critic we train.
+"""PPO's minibatch loss and its exact gradient, written out for the actor-critic we train.
 
 Why not autograd: at the report's settings (minibatch 64, a 256-wide two-layer trunk)
 the arithmetic of one gradient step is three 64x256x256 matrix products, about 0.3 ms on
@@ -7,13 +7,15 @@ one core; autograd, `nn.Module` calls and `torch.optim.Adam`'s per-tensor loop a
 op the chain rule of `ActorCritic` + the clipped surrogate; `tests/test_ppo_update.py`
 checks it against autograd on the reference implementation (`benchmarks/reference_ppo.py`).
 
-Notation: B samples, tanh trunk h1 = tanh(x W1' + b1), h2 = tanh(h1 W2' + b2); heads
-head = h2 Wp' + bp and value = h2 Wv' + bv; the policy head is the Gaussian's mean or
+Notation: B samples, a trunk of L layers h_i = act(h_{i-1} Wi' + bi) with h_0 = x (the report's:
+L = 2, act = tanh); heads head = h_L Wp' + bp and value = h_L Wv' + bv; the policy head is the Gaussian's mean or
 the Categorical's logits, and the distribution (`distributions.py`) supplies the
 log-probability, the entropy and their gradients w.r.t. the head.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 
@@ -26,41 +28,79 @@ def _tanh_layer(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> to
     return torch.addmm(bias, x, weight.t(), beta=2, alpha=2).sigmoid_().mul_(2).sub_(1)
 
 
+def _relu_layer(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    return torch.addmm(bias, x, weight.t()).relu_()
+
+
+# Each of `policy.ACTIVATIONS`: a layer's forward (activation of x W' + b), and the gradient w.r.t. the layer's
+# pre-activation from the gradient w.r.t. its output and that output (tanh: times 1 - out^2; relu: where out > 0).
+_LAYERS = {"tanh": _tanh_layer, "relu": _relu_layer}
+_BACKWARD = {
+    "tanh": torch.ops.aten.tanh_backward,
+    "relu": lambda grad, out: torch.ops.aten.threshold_backward(grad, out, 0),
+}
+
+
+class _Forward(NamedTuple):
+    """What a forward pass computes and the backward pass needs."""
+
+    hidden: list[torch.Tensor]
+    """Each trunk layer's output, input side first."""
+    w_heads: torch.Tensor
+    value: torch.Tensor
+    saved: tuple[torch.Tensor, ...]
+    log_prob: torch.Tensor
+    entropy: torch.Tensor
+
+
 def _forward(
-    action: Distribution, params: tuple[torch.Tensor, ...], obs: torch.Tensor, actions: torch.Tensor
-) -> tuple[torch.Tensor, ...]:
+    action: Distribution, activation: str, params: tuple[torch.Tensor, ...], obs: torch.Tensor, actions: torch.Tensor
+) -> _Forward:
     """ActorCritic.forward plus the log-probability of `actions`, keeping what the backward pass needs."""
-    distribution_params, (w1, b1, w2, b2, w_head, b_head, w_value, b_value) = _split(action, params)
-    h1 = _tanh_layer(obs, w1, b1)
-    h2 = _tanh_layer(h1, w2, b2)
+    _, trunk, (w_head, b_head, w_value, b_value) = _split(action, params)
+    layer, hidden, features = _LAYERS[activation], [], obs
+    for weight, bias in trunk:
+        features = layer(features, weight, bias)
+        hidden.append(features)
     w_heads, b_heads = torch.cat([w_head, w_value]), torch.cat([b_head, b_value])  # both heads in one product
-    heads = torch.addmm(b_heads, h2, w_heads.t())
+    heads = torch.addmm(b_heads, features, w_heads.t())
     head, value = heads[:, : action.head_size], heads[:, action.head_size]
-    log_prob, entropy, saved = action.log_prob(head, distribution_params, actions)
-    return h1, h2, w_heads, value, saved, log_prob, entropy
+    log_prob, entropy, saved = action.log_prob(head, distribution_params(action, params), actions)
+    return _Forward(hidden, w_heads, value, saved, log_prob, entropy)
 
 
-def _split(action: Distribution, params: tuple[torch.Tensor, ...]) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
-    """The distribution's own parameters (first in the flat buffer), and the network's."""
+def distribution_params(action: Distribution, params: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+    """The distribution's own parameters: first in the flat buffer (`PolicySpec.layout`)."""
+    return params[: len(action.params)]
+
+
+def _split(
+    action: Distribution, params: tuple[torch.Tensor, ...]
+) -> tuple[tuple[torch.Tensor, ...], list[tuple[torch.Tensor, torch.Tensor]], tuple[torch.Tensor, ...]]:
+    """The distribution's own parameters, the trunk's (weight, bias) pairs, and the two heads' weights and biases."""
     count = len(action.params)
-    return params[:count], params[count:]
+    trunk = params[count:-4]
+    return params[:count], list(zip(trunk[::2], trunk[1::2], strict=True)), params[-4:]
 
 
-def log_probs(action: Distribution, params: tuple[torch.Tensor, ...], obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+def log_probs(
+    action: Distribution, activation: str, params: tuple[torch.Tensor, ...], obs: torch.Tensor, actions: torch.Tensor
+) -> torch.Tensor:
     """The current policy's log-probabilities of `actions` (no gradient)."""
-    return _forward(action, params, obs, actions)[-2]
+    return _forward(action, activation, params, obs, actions).log_prob
 
 
 def log_probs_and_values(
-    action: Distribution, params: tuple[torch.Tensor, ...], obs: torch.Tensor, actions: torch.Tensor
+    action: Distribution, activation: str, params: tuple[torch.Tensor, ...], obs: torch.Tensor, actions: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The current policy's log-probabilities of `actions`, and the current values of `obs` (no gradient)."""
-    out = _forward(action, params, obs, actions)
-    return out[-2], out[3]
+    out = _forward(action, activation, params, obs, actions)
+    return out.log_prob, out.value
 
 
 def minibatch_gradients(
     action: Distribution,
+    activation: str,
     params: tuple[torch.Tensor, ...],
     obs: torch.Tensor,
     actions: torch.Tensor,
@@ -81,9 +121,9 @@ def minibatch_gradients(
     ratio is clipped against. Also returned: each sample's log-ratio, value error and entropy,
     from which `update_statistics` derives the losses once per update instead of once per minibatch.
     """
-    w2 = _split(action, params)[1][2]
+    trunk = _split(action, params)[1]
     batch = obs.shape[0]
-    h1, h2, w_heads, value, saved, log_prob, entropy = _forward(action, params, obs, actions)
+    hidden, w_heads, value, saved, log_prob, entropy = _forward(action, activation, params, obs, actions)
 
     # The clipped surrogate (Schulman et al. 2017): loss = mean(max(unclipped, clipped)).
     log_ratio = log_prob - old_log_probs
@@ -97,14 +137,18 @@ def minibatch_gradients(
     d_log_prob = torch.where(unclipped >= clipped, -advantages, 0.0) * ratio / batch
     d_head, d_distribution = action.backward(saved, d_log_prob, entropy_coef, batch)  # entropy's gradient included
     d_heads = torch.cat([d_head, (value_coef / batch) * value_error[:, None]], 1)
-    g_heads, g_b_heads = d_heads.t() @ h2, d_heads.sum(0)
-    d_z2 = torch.ops.aten.tanh_backward(d_heads @ w_heads, h2)  # times 1 - h2^2
-    g_w2, g_b2 = d_z2.t() @ h1, d_z2.sum(0)
-    d_z1 = torch.ops.aten.tanh_backward(d_z2 @ w2, h1)
-    g_w1, g_b1 = (obs.t() @ d_z1).t(), d_z1.sum(0)  # this orientation of the thin product is 4x faster
+    g_heads, g_b_heads = d_heads.t() @ hidden[-1], d_heads.sum(0)
+    backward, d_out, trunk_grads = _BACKWARD[activation], d_heads @ w_heads, []
+    for index in range(len(trunk) - 1, -1, -1):  # from the last layer back to the first
+        d_z = backward(d_out, hidden[index])  # w.r.t. the layer's pre-activation
+        if index:
+            trunk_grads[:0] = [d_z.t() @ hidden[index - 1], d_z.sum(0)]
+            d_out = d_z @ trunk[index][0]
+        else:
+            trunk_grads[:0] = [(obs.t() @ d_z).t(), d_z.sum(0)]  # this orientation of the thin product is 4x faster
 
     size = action.head_size
-    grads = (*d_distribution, g_w1, g_b1, g_w2, g_b2, g_heads[:size], g_b_heads[:size], g_heads[size:], g_b_heads[size:])
+    grads = (*d_distribution, *trunk_grads, g_heads[:size], g_b_heads[:size], g_heads[size:], g_b_heads[size:])
     return grads, log_ratio, value_error, entropy
 
 

@@ -14,7 +14,7 @@ from backends.envs import EnvSpec
 from tests.conftest import wait_for_no_children
 
 ENV = EnvSpec()
-POLICY = PolicySpec(obs_dim=3, act_dim=1, hidden_size=256)  # the report's network
+POLICY = PolicySpec(obs_dim=3, act_dim=1, hidden_sizes=(256, 256))  # the report's network
 SEED = 0
 STEPS = 2048  # the report's steps per iteration
 

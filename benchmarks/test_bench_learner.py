@@ -9,6 +9,7 @@ The `ppo-update` group times today's update beside the pre-issue-8 reference
 from __future__ import annotations
 
 import dataclasses
+import time
 
 import numpy as np
 import pytest
@@ -23,7 +24,7 @@ from algorithms.rollout import PER_STEP_FIELDS, Rollout
 from backends import create_backend
 from backends.base import BackendSpec
 from benchmarks.common import ENV, POLICY, SEED, STEPS
-from benchmarks.reference_inference import TorchInferencePolicy
+from benchmarks.reference_inference import TorchInferencePolicy, TwoLayerInferencePolicy
 from benchmarks.reference_ppo import ReferencePPOLearner
 
 REPORT = PRESETS["report"]
@@ -115,7 +116,11 @@ def test_ppo_update_report_preset(benchmark, record_rate, real_rollout, implemen
     assert not np.array_equal(before, learner.weights()), "the update left the weights unchanged"
 
 
-INFERENCE = {"numpy": InferencePolicy, "torch-reference": TorchInferencePolicy}
+INFERENCE = {
+    "numpy": InferencePolicy,
+    "numpy-two-layer-reference": TwoLayerInferencePolicy,
+    "torch-reference": TorchInferencePolicy,
+}
 
 
 @pytest.mark.benchmark(group="inference")
@@ -138,3 +143,36 @@ def test_inference_act(benchmark, record_rate, batch, implementation):
     numpy_policy.load_flat(weights, 0)
     for name, value, want in zip(("actions", "log_probs", "values"), got, numpy_policy.act(obs, noise), strict=True):
         np.testing.assert_allclose(value, want, rtol=1e-5, atol=1e-5 * float(np.abs(want).max()), err_msg=name)
+
+
+@pytest.mark.benchmark(group="inference-layer-list")
+@pytest.mark.parametrize("batch", [1, 8], ids=lambda b: f"batch{b}")
+def test_layer_list_costs_nothing(benchmark, batch):
+    """Today's layer loop (issue 23) against the two-layer code it replaced, alternated block by block in one run so
+    that the machine's load falls on both alike: `extra_info` records the median of the blocks' time ratios
+    (loop / two-layer; the issue's goal is at most 1.05). The benchmark's own timing is the loop's."""
+    weights = np.random.default_rng(SEED).normal(0, 0.05, POLICY.num_params).astype(np.float32)
+    policies = {"loop": InferencePolicy(POLICY), "two-layer": TwoLayerInferencePolicy(POLICY)}
+    for policy in policies.values():
+        policy.load_flat(weights, 0)
+    rng = np.random.default_rng(SEED)
+    obs = rng.standard_normal((batch, POLICY.obs_dim), dtype=np.float32)
+    noise = rng.standard_normal((batch, POLICY.act_dim), dtype=np.float32)
+    ratios = []
+    with threadpool_limits(1, user_api="blas"):
+        for block in range(BLOCKS):
+            seconds = {}
+            for name, policy in sorted(policies.items(), reverse=block % 2 == 1):  # each goes first in half the blocks
+                started = time.perf_counter()
+                for _ in range(CALLS_PER_BLOCK):
+                    policy.act(obs, noise)
+                seconds[name] = time.perf_counter() - started
+            ratios.append(seconds["loop"] / seconds["two-layer"])
+        benchmark(policies["loop"].act, obs, noise)
+    benchmark.extra_info["loop_over_two_layer_median"] = float(np.median(ratios))
+    benchmark.extra_info["loop_over_two_layer_quartiles"] = [float(q) for q in np.percentile(ratios, [25, 75])]
+    for got, want in zip(policies["loop"].act(obs, noise), policies["two-layer"].act(obs, noise), strict=True):
+        np.testing.assert_array_equal(got, want)  # the same arithmetic: bit for bit the same policy
+
+
+BLOCKS, CALLS_PER_BLOCK = 41, 500

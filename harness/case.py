@@ -31,7 +31,7 @@ from algorithms.evaluate import evaluate, evaluation_seeds
 from algorithms.inference import InferencePolicy
 from algorithms.registry import create_learner
 from backends import create_backend
-from backends.base import Backend, Count, PolicySpec, Seconds, WorkerRestart
+from backends.base import Backend, Count, Seconds, WorkerRestart
 from backends.envs import STEP_COST_METER, describe_env, make_env
 from harness.errors import HarnessError
 from harness.monitor import ResourceMonitor
@@ -118,7 +118,7 @@ class CaseRun:
         threadpool_limits(threads, user_api="blas")  # numpy's inference in this process (central, vecenv, eval)
         self.result["torch_threads"] = threads
         spaces = describe_env(self.case.env)  # checked at suite load too; here the env's own package may have changed
-        policy = PolicySpec(spaces.obs_dim, spaces.act_dim, self.case.hidden_size, spaces.distribution)
+        policy = self.case.policy_spec(spaces)
         planned = self.iterations_planned()
         total_steps = planned * self.case.steps_per_iteration
         lag = self.case.backend.pipeline_depth  # how stale a batch the schedule will hand the learner

@@ -11,7 +11,7 @@ line in `caveats`, which `compare` and the report print. `migrated_from` is the 
 
 Versions, by the commits that wrote them (tests/fixtures/runs/ holds a run of each version's last commit):
 1: 481cf1b..fe5de4c^; 2: fe5de4c..627bf98^; 3: 627bf98..6766c94^; 4: 6766c94..issue 21^; 5: issue 21..issue 23^;
-6: issue 23..issue 23's second algorithm^; 7: since.
+6: issue 23..issue 23's second algorithm^; 7: ..issue 23's configurable network^; 8: since.
 """
 
 from __future__ import annotations
@@ -230,6 +230,20 @@ def update_to_7(record: Record) -> None:
     _fill_ppo_settings_since_6(record)
     for _, case in _cases(record):
         case["hyperparameters"] = case.pop("ppo")
+
+
+# --- version 7 -> 8 ---------------------------------------------------------------------------------
+
+
+@_step(8)
+def update_to_8(record: Record) -> None:
+    """Version 7 -> 8 (issue 23: a configurable network). Every network was two tanh layers of `hidden_size` units:
+    `hidden_sizes` is that width twice, and `activation` is tanh, exactly."""
+    for path, case in _cases(record):
+        settings = _table(case, "hyperparameters", path)
+        width = int(_number(settings, "hidden_size", [*path, "hyperparameters"]))
+        del settings["hidden_size"]
+        settings["hidden_sizes"], settings["activation"] = [width, width], "tanh"
 
 
 # --- reading an old record, naming the path of what it lacks ----------------------------------------

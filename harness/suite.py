@@ -35,10 +35,11 @@ from typing_extensions import TypedDict, is_typeddict  # pydantic needs typing_e
 
 from algorithms.base import AlgorithmSpec
 from algorithms.config import SETTINGS_TABLES, LearnerConfig
+from algorithms.policy import PolicySpec
 from algorithms.registry import settings_table_name
 from backends import REGISTRY
 from backends.base import INFERENCE_MODES, SCHEDULES, BackendSpec
-from backends.envs import EnvError, EnvSpec, describe_env
+from backends.envs import EnvError, EnvSpaces, EnvSpec, describe_env
 from harness.errors import HarnessError
 from harness.names import CLAIM_NAMES, TABLE_NAMES  # a leaf: the suite format never imports the report
 
@@ -118,11 +119,12 @@ class MeasureConfig:
 
 
 class Hyperparameters(TypedDict, total=False):
-    """A learner's settings, every key of its model; the harness reads these two itself (`LearnerConfig`)."""
+    """A learner's settings, every key of its model; the harness reads these three itself (`LearnerConfig`)."""
 
     __pydantic_config__ = ConfigDict(extra="allow")  # type: ignore[misc]  # the rest are the learner's own
     steps_per_iteration: Required[Positive]
-    hidden_size: Required[Positive]
+    hidden_sizes: Required[list[Positive]]
+    activation: Required[str]
 
 
 @dataclass(frozen=True)
@@ -154,9 +156,18 @@ class CaseConfig:
         return int(self.hyperparameters["steps_per_iteration"])
 
     @property
-    def hidden_size(self) -> int:
-        """Width of the network the samplers run (`LearnerConfig`)."""
-        return int(self.hyperparameters["hidden_size"])
+    def hidden_sizes(self) -> tuple[int, ...]:
+        """Layer widths of the network the samplers run (`LearnerConfig`)."""
+        return tuple(self.hyperparameters["hidden_sizes"])
+
+    @property
+    def activation(self) -> str:
+        """The nonlinearity of the network the samplers run (`LearnerConfig`)."""
+        return self.hyperparameters["activation"]
+
+    def policy_spec(self, spaces: EnvSpaces) -> PolicySpec:
+        """The network the case's learner trains and its samplers run, for the env's spaces."""
+        return PolicySpec(spaces.obs_dim, spaces.act_dim, self.hidden_sizes, spaces.distribution, self.activation)
 
     def learner_config(self) -> LearnerConfig:
         """`hyperparameters` as the model of the learner's settings table (imports the learner's module)."""
@@ -688,7 +699,8 @@ def _expand_case(
         if config.steps_per_iteration % spec.num_envs:
             check.fail(loc, f"case {case_id}: steps_per_iteration {config.steps_per_iteration} does not split over "
                             f"{spec.num_envs} envs; choose envs that divide it")  # fmt: skip
-        hyperparameters = dataclasses.asdict(config)
+        # As run.json holds them (a layer list is a list), so that a case and its record compare equal.
+        hyperparameters = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(config).items()}
         cases.append(
             CaseConfig(case_id, part, case_label, spec, env, hyperparameters, preset, dict(table.claims), algorithm, threads)
         )

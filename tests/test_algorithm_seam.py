@@ -59,7 +59,7 @@ tables = ["speed", "phases", "communication"]
 name = "tests.test_algorithm_seam:RandomSearchLearner"
 [ppo]
 steps_per_iteration = 128
-hidden_size = 32
+hidden_sizes = [32, 32]
 [measure]
 warmup_iterations = 1
 iterations = 2
@@ -75,8 +75,10 @@ workers = 2
 
 def test_a_registry_line_is_all_a_learner_needs(monkeypatch):
     monkeypatch.setitem(registry.LEARNERS, "random-search", "tests.test_algorithm_seam:RandomSearchLearner")
-    learner = registry.create_learner("random-search", LearnerSetup(PPOConfig(hidden_size=32), PolicySpec(3, 1, 32), seed=0))
-    assert isinstance(learner, RandomSearchLearner) and learner.weights().shape == (PolicySpec(3, 1, 32).num_params,)
+    learner = registry.create_learner(
+        "random-search", LearnerSetup(PPOConfig(hidden_sizes=(32, 32)), PolicySpec(3, 1, (32, 32)), seed=0)
+    )
+    assert isinstance(learner, RandomSearchLearner) and learner.weights().shape == (PolicySpec(3, 1, (32, 32)).num_params,)
 
 
 def test_a_non_ppo_learner_runs_through_the_cli(tmp_path):
@@ -160,7 +162,7 @@ tables = ["speed", "overlap", "phases"]
 name = "appo"
 [appo]
 steps_per_iteration = 128
-hidden_size = 32
+hidden_sizes = [32, 32]
 epochs = 2
 minibatch_size = 32
 [measure]
@@ -185,7 +187,7 @@ def test_appo_runs_through_the_cli_sync_and_overlap(tmp_path):
     for case in run["cases"]:
         assert case["algorithm"]["name"] == "appo" and case["preset"] == "default"
         assert case["hyperparameters"] == {**dataclasses.asdict(APPOConfig()), "steps_per_iteration": 128,
-                                           "hidden_size": 32, "epochs": 2, "minibatch_size": 32}  # fmt: skip
+                                           "hidden_sizes": [32, 32], "epochs": 2, "minibatch_size": 32}  # fmt: skip
         (result,) = case["runs"]
         assert result["status"] == "ok", result.get("error")
         assert result["learner"]["algorithm"] == "appo"

@@ -28,7 +28,7 @@ from backends.workers import WorkerError
 from harness.errors import HarnessError
 from harness.suite import load_suite
 
-POLICY = PolicySpec(3, 1, 64)
+POLICY = PolicySpec(3, 1, (64, 64))
 SEED = 7
 # Env 3 of 4 ten times slower (`EnvSpec.is_slow`): sleeps, so the 2 cores are not what makes it slow.
 HETEROGENEOUS = EnvSpec(step_cost_ms=0.5, step_cost_kind="sleep", slow_env_fraction=0.25, slow_env_factor=10.0)

@@ -38,8 +38,10 @@ class Workload:
 # CartPole: a discrete action, episodes that terminate at different steps in each env (autoreset
 # per env while the others go on), under weights that balance the pole badly.
 WORKLOADS = {
-    "pendulum": Workload(EnvSpec(), PolicySpec(obs_dim=3, act_dim=1, hidden_size=64)),
-    "cartpole": Workload(EnvSpec("CartPole-v1"), PolicySpec(obs_dim=4, act_dim=2, hidden_size=64, distribution="categorical")),
+    "pendulum": Workload(EnvSpec(), PolicySpec(obs_dim=3, act_dim=1, hidden_sizes=(64, 64))),
+    "cartpole": Workload(
+        EnvSpec("CartPole-v1"), PolicySpec(obs_dim=4, act_dim=2, hidden_sizes=(64, 64), distribution="categorical")
+    ),
 }
 ENV, POLICY = WORKLOADS["pendulum"].env, WORKLOADS["pendulum"].policy
 SEED = 7
@@ -407,7 +409,7 @@ def test_communication_figures_are_measured_and_add_up(config, request):
 def test_sampling_workers_never_import_torch(config, request):
     """Workers infer in numpy (algorithms/inference.py) and step envs: nothing they import may pull in torch,
     ~190 MiB a process (issue 13). The probe env reports, from inside each worker, whether torch is loaded."""
-    probe, policy = EnvSpec("tests.custom_envs:ImportProbe"), PolicySpec(1, 2, 16, "categorical")
+    probe, policy = EnvSpec("tests.custom_envs:ImportProbe"), PolicySpec(1, 2, (16, 16), "categorical")
     backend = started(make_spec(config, request), probe, policy)
     try:
         backend.set_weights(test_weights(policy), 0)

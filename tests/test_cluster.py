@@ -54,7 +54,7 @@ from backends.envs import EnvSpec
 def main():
     from backends.ray_backend import serialized_size
 
-    policy = PolicySpec(3, 1, 64)
+    policy = PolicySpec(3, 1, (64, 64))
     backend = create_backend(BackendSpec("ray_cluster", 2, 2, "worker", {"timeout_s": 60, "address": sys.argv[1]}))
     try:
         backend.start(EnvSpec(), policy, 7)

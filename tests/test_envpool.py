@@ -27,8 +27,8 @@ from harness.suite import load_suite
 
 pytestmark = pytest.mark.skipif(not available("envpool"), reason="needs envpool")
 
-CARTPOLE = (EnvSpec("CartPole-v1"), PolicySpec(4, 2, 64, "categorical"))
-PENDULUM = (EnvSpec(), PolicySpec(3, 1, 64))
+CARTPOLE = (EnvSpec("CartPole-v1"), PolicySpec(4, 2, (64, 64), "categorical"))
+PENDULUM = (EnvSpec(), PolicySpec(3, 1, (64, 64)))
 SEED = 7
 
 

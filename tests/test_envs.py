@@ -86,7 +86,7 @@ kwargs = {{ {kwargs} }}
 preset = "report"
 steps_per_iteration = 64
 epochs = 1
-hidden_size = 16
+hidden_sizes = [16, 16]
 [measure]
 warmup_iterations = 0
 iterations = 2
@@ -161,7 +161,7 @@ def test_gae_on_a_real_backends_rollout_bootstraps_truncations_and_not_terminati
     """LineWalk episodes end both ways within 6 steps (reaching 0 terminates, the limit truncates), sampled
     by worker processes; GAE with lambda 0 leaves each episode's last step as a one-step TD error."""
     env = EnvSpec(LINE_WALK, {"length": 5, "max_episode_steps": 6})
-    policy = PolicySpec(2, 3, 16, "categorical")
+    policy = PolicySpec(2, 3, (16, 16), "categorical")
     backend = create_backend(BackendSpec("multiprocessing", 2, 2, options={"timeout_s": 60}))
     try:
         backend.start(env, policy, seed=11)

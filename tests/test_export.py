@@ -25,7 +25,7 @@ include = ["learn.toml"]
 [ppo]
 steps_per_iteration = {STEPS}
 epochs = 1
-hidden_size = 32
+hidden_sizes = [32, 32]
 [measure]
 warmup_iterations = 1
 iterations = 2
@@ -48,7 +48,7 @@ name = "learn"
 [ppo]
 steps_per_iteration = {STEPS}
 epochs = 1
-hidden_size = 32
+hidden_sizes = [32, 32]
 [measure]
 mode = "convergence"
 seeds = [0, 1]

@@ -120,7 +120,7 @@ def test_a_case_records_each_workers_pss_and_the_trees():
     from harness.suite import CaseConfig, MeasureConfig
 
     case = CaseConfig("m/mp", "m", "mp", BackendSpec("multiprocessing", 2, 1, options={"timeout_s": 60}), EnvSpec(),
-                      dataclasses.asdict(PPOConfig(steps_per_iteration=64, epochs=1, hidden_size=16)), "report")  # fmt: skip
+                      dataclasses.asdict(PPOConfig(steps_per_iteration=64, epochs=1, hidden_sizes=(16, 16))), "report")  # fmt: skip
     result = CaseRun(case, MeasureConfig(warmup_iterations=0, iterations=2, repeats=1), seed=0).run()
     memory = result["memory"]
     assert memory["learner_pss_mib"] > 0 and len(memory["workers_pss_mib"]) == 2
@@ -143,7 +143,7 @@ def test_the_case_runs_with_the_torch_threads_run_json_records():
     torch.set_num_threads(2)
     try:
         case = CaseConfig("t/vecenv", "t", "vecenv", BackendSpec("vecenv", 1, 2), EnvSpec(),
-                          dataclasses.asdict(PPOConfig(steps_per_iteration=64, epochs=1, hidden_size=16)), "report")  # fmt: skip
+                          dataclasses.asdict(PPOConfig(steps_per_iteration=64, epochs=1, hidden_sizes=(16, 16))), "report")  # fmt: skip
         result = CaseRun(case, MeasureConfig(warmup_iterations=0, iterations=1, repeats=1, torch_threads=1), seed=0).run()
         assert result["torch_threads"] == 1 == torch.get_num_threads()
     finally:

@@ -22,19 +22,19 @@ NUMPY_VS_TORCH = 1e-5
 
 
 def ppo_learner(config: PPOConfig = PRESETS["report"], seed: int = 0) -> PPOLearner:
-    return PPOLearner(LearnerSetup(config, PolicySpec(3, 1, config.hidden_size), seed))
+    return PPOLearner(LearnerSetup(config, PolicySpec(3, 1, config.hidden_sizes, activation=config.activation), seed))
 
 
 def test_flat_weights_round_trip_into_inference_policy():
     learner = ppo_learner()
-    policy = InferencePolicy(PolicySpec(3, 1, 256))
+    policy = InferencePolicy(PolicySpec(3, 1, (256, 256)))
     policy.load_flat(learner.weights(), learner.version)
     # The round trip itself is exact: the policy holds bit for bit the learner's weights ...
     np.testing.assert_array_equal(policy.flat, learner.weights())
     # ... and computes what a module built from the same seed computes: numpy's float32 forward pass
     # against torch's, within NUMPY_VS_TORCH of the outputs' scale (not of each tiny value).
     torch.manual_seed(0)
-    reference = ActorCritic(PolicySpec(3, 1, 256))
+    reference = ActorCritic(PolicySpec(3, 1, (256, 256)))
     obs = np.random.default_rng(0).normal(size=(5, 3)).astype(np.float32)
     with torch.no_grad():
         mean, value = reference(torch.from_numpy(obs))
@@ -44,12 +44,18 @@ def test_flat_weights_round_trip_into_inference_policy():
     assert policy.num_params == 67_331  # (3*256+256) + (256*256+256) + 257 + 257 + 1
 
 
+# The report's network, and others a suite may describe (issue 23): three uneven relu layers, one tanh layer.
+NETWORKS = {"report": ((256, 256), "tanh"), "relu-three-layers": ((32, 48, 16), "relu"), "one-layer": ((40,), "tanh")}
+
+
+@pytest.mark.parametrize("network", NETWORKS)
 @pytest.mark.parametrize("batch", [1, 7, 64])
 @pytest.mark.parametrize(("distribution", "act_dim"), [("gaussian", 1), ("gaussian", 3), ("categorical", 2), ("categorical", 5)])
-def test_numpy_inference_matches_the_torch_model(distribution, act_dim, batch):
+def test_numpy_inference_matches_the_torch_model(distribution, act_dim, batch, network):
     """Random weights (not the small initial heads) and inputs: the numpy policy computes what the learner's
     torch model does, samples the distribution's own draw, and its log-probs are torch.distributions'."""
-    spec = PolicySpec(4, act_dim, 256, distribution)
+    hidden_sizes, activation = NETWORKS[network]
+    spec = PolicySpec(4, act_dim, hidden_sizes, distribution, activation)
     rng = np.random.default_rng(batch + act_dim)
     weights = rng.normal(0, 0.1, spec.num_params).astype(np.float32)
     model = ActorCritic(spec)
@@ -80,9 +86,9 @@ def test_numpy_inference_matches_the_torch_model(distribution, act_dim, batch):
 def test_inference_policy_owns_its_weights():
     """A load copies into the policy's own arrays, made once: the broadcast buffer (a shared-memory slot the
     learner reuses) may change afterwards without changing the policy, and a second load replaces every value."""
-    spec = PolicySpec(3, 1, 16)
+    spec = PolicySpec(3, 1, (16, 16))
     policy = InferencePolicy(spec)
-    arrays = (policy.flat, policy.w1, policy.w2, policy.w_heads, policy.b_heads, policy.b1, policy.b2)
+    arrays = (policy.flat, *(a for layer in policy.layers for a in layer), policy.w_heads, policy.b_heads)
     rng = np.random.default_rng(0)
     broadcast = rng.normal(size=spec.num_params).astype(np.float32)
     obs = np.ones((1, 3), np.float32)
@@ -95,14 +101,16 @@ def test_inference_policy_owns_its_weights():
     fresh = InferencePolicy(spec)
     fresh.load_flat(second, 1)
     assert policy.value(obs) == fresh.value(obs) != before and policy.version == 1
-    assert all(a is b for a, b in zip(arrays, (policy.flat, policy.w1, policy.w2, policy.w_heads, policy.b_heads,
-                                              policy.b1, policy.b2), strict=True))  # fmt: skip
-    assert np.shares_memory(policy.b1, policy.flat) and np.shares_memory(policy.b2, policy.flat)
+    now = (policy.flat, *(a for layer in policy.layers for a in layer), policy.w_heads, policy.b_heads)
+    assert len(policy.layers) == 2 and all(a is b for a, b in zip(arrays, now, strict=True))
+    assert all(np.shares_memory(bias, policy.flat) for _, bias in policy.layers)
 
 
+@pytest.mark.parametrize("network", NETWORKS)
 @pytest.mark.parametrize("distribution", ["gaussian", "categorical"])
-def test_layout_matches_the_torch_modules_parameter_order(distribution):
-    spec = PolicySpec(obs_dim=5, act_dim=2, hidden_size=16, distribution=distribution)
+def test_layout_matches_the_torch_modules_parameter_order(distribution, network):
+    hidden_sizes, activation = NETWORKS[network]
+    spec = PolicySpec(5, 2, hidden_sizes, distribution, activation)
     model = ActorCritic(spec)
     assert spec.layout() == {name: tuple(p.shape) for name, p in model.named_parameters()}
     views = spec.unflatten(torch.from_numpy(flatten_weights(model)))
@@ -110,14 +118,34 @@ def test_layout_matches_the_torch_modules_parameter_order(distribution):
         assert torch.equal(views[name], p.detach()), name
 
 
+def test_layer_list_sizes_by_hand():
+    """The buffer's length for a network worked out by hand: log-std 2; layers 5x16+16, 16x8+8, 8x4+4; the policy
+    head 4x2+2 and the value head 4+1. A Categorical head has no log-std."""
+    assert PolicySpec(5, 2, (16, 8, 4), activation="relu").num_params == 2 + 96 + 136 + 36 + 10 + 5 == 285
+    assert PolicySpec(5, 2, (16, 8, 4), "categorical").num_params == 283
+    assert PolicySpec(3, 1, [7]).hidden_sizes == (7,)  # a list from a suite is held as a tuple
+    trunk = ActorCritic(PolicySpec(5, 2, (16, 8, 4), activation="relu")).trunk
+    assert [type(m).__name__ for m in trunk] == ["Linear", "ReLU"] * 3
+
+
+@pytest.mark.parametrize(
+    ("hidden_sizes", "activation", "message"),
+    [((), "tanh", "at least one layer"), ((8, 0), "tanh", "positive"), ((8, -3), "tanh", "positive"),
+     ((8,), "sigmoid", "unknown activation")],
+)  # fmt: skip
+def test_bad_network_is_refused(hidden_sizes, activation, message):
+    with pytest.raises(ValueError, match=message):
+        PolicySpec(3, 1, hidden_sizes, activation=activation)
+
+
 def test_load_rejects_wrong_size():
     with pytest.raises(ValueError, match="shape"):
-        InferencePolicy(PolicySpec(3, 1, 64)).load_flat(np.zeros(10, np.float32), 0)
+        InferencePolicy(PolicySpec(3, 1, (64, 64))).load_flat(np.zeros(10, np.float32), 0)
 
 
 def test_act_log_prob_matches_torch_normal():
-    model = ActorCritic(PolicySpec(3, 2, 32), init_log_std=-0.3)
-    policy = InferencePolicy(PolicySpec(3, 2, 32))
+    model = ActorCritic(PolicySpec(3, 2, (32, 32)), init_log_std=-0.3)
+    policy = InferencePolicy(PolicySpec(3, 2, (32, 32)))
     policy.load_flat(flatten_weights(model), 0)
     rng = np.random.default_rng(1)
     obs = rng.normal(size=(4, 3)).astype(np.float32)
@@ -134,7 +162,7 @@ def test_act_log_prob_matches_torch_normal():
 
 
 def test_categorical_act_matches_torch_categorical_and_samples_its_probabilities():
-    spec = PolicySpec(4, 3, 32, "categorical")
+    spec = PolicySpec(4, 3, (32, 32), "categorical")
     torch.manual_seed(2)
     model = ActorCritic(spec)
     with torch.no_grad():
@@ -189,7 +217,7 @@ def test_update_changes_weights_and_bumps_version():
     config = PPOConfig(steps_per_iteration=256, epochs=2, minibatch_size=64)
     learner = ppo_learner(config)
     backend = VecEnvBackend(BackendSpec("vecenv", 1, 2))
-    backend.start(EnvSpec(), PolicySpec(3, 1, 256), seed=0)
+    backend.start(EnvSpec(), PolicySpec(3, 1, (256, 256)), seed=0)
     try:
         before = learner.weights().copy()
         backend.set_weights(before, learner.version)

@@ -87,7 +87,7 @@ def test_overlapped_fragments_carry_their_version_and_match_vecenv(config, reque
 
 
 def test_ppo_takes_the_lag_the_schedule_allows_and_no_more():
-    spec, config = PolicySpec(3, 1, 32), PPOConfig(hidden_size=32, steps_per_iteration=256, epochs=1)
+    spec, config = PolicySpec(3, 1, (32, 32)), PPOConfig(hidden_sizes=(32, 32), steps_per_iteration=256, epochs=1)
     rollout = on_policy_rollout(spec, config)
     learner = PPOLearner(LearnerSetup(config, spec, seed=0, max_policy_lag=1))
     learner.train(rollout)  # version 0 -> 1
@@ -101,9 +101,10 @@ def test_decoupled_objective_is_plain_ppo_until_the_clip_bites():
     """Hilton et al.'s objective w * clipped(pi / pi_prox) has the gradient of plain PPO's clipped(pi / pi_behav)
     wherever neither clips (w * grad(pi) / pi_prox = grad(pi) / pi_behav): it differs only where a stale batch
     puts the ratio against the behaviour policy outside the clip range."""
-    spec = PolicySpec(3, 1, 32)
+    spec = PolicySpec(3, 1, (32, 32))
     configs = [
-        PPOConfig(hidden_size=32, steps_per_iteration=256, epochs=4, learning_rate=3e-3, decoupled=d) for d in (False, True)
+        PPOConfig(hidden_sizes=(32, 32), steps_per_iteration=256, epochs=4, learning_rate=3e-3, decoupled=d)
+        for d in (False, True)
     ]
     rollout = on_policy_rollout(spec, configs[0])
     plain, decoupled = (PPOLearner(LearnerSetup(c, spec, seed=0, max_policy_lag=1)) for c in configs)
@@ -119,8 +120,8 @@ def test_decoupled_objective_is_plain_ppo_until_the_clip_bites():
 def test_recompute_advantages_changes_only_the_values_gae_starts_from():
     """On a fresh batch the learner's critic is the sampler's: the same update. On a stale one, GAE runs on the
     learner's values now (checked against compute_gae on those values), and nothing else about the update moves."""
-    spec = PolicySpec(3, 1, 32)
-    configs = [PPOConfig(hidden_size=32, steps_per_iteration=256, epochs=2, recompute_advantages=r) for r in (False, True)]
+    spec = PolicySpec(3, 1, (32, 32))
+    configs = [PPOConfig(hidden_sizes=(32, 32), steps_per_iteration=256, epochs=2, recompute_advantages=r) for r in (False, True)]
     rollout = on_policy_rollout(spec, configs[0])
     plain, recomputing = (PPOLearner(LearnerSetup(c, spec, seed=0, max_policy_lag=1)) for c in configs)
     np.testing.assert_allclose(plain.advantages(rollout)[1], recomputing.advantages(rollout)[1], rtol=0, atol=1e-5)
@@ -143,7 +144,7 @@ baseline = "multiprocessing"
 [ppo]
 steps_per_iteration = 256
 epochs = 2
-hidden_size = 32
+hidden_sizes = [32, 32]
 [measure]
 warmup_iterations = 1
 iterations = 3
@@ -193,7 +194,7 @@ def test_deeper_pipeline_lags_by_max_lag_and_trains(backend_name):
     weight slots (max_lag + 1 of them) must never hand a worker a version being overwritten."""
     from harness.schedule import OverlapSchedule
 
-    config = PPOConfig(hidden_size=POLICY.hidden_size, steps_per_iteration=64, minibatch_size=16, epochs=1)
+    config = PPOConfig(hidden_sizes=POLICY.hidden_sizes, steps_per_iteration=64, minibatch_size=16, epochs=1)
     spec = BackendSpec(backend_name, 2, 2, schedule="overlap", max_lag=2, options={"timeout_s": 60})
     learner = PPOLearner(LearnerSetup(config, POLICY, seed=0, max_policy_lag=2))
     # Workers slower than the learner (5 ms a step, 16 steps a fragment): new weights are written while
@@ -221,7 +222,7 @@ def test_an_evaluation_gives_overlap_no_sampling_off_the_clock():
     (2 workers, 128 sleeping steps of 3 ms each: at least 0.384 s), however long the evaluation took."""
     from harness.schedule import OverlapSchedule
 
-    config = PPOConfig(hidden_size=POLICY.hidden_size, steps_per_iteration=256, epochs=1)
+    config = PPOConfig(hidden_sizes=POLICY.hidden_sizes, steps_per_iteration=256, epochs=1)
     spec = BackendSpec("multiprocessing", 2, 1, schedule="overlap", options={"timeout_s": 60})
     learner = PPOLearner(LearnerSetup(config, POLICY, seed=0, max_policy_lag=1))
     backend = started(spec, dataclasses.replace(ENV, step_cost_ms=3.0))

@@ -59,13 +59,13 @@ def on_policy_rollout(policy_spec: PolicySpec, config: PPOConfig, num_envs: int 
 # The report's preset on Pendulum's sizes, a variant that takes every other branch (two action
 # dimensions, an entropy bonus, raw advantages, and a minibatch size that leaves a remainder: 512 % 100),
 # and a Categorical policy (CartPole's sizes, and three actions) with and without the entropy bonus.
-CATEGORICAL = PPOConfig(hidden_size=64, steps_per_iteration=512, epochs=3, minibatch_size=64, learning_rate=1e-3)
+CATEGORICAL = PPOConfig(hidden_sizes=(64, 64), steps_per_iteration=512, epochs=3, minibatch_size=64, learning_rate=1e-3)
 VARIANTS = {
-    "report": (PolicySpec(3, 1, 256), PRESETS["report"]),
+    "report": (PolicySpec(3, 1, (256, 256)), PRESETS["report"]),
     "branches": (
-        PolicySpec(5, 2, 32),
+        PolicySpec(5, 2, (32, 32)),
         PPOConfig(
-            hidden_size=32,
+            hidden_sizes=(32, 32),
             steps_per_iteration=512,
             epochs=3,
             minibatch_size=100,
@@ -75,10 +75,21 @@ VARIANTS = {
             learning_rate=1e-3,
         ),
     ),  # fmt: skip
-    "categorical": (PolicySpec(4, 2, 64, "categorical"), CATEGORICAL),
+    "categorical": (PolicySpec(4, 2, (64, 64), "categorical"), CATEGORICAL),
     "categorical-entropy": (
-        PolicySpec(5, 3, 32, "categorical"),
-        dataclasses.replace(CATEGORICAL, hidden_size=32, entropy_coef=0.05, minibatch_size=100, normalize_advantages=False),
+        PolicySpec(5, 3, (32, 32), "categorical"),
+        dataclasses.replace(
+            CATEGORICAL, hidden_sizes=(32, 32), entropy_coef=0.05, minibatch_size=100, normalize_advantages=False
+        ),
+    ),
+    # Other networks (issue 23): three uneven relu layers, and one tanh layer.
+    "relu-three-layers": (
+        PolicySpec(5, 2, (24, 16, 8), activation="relu"),
+        PPOConfig(hidden_sizes=(24, 16, 8), activation="relu", steps_per_iteration=512, epochs=3, minibatch_size=100),
+    ),
+    "one-layer-categorical": (
+        PolicySpec(4, 3, (20,), "categorical"),
+        dataclasses.replace(CATEGORICAL, hidden_sizes=(20,), minibatch_size=100),
     ),
 }
 
@@ -113,7 +124,7 @@ def test_minibatch_gradient_equals_autograd(variant):
 
     params = tuple(p.detach() for p in model.parameters())
     grads, *_ = minibatch_gradients(
-        spec.action, params, obs, actions, old_log_probs, adv, ret, clip, config.value_coef, config.entropy_coef
+        spec.action, spec.activation, params, obs, actions, old_log_probs, adv, ret, clip, config.value_coef, config.entropy_coef
     )
     for (name, p), grad in zip(model.named_parameters(), grads, strict=True):
         scale = p.grad.abs().max().item()
@@ -164,10 +175,10 @@ def test_one_update_moves_log_probs_toward_the_advantages(variant):
     learner = PPOLearner(LearnerSetup(config, spec, seed=0))
     obs = torch.from_numpy(rollout.obs.reshape(-1, spec.obs_dim))
     actions = torch.from_numpy(rollout.actions.reshape(-1, *spec.action.action_shape))
-    before = log_probs(spec.action, learner.params, obs, actions)
+    before = log_probs(spec.action, spec.activation, learner.params, obs, actions)
     torch.testing.assert_close(before, torch.from_numpy(rollout.log_probs.reshape(-1)), rtol=1e-4, atol=1e-4)
     learner.update(rollout, advantages, returns)
-    moved = (log_probs(spec.action, learner.params, obs, actions) - before).numpy()
+    moved = (log_probs(spec.action, spec.activation, learner.params, obs, actions) - before).numpy()
     advantage = advantages.reshape(-1)
     assert np.abs(moved).max() > 1e-2, "the update left the policy where it was"
     # Measured (AMD EPYC): +0.003 / -0.002 (report), +0.009 / -0.026 (categorical), +0.012 / -0.012 (branches).
@@ -196,8 +207,8 @@ class KLRecordingLearner(PPOLearner):
 def test_target_kl_stops_before_the_first_minibatch_past_one_and_a_half_times_it():
     """SB3's rule: the update takes every step until the first minibatch whose KL exceeds 1.5 x target_kl, and not
     that one's. Found from an update without the rule: the same steps up to there, as the numpy KL says."""
-    spec = PolicySpec(3, 1, 32)
-    config = PPOConfig(hidden_size=32, steps_per_iteration=512, minibatch_size=64, epochs=4, learning_rate=3e-3)
+    spec = PolicySpec(3, 1, (32, 32))
+    config = PPOConfig(hidden_sizes=(32, 32), steps_per_iteration=512, minibatch_size=64, epochs=4, learning_rate=3e-3)
     rollout = on_policy_rollout(spec, config)
     free = KLRecordingLearner(LearnerSetup(config, spec, seed=0))
     stats = free.train(rollout)
@@ -214,8 +225,8 @@ def test_target_kl_stops_before_the_first_minibatch_past_one_and_a_half_times_it
 
 def test_target_kl_changes_nothing_until_it_stops():
     """A target no minibatch reaches: the same weights, statistics and optimiser steps as no target at all."""
-    spec = PolicySpec(3, 1, 32)
-    config = PPOConfig(hidden_size=32, steps_per_iteration=256, epochs=3, learning_rate=3e-3)
+    spec = PolicySpec(3, 1, (32, 32))
+    config = PPOConfig(hidden_sizes=(32, 32), steps_per_iteration=256, epochs=3, learning_rate=3e-3)
     rollout = on_policy_rollout(spec, config)
     plain, far = (PPOLearner(LearnerSetup(c, spec, seed=0)) for c in (config, config.replace(target_kl=1e9)))
     untimed = [{k: v for k, v in learner.train(rollout).items() if not k.endswith("_s")} for learner in (plain, far)]

@@ -27,7 +27,7 @@ from backends.processes import running
 from backends.workers import WorkerError, WorkerLost
 from tests.conftest import wait_for_no_children
 
-POLICY = PolicySpec(obs_dim=3, act_dim=1, hidden_size=16)
+POLICY = PolicySpec(obs_dim=3, act_dim=1, hidden_sizes=(16, 16))
 SEED = 3
 
 
@@ -254,7 +254,7 @@ tables = ["speed", "phases"]
 [ppo]
 steps_per_iteration = 64
 epochs = 1
-hidden_size = 16
+hidden_sizes = [16, 16]
 [measure]
 warmup_iterations = 0
 iterations = 3

@@ -40,7 +40,7 @@ include = ["learn.toml"]
 [ppo]
 steps_per_iteration = 64
 epochs = 1
-hidden_size = 32
+hidden_sizes = [32, 32]
 [measure]
 warmup_iterations = 1
 iterations = 1
@@ -60,7 +60,7 @@ tables = ["convergence"]
 [ppo]
 steps_per_iteration = 64
 epochs = 1
-hidden_size = 32
+hidden_sizes = [32, 32]
 [measure]
 mode = "convergence"
 seeds = [0]

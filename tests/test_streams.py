@@ -10,7 +10,7 @@ from algorithms.inference import InferencePolicy
 from backends.base import PolicySpec
 from backends.streams import StreamRollouts, pack
 
-POLICY = PolicySpec(3, 1, 8)
+POLICY = PolicySpec(3, 1, (8, 8))
 
 
 def test_equal_streams_are_one_env_per_column():

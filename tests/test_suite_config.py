@@ -177,10 +177,27 @@ def test_quick_may_not_leave_out_the_baseline_alone(tmp_path):
         (('preset = "report"', 'preset = "fast"'), "unknown preset 'fast'; choose from report, tuned, cartpole"),
         (("steps_per_iteration = 64", "learning_rate = -1.0"), "learning_rate=-1.0"),
         (("steps_per_iteration = 64", "steps_per_iteration = 64\ntarget_kl = 0.0"), "target_kl=0.0"),
+        # The network (issue 23): at least one layer, each of a positive width, and a known activation.
+        (
+            ("steps_per_iteration = 64", "steps_per_iteration = 64\nhidden_sizes = []"),
+            "[ppo]: hidden_sizes must name at least one layer width",
+        ),
+        (
+            ("steps_per_iteration = 64", "steps_per_iteration = 64\nhidden_sizes = [64, 0]"),
+            "[ppo]: hidden_sizes must be positive integers, got [64, 0]",
+        ),
+        (
+            ("steps_per_iteration = 64", 'steps_per_iteration = 64\nactivation = "gelu"'),
+            "[ppo]: unknown activation 'gelu'; one of tanh, relu",
+        ),
+        (("steps_per_iteration = 64", "steps_per_iteration = 64\nhidden_size = 64"), "[ppo]: unknown key 'hidden_size'"),
         # Each learner's settings table takes its own keys: a PPO-only key in [appo], an APPO-only one in [ppo].
         (
             ('[ppo]\npreset = "report"', '[algorithm]\nname = "appo"\n[appo]\ntarget_kl = 0.02'),
-            ("[appo]: unknown key 'target_kl'; valid keys: anneal_lr, clip_against, clip_c, clip_pg_rho", "trace_lambda"),
+            (
+                "[appo]: unknown key 'target_kl'; valid keys: activation, anneal_lr, clip_against, clip_c, clip_pg_rho",
+                "trace_lambda",
+            ),
         ),
         (("steps_per_iteration = 64", "steps_per_iteration = 64\nclip_rho = 1.0"), "[ppo]: unknown key 'clip_rho'"),
         (

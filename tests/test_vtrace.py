@@ -84,11 +84,11 @@ def test_a_lower_c_clip_shortens_the_trace_and_leaves_one_step_targets_alone():
 
 
 def _appo_and_batch(seed: int = 0, clip_against: str = "proximal"):
-    spec = PolicySpec(3, 1, 32)
+    spec = PolicySpec(3, 1, (32, 32))
     config = APPOConfig(
-        hidden_size=32, steps_per_iteration=256, epochs=2, trace_lambda=0.9, gamma=0.95, clip_against=clip_against
+        hidden_sizes=(32, 32), steps_per_iteration=256, epochs=2, trace_lambda=0.9, gamma=0.95, clip_against=clip_against
     )
-    rollout = on_policy_rollout(spec, PPOConfig(hidden_size=32, steps_per_iteration=256), seed=seed)
+    rollout = on_policy_rollout(spec, PPOConfig(hidden_sizes=(32, 32), steps_per_iteration=256), seed=seed)
     learner = APPOLearner(LearnerSetup(config, spec, seed=seed, max_policy_lag=1))
     return learner, rollout
 
@@ -116,7 +116,9 @@ def test_appo_weighs_a_stale_batch_by_the_truncated_ratio():
     advantages, targets = learner.advantages(stale)
     assert not np.allclose(advantages, fresh)
     obs = torch.from_numpy(rollout.obs.reshape(-1, 3))
-    log_prob, values = log_probs_and_values(learner.action, learner.params, obs, torch.from_numpy(rollout.actions.reshape(-1, 1)))
+    log_prob, values = log_probs_and_values(
+        learner.action, learner.policy.activation, learner.params, obs, torch.from_numpy(rollout.actions.reshape(-1, 1))
+    )
     log_ratio = log_prob.numpy().reshape(rollout.rewards.shape) - rollout.log_probs
     assert np.abs(log_ratio).max() > 1e-3  # the policy moved
     fields = ("rewards", "terminations", "truncations", "final_values", "last_values")
@@ -140,7 +142,7 @@ def test_appo_clips_against_the_policy_it_is_told(clip_against):
 
     def recording(params, obs, actions, old_log_probs, *rest):
         if not seen:
-            current, _ = log_probs_and_values(learner.action, params, obs, actions)
+            current, _ = log_probs_and_values(learner.action, learner.policy.activation, params, obs, actions)
             seen.append((obs.clone(), old_log_probs.clone(), current))
         return step(params, obs, actions, old_log_probs, *rest)
 

@@ -56,7 +56,7 @@ def _policy_spec(request: dict[str, Any]) -> Any:
     from backends.envs import describe_env
 
     spaces = describe_env(_env_spec(request))
-    return PolicySpec(spaces.obs_dim, spaces.act_dim, request["hidden_size"], spaces.distribution)
+    return PolicySpec(spaces.obs_dim, spaces.act_dim, tuple(request["hidden_sizes"]), spaces.distribution, request["activation"])
 
 
 def descendants_cpu_s() -> float:

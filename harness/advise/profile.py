@@ -228,7 +228,11 @@ def measure_profile(request: ProfileRequest, progress: Progress, raw: dict[str, 
     (`time.monotonic()`) is left out, and its backend with it; the env's own probe always runs."""
     from backends.host import usable_cpus
 
-    base = {"env": request.env, "hidden_size": request.ppo.get("hidden_size", 256)}
+    network = {
+        "hidden_sizes": list(request.ppo.get("hidden_sizes", (256, 256))),
+        "activation": request.ppo.get("activation", "tanh"),
+    }
+    base = {"env": request.env, **network}
     seconds: dict[str, float] = {}
     skipped: dict[str, str] = {}
 
