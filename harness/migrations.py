@@ -235,15 +235,24 @@ def update_to_7(record: Record) -> None:
 # --- version 7 -> 8 ---------------------------------------------------------------------------------
 
 
+SETTINGS_SINCE_7 = {"ppo": {"recompute_advantages": False}, "appo": {"clip_against": "proximal"}}
+"""Learner settings added partway through version 7 (issue 23), by learner, at the value that means what the code
+before them did: PPO's GAE from the sampler's values, APPO's clip against the policy at the update's start."""
+
+
 @_step(8)
 def update_to_8(record: Record) -> None:
     """Version 7 -> 8 (issue 23: a configurable network). Every network was two tanh layers of `hidden_size` units:
-    `hidden_sizes` is that width twice, and `activation` is tanh, exactly."""
+    `hidden_sizes` is that width twice, and `activation` is tanh, exactly. A version-7 record written before
+    `recompute_advantages` (PPO) or `clip_against` (APPO) came lacks it: filled with what its code did."""
     for path, case in _cases(record):
         settings = _table(case, "hyperparameters", path)
         width = int(_number(settings, "hidden_size", [*path, "hyperparameters"]))
         del settings["hidden_size"]
         settings["hidden_sizes"], settings["activation"] = [width, width], "tanh"
+        learner = _table(case, "algorithm", path).get("name")
+        for key, value in SETTINGS_SINCE_7.get(learner, {}).items():
+            settings.setdefault(key, value)
 
 
 # --- reading an old record, naming the path of what it lacks ----------------------------------------

@@ -26,6 +26,7 @@ from harness.migrations import (
     update_to_5,
     update_to_6,
     update_to_7,
+    update_to_8,
 )
 from harness.records import SCHEMA_VERSION
 from harness.report import write_report
@@ -321,6 +322,32 @@ def test_update_to_7_renames_the_learner_settings_and_nothing_else(suite):
     for case in new["cases"]:
         case["ppo"] = case.pop("hyperparameters")
     assert new == old | {"schema_version": 7}
+
+
+@pytest.mark.parametrize("suite", SUITES)
+def test_update_to_8_writes_the_network_as_its_layers_and_changes_nothing_else(suite):
+    """A version-7 network was two tanh layers of `hidden_size`: `[w, w]` and tanh. The fixture (written at 9579fa8)
+    predates `recompute_advantages`, which its PPO never did: false. Nothing else changes."""
+    old = raw(7, suite)
+    new = update_to_8(old)
+    for before, after in zip(old["cases"], new["cases"], strict=True):
+        width = before["hyperparameters"]["hidden_size"]
+        assert after["hyperparameters"] == {k: v for k, v in before["hyperparameters"].items() if k != "hidden_size"} | {
+            "hidden_sizes": [width, width], "activation": "tanh", "recompute_advantages": False,
+        }  # fmt: skip
+        after["hyperparameters"] = before["hyperparameters"]
+    assert new == old | {"schema_version": 8}
+
+
+def test_update_to_8_fills_appos_clip_against_as_its_code_did():
+    record = raw(7, "smoke")
+    for case in record["cases"]:
+        case["algorithm"]["name"] = "appo"
+        case["hyperparameters"]["hidden_size"] = 64
+    for case in update_to_8(record)["cases"]:
+        settings = case["hyperparameters"]
+        assert settings["clip_against"] == "proximal" and settings["hidden_sizes"] == [64, 64]
+        assert "recompute_advantages" not in settings
 
 
 def test_an_early_version_6_record_reads_with_its_meaning(tmp_path):
