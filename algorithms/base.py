@@ -9,6 +9,7 @@ algorithm it is timing, nor the names of its statistics.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -52,6 +53,10 @@ class LearnerSetup:
     max_policy_lag: int = 0
     """How many versions behind the learner a batch may have been sampled (0: on-policy; the
     `overlap` schedule hands the learner batches up to `max_lag` versions old)."""
+    publish_every: str | int = "iteration"
+    """When `train` hands out weights through `Learner.on_publish` besides its end: `iteration` (never), `epoch`
+    (after each epoch but the last), or every N optimiser steps (but not after the last). Only a learner whose
+    settings count them (`publications`) can; the suite refuses it for others."""
 
     def __post_init__(self) -> None:
         network, configured = (self.policy.hidden_sizes, self.policy.activation), network_of(self.config)
@@ -77,6 +82,10 @@ class Learner(ABC):
     #: Optimiser steps taken so far (None: this learner does not count them). The schedule measures policy
     #: lag in these as well as in versions: an update's size varies with the algorithm and its settings.
     optimizer_steps: int | None = None
+
+    #: Called by `train` at each of `LearnerSetup.publish_every`'s points during the update, with the weights then
+    #: (a flat float32 host copy) and the optimiser steps taken so far; the schedule that set it broadcasts them.
+    on_publish: Callable[[np.ndarray, int], None] | None = None
 
     @abstractmethod
     def __init__(self, setup: LearnerSetup) -> None: ...

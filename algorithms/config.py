@@ -62,6 +62,17 @@ class UpdateSettings:
             kind = type(self).__name__.removesuffix("Config")
             raise ValueError(f"{kind} setting out of range: {', '.join(f'{n}={getattr(self, n)!r}' for n in bad)}")
 
+    def publications(self, publish_every: str | int) -> int:
+        """How many weight versions one update hands out, its end included, when it also publishes at
+        `publish_every` (`LearnerSetup.publish_every`): after each epoch but the last, or after every N optimiser
+        steps but the last. The most, that is: KL early stopping may end an update before some."""
+        steps = self.epochs * -(-self.steps_per_iteration // self.minibatch_size)
+        if publish_every == "iteration":
+            return 1
+        if publish_every == "epoch":
+            return self.epochs
+        return -(-steps // int(publish_every))
+
     def range_checks(self) -> dict[str, bool]:
         """Each checked setting, and whether it is in range (a learner's model adds its own)."""
         return {

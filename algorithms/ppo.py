@@ -68,6 +68,7 @@ class PPOLearner(Learner):
         self.shuffle_rng = np.random.default_rng(setup.seed)
         self.total_steps = setup.total_steps
         self.max_policy_lag = setup.max_policy_lag
+        self.publish_every = setup.publish_every
         self.steps_trained = 0
         self.optimizer_steps = 0
         self.version = 0
@@ -145,7 +146,8 @@ class PPOLearner(Learner):
         # What each step records, in training order, for the statistics (update_statistics).
         recorded: dict[str, list[torch.Tensor]] = {"log_ratio": [], "value_error": [], "advantages": [], "entropy": []}
         steps_taken = 0
-        for _ in range(cfg.epochs):
+        planned = cfg.epochs * len(starts)
+        for epoch in range(cfg.epochs):
             # The same shuffle as ever (numpy, seeded): one gather per epoch, then minibatches are slices.
             order = torch.from_numpy(self.shuffle_rng.permutation(batch)).to(self.device)
             obs, actions, old_log_probs, advantages, returns, importance = (column[order] for column in data)
@@ -166,8 +168,12 @@ class PPOLearner(Learner):
                     recorded["advantages"][-1] = advantages[:end]  # the minibatches this epoch evaluated
                     break
                 steps_taken += 1
+                if isinstance(self.publish_every, int) and steps_taken % self.publish_every == 0 and steps_taken < planned:
+                    self._publish(steps_taken)
             if stopped:
                 break
+            if self.publish_every == "epoch" and epoch < cfg.epochs - 1:
+                self._publish(steps_taken)
         self.steps_trained += rollout.num_steps
         self.optimizer_steps += steps_taken
         self.version += 1
@@ -188,6 +194,11 @@ class PPOLearner(Learner):
             "initial_clip_fraction": initial_clip_fraction,
             "optimizer_steps": float(steps_taken),
         }
+
+    def _publish(self, steps_taken: int) -> None:
+        """Hand the weights as they are now to `on_publish` (a schedule that broadcasts them)."""
+        if self.on_publish is not None:
+            self.on_publish(self.flat.detach().cpu().numpy().copy(), self.optimizer_steps + steps_taken)
 
     def _clip_anchor(
         self, behaviour: torch.Tensor, proximal: torch.Tensor, ratio: torch.Tensor

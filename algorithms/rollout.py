@@ -12,7 +12,8 @@ PER_STEP_FIELDS = ("obs", "actions", "log_probs", "values", "rewards", "terminat
 
 @dataclass(frozen=True)
 class Rollout:
-    """T steps of N envs, sampled with one policy version.
+    """T steps of N envs, sampled with one policy version (or, joined in time, consecutive stretches each sampled
+    with one: `policy_version` is then the oldest).
 
     Column j holds global env `env_ids[j]`. An episode that ended at step t has
     `terminations[t, j]` or `truncations[t, j]` set; `obs[t + 1, j]` is then the
@@ -57,3 +58,21 @@ class Rollout:
         joined = {name: np.concatenate([getattr(f, name) for f in ordered], axis=1) for name in PER_STEP_FIELDS}
         joined |= {name: np.concatenate([getattr(f, name) for f in ordered]) for name in per_env + per_episode}
         return Rollout(**joined, policy_version=versions.pop())
+
+    @staticmethod
+    def concat_time(parts: list[Rollout]) -> Rollout:
+        """Join consecutive stretches of the same envs end to end (each env's steps go on where the last part
+        stopped): the bootstrap values are the last part's, `policy_version` the oldest part's, and episodes stay
+        ordered by env id, then in the order they ended."""
+        if any(not np.array_equal(p.env_ids, parts[0].env_ids) for p in parts):
+            raise ValueError("parts joined in time must hold the same envs in the same columns")
+        joined = {name: np.concatenate([getattr(p, name) for p in parts]) for name in PER_STEP_FIELDS}
+        episodes = {
+            name: np.concatenate([getattr(p, name) for p in parts])
+            for name in ("episode_returns", "episode_lengths", "episode_env_ids")
+        }
+        order = np.argsort(episodes["episode_env_ids"], kind="stable")  # by env; within an env, parts are in time order
+        joined |= {name: values[order] for name, values in episodes.items()}
+        last = parts[-1]
+        return Rollout(**joined, last_values=last.last_values, env_ids=last.env_ids,
+                       policy_version=min(p.policy_version for p in parts))  # fmt: skip

@@ -33,6 +33,16 @@ if TYPE_CHECKING:
 
 INFERENCE_MODES = ("worker", "central")
 SCHEDULES = ("sync", "overlap")
+PUBLISH_POINTS = ("iteration", "epoch")
+"""`publish_every`'s named values; an integer N means every N optimiser steps."""
+
+
+def check_publish_every(value: object) -> None:
+    """`ValueError` unless `value` is one of `PUBLISH_POINTS` or a positive integer."""
+    if isinstance(value, bool) or not (value in PUBLISH_POINTS or (isinstance(value, int) and value >= 1)):
+        raise ValueError(f"publish_every must be 'iteration', 'epoch' or a positive number of optimiser steps, got {value!r}")
+
+
 # PolicySpec: re-exported
 __all__ = ["Backend", "BackendSpec", "BatchFigures", "Collected", "PolicySpec", "SyncReport", "WorkerRestart", "WorkerShare"]
 
@@ -60,10 +70,23 @@ class BackendSpec:
     sample the next batch with the weights they hold while the learner trains on this one."""
     max_lag: int = 1
     """Under `overlap`: requests kept in flight, so the most policy versions a batch may lag the learner."""
+    publish_every: str | int = "iteration"
+    """Under `overlap`, when the learner hands out new weights: after each update (`iteration`), also after each
+    epoch of it (`epoch`), or every N of its optimiser steps. The next batch is asked for in that many consecutive
+    parts, each sampled with the newest weights published before it (`harness.schedule.OverlapSchedule`)."""
+    publications_per_batch: int = 1
+    """How many weight versions the sampling of one batch may use: `publish_every`'s publications per update (the
+    suite works it out from the learner's settings). With `max_lag`, how many versions a backend keeps."""
 
     def __post_init__(self) -> None:
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        check_publish_every(self.publish_every)
+        if self.publications_per_batch < 1:
+            raise ValueError(f"publications_per_batch must be at least 1, got {self.publications_per_batch}")
+        if self.publish_every != "iteration" and self.schedule != "overlap":
+            raise ValueError(f"publish_every = {self.publish_every!r} needs schedule 'overlap': under 'sync' no worker "
+                             f"samples while the learner trains; leave publish_every out, or use overlap")  # fmt: skip
         if self.max_lag < 1:
             raise ValueError(f"max_lag must be at least 1, got {self.max_lag}")
         if self.workers < 1 or self.envs_per_worker < 1:
@@ -81,6 +104,12 @@ class BackendSpec:
     def pipeline_depth(self) -> int:
         """Requests in flight while the learner trains: 0 for `sync`, `max_lag` for `overlap`."""
         return self.max_lag if self.schedule == "overlap" else 0
+
+    @property
+    def weights_kept(self) -> int:
+        """Weight versions a backend keeps for requests in flight (and a replacement worker): every version the
+        `max_lag` batches in flight may have been asked for with, and the one being written."""
+        return self.max_lag * self.publications_per_batch + 1
 
     @property
     def num_envs(self) -> int:
@@ -216,6 +245,45 @@ class Collected(BatchFigures):
     """Measured synthetic step cost over the fragment, all envs (None: measured by the caller, in-process)."""
 
 
+def _total(values: list[float | None]) -> float | None:
+    return None if None in values else sum(values)  # type: ignore[arg-type]
+
+
+def join_in_time(parts: list[Collected]) -> Collected:
+    """A batch asked for in consecutive parts (`publish_every`), as one: the rollouts end to end, every fragment's
+    version, and each worker's figures summed over the parts. Durations add up (the slowest worker's sampling is the
+    largest of the workers' sums); the moments in a request's own time (`sent_s`, `asked_s`, ...) have no common
+    origin across parts, so the joined batch has none."""
+    if len(parts) == 1:
+        return parts[0]
+    shares = []
+    for per_worker in zip(*(p.workers for p in parts), strict=True):
+        shares.append(WorkerShare(
+            compute_s=sum(w.compute_s for w in per_worker),
+            bytes=sum(w.bytes for w in per_worker),
+            env_cost_s=sum(w.env_cost_s for w in per_worker),
+            env_cost_steps=sum(w.env_cost_steps for w in per_worker),
+            clock_uncertainty_s=max(w.clock_uncertainty_s for w in per_worker),
+            env_s=_total([w.env_s for w in per_worker]),
+            inference_s=_total([w.inference_s for w in per_worker]),
+        ))  # fmt: skip
+    figures = {name: _total([getattr(p, name) for p in parts]) for name in ADDITIVE_FIGURES}
+    return Collected(
+        Rollout.concat_time([p.rollout for p in parts]),
+        fragment_versions=tuple(v for p in parts for v in p.fragment_versions),
+        workers=tuple(shares),
+        env_cost=None if None in (costs := [p.env_cost for p in parts]) else sum(costs, EnvCost()),  # type: ignore[arg-type]
+        worker_compute_s=max((w.compute_s for w in shares), default=None),
+        transfer_uncertainty_s=max((p.transfer_uncertainty_s or 0.0 for p in parts), default=None),
+        **figures,
+    )
+
+
+ADDITIVE_FIGURES = ("dispatch_s", "transfer_s", "clock_violations", "transfer_bytes", "sample_env_s",
+                    "sample_inference_s", "sample_other_s")  # fmt: skip
+"""The `BatchFigures` a batch asked for in parts has as the sums of its parts'."""
+
+
 class Backend(ABC):
     """A way of sampling env steps. Subclasses: one file each, plus a registry line
     (whose `remote` says whether the policy copies live in other processes). What the harness asks
@@ -280,6 +348,7 @@ class Backend(ABC):
             "inference": self.spec.inference,
             "schedule": self.spec.schedule,
             "max_lag": self.spec.max_lag,
+            "publish_every": self.spec.publish_every,
             "autoreset_mode": AUTORESET_MODE.value,
             "options": dict(self.spec.options),
         }

@@ -3,9 +3,10 @@
 Worker inference: the learner writes the flat weights once into a shared-memory
 buffer (plus a version counter) and tells each worker over its pipe to load
 them; fragments come back pickled through the pipes. The buffer has
-`max_lag + 1` slots, version v in slot v % slots: under `overlap` the learner
-writes new weights while workers still sample, and a worker may be reading any
-of the last `max_lag + 1` versions, never a slot being written. Central inference:
+`BackendSpec.weights_kept` slots (`max_lag + 1`, or `max_lag x publications_per_batch + 1`
+when the learner publishes during its update), version v in slot v % slots: under `overlap`
+the learner writes new weights while workers still sample, and a worker may be asked to
+load any version a request in flight was submitted with, never a slot being written. Central inference:
 actions go out and observations come back through per-worker shared-memory
 arrays; the pipes carry only tiny control messages. With `options.batch_size` below
 the env count, central inference is async: the learner acts on whichever workers
@@ -180,7 +181,7 @@ class MultiprocessingBackend(RemoteBackend):
         k = self.spec.envs_per_worker
         if self.spec.inference == "worker":
             # One buffer for all workers: the learner writes once, each worker copies.
-            slots = self.spec.max_lag + 1
+            slots = self.spec.weights_kept
             self.weights = SharedArrays({"weights": ((slots, num_params), "float32"), "version": ((slots,), "int64")})
             self.weights["version"][:] = -1
             self.shared.append(self.weights)
@@ -272,7 +273,7 @@ class MultiprocessingBackend(RemoteBackend):
         return [self._send(i, request) for i in range(len(self.conns))]
 
     def _broadcast(self, weights: np.ndarray, version: int, wait: bool) -> tuple[int, int, list[WorkerLost]]:
-        # The last max_lag + 1 versions stay in their slots: what `_load` gives a replacement worker.
+        # The last `weights_kept` versions stay in their slots: what `_load` gives a replacement worker.
         slot = version % len(self.weights["version"])
         self.weights["weights"][slot] = weights
         self.weights["version"][slot] = version

@@ -11,7 +11,7 @@ hosting workers fetches them once over the network), and each reply as the
 worker returns it, measured in the worker.
 
 A replacement worker (`on_worker_failure = "restart"`) is a new actor with the
-same placement (CPU share, node) as the one it replaces; the last `max_lag + 1`
+same placement (CPU share, node) as the one it replaces; the last `weights_kept`
 weight objects are kept so that it can load the ones its requests need.
 """
 
@@ -144,7 +144,7 @@ class RayBackend(RemoteBackend):
         super().__init__(spec)
         self.actors: list[Any] = []
         self.unconfirmed_loads: list[tuple[int, Any]] = []  # (worker, weight load sent with wait=False)
-        self.weight_refs: dict[int, Any] = {}  # version -> its stored weights: the last max_lag + 1 broadcast
+        self.weight_refs: dict[int, Any] = {}  # version -> its stored weights: the last `weights_kept` broadcast
         self.previous_env: dict[str, str | None] = {}  # Ray's auth variables before `_connect` set ours
         self.driver_node: str | None = None
         self.nodes: list[str] = []
@@ -241,7 +241,7 @@ class RayBackend(RemoteBackend):
         ref = ray.put(weights)  # once; every actor fetches the same object
         size = serialized_size(weights)
         self.weight_refs[version] = ref
-        for old in list(self.weight_refs)[: -(self.spec.max_lag + 1)]:  # what no request in flight can need
+        for old in list(self.weight_refs)[: -self.spec.weights_kept]:  # what no request in flight can need
             del self.weight_refs[old]
         # An actor runs one caller's calls in order: the load runs after the samples already asked for.
         loads = {i: a.load.remote(ref, version) for i, a in enumerate(self.actors)}

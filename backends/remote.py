@@ -357,7 +357,7 @@ class RemoteBackend(Backend):
     @abstractmethod
     def _broadcast(self, weights: np.ndarray, version: int, wait: bool) -> tuple[int, int, list[WorkerLost]]:
         """Send `weights` as `version` to every worker, queued behind the requests already dispatched;
-        with `wait`, return once every worker has loaded them (or is lost). Keep the last `max_lag + 1`
+        with `wait`, return once every worker has loaded them (or is lost). Keep the last `weights_kept`
         versions where `_load` can find them. Returns the serialized bytes that left the learner's process
         (counted once, however many workers read them), the bytes that crossed a network, and the workers
         found lost."""
@@ -381,7 +381,7 @@ class RemoteBackend(Backend):
 
     @abstractmethod
     def _load(self, worker: int, version: int) -> None:
-        """Queue on `worker` a load of `version`, one of the last `max_lag + 1` broadcast, without waiting."""
+        """Queue on `worker` a load of `version`, one of the last `weights_kept` broadcast, without waiting."""
 
     @abstractmethod
     def _central_stepper(self, obs_dim: int) -> CentralStepper:

@@ -301,7 +301,9 @@ def schedule_free_key(case: dict[str, Any]) -> str:
     """The case's configuration without what the `overlap` comparison varies: schedule, lag, the learner's corrections
     for staleness (each overlap variant is compared with the plain sync case)."""
     config = {k: v for k, v in case.items() if k not in ("id", "label", "runs", "claims")}
-    config["backend"] = {k: v for k, v in config["backend"].items() if k not in ("schedule", "max_lag")}
+    config["backend"] = {
+        k: v for k, v in config["backend"].items() if k not in ("schedule", "max_lag", "publish_every", "publications_per_batch")
+    }
     config["hyperparameters"] = {k: v for k, v in (case.get("hyperparameters") or {}).items() if k not in _CORRECTIONS}
     return json.dumps(config, sort_keys=True)
 

@@ -123,8 +123,9 @@ class CaseRun:
         total_steps = planned * self.case.steps_per_iteration
         lag = self.case.backend.pipeline_depth  # how stale a batch the schedule will hand the learner
         setup = LearnerSetup(
-            self.case.learner_config(), policy, self.seed, total_steps, self.case.algorithm.device, max_policy_lag=lag
-        )
+            self.case.learner_config(), policy, self.seed, total_steps, self.case.algorithm.device, max_policy_lag=lag,
+            publish_every=self.case.backend.publish_every,
+        )  # fmt: skip
         started = time.perf_counter()
         with self.watchdog.phase("building the learner", STARTUP_S):
             learner = create_learner(self.case.algorithm.name, setup)  # a compiled learner compiles here, not in an iteration

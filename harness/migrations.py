@@ -243,13 +243,16 @@ before them did: PPO's GAE from the sampler's values, APPO's clip against the po
 @_step(8)
 def update_to_8(record: Record) -> None:
     """Version 7 -> 8 (issue 23: a configurable network). Every network was two tanh layers of `hidden_size` units:
-    `hidden_sizes` is that width twice, and `activation` is tanh, exactly. A version-7 record written before
+    `hidden_sizes` is that width twice, and `activation` is tanh, exactly. Weights were published once per update
+    (`publish_every` "iteration", one publication per batch). A version-7 record written before
     `recompute_advantages` (PPO) or `clip_against` (APPO) came lacks it: filled with what its code did."""
     for path, case in _cases(record):
         settings = _table(case, "hyperparameters", path)
         width = int(_number(settings, "hidden_size", [*path, "hyperparameters"]))
         del settings["hidden_size"]
         settings["hidden_sizes"], settings["activation"] = [width, width], "tanh"
+        # Weights were published once per update: no other value existed.
+        _table(case, "backend", path).update(publish_every="iteration", publications_per_batch=1)
         learner = _table(case, "algorithm", path).get("name")
         for key, value in SETTINGS_SINCE_7.get(learner, {}).items():
             settings.setdefault(key, value)

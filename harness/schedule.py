@@ -22,7 +22,9 @@ samples while the clock is stopped. Draining, rather than clocking the evaluatio
 seconds to a threshold comparable with sync's, which never counted evaluations.
 
 Lag is counted in versions and in the learner's optimiser steps (`Learner.optimizer_steps`
-when each version was published): what Sample Factory and Cleanba mean by policy lag.
+when each version was published): what Sample Factory and Cleanba mean by policy lag. With
+`publish_every` the learner also publishes during its update: a part of a batch sampled with
+such weights lags by the SGD steps since then, and by one version (the update was under way).
 
 `Iteration` is one row of run.json's `iterations`: the union of what measured it (the schedule's
 `PhaseTimes`, the backend's `BatchFigures`, its weight broadcasts' `SyncReport`s, its `WorkerShare`s and
@@ -42,7 +44,17 @@ import numpy as np
 from annotated_types import Ge
 
 from algorithms.base import Learner
-from backends.base import Backend, BatchFigures, Collected, Count, Seconds, SyncReport, WorkerRestart, WorkerShare
+from backends.base import (
+    Backend,
+    BatchFigures,
+    Collected,
+    Count,
+    Seconds,
+    SyncReport,
+    WorkerRestart,
+    WorkerShare,
+    join_in_time,
+)
 from backends.envs import EnvCost
 
 Positive = Annotated[int, Ge(1)]
@@ -89,8 +101,11 @@ class Schedule(ABC):
 
     def __init__(self, learner: Learner, backend: Backend, steps: int, planned: int) -> None:
         self.learner, self.backend, self.steps, self.planned = learner, backend, steps, planned
-        # Version -> the learner's optimiser steps when it published it: lag in SGD steps is a difference of two.
-        self._published: dict[int, int | None] = {learner.version: learner.optimizer_steps}
+        # Each weight broadcast's number (what the backend calls its version) -> the learner's version and optimiser
+        # steps when it was published: lag in SGD steps is a difference of two. One broadcast per update makes the
+        # two numbers the same; publishing during an update (`publish_every`) makes more broadcasts than versions.
+        self._published: dict[int, tuple[int, int | None]] = {}
+        self._next_broadcast = learner.version
         self._ended: float | None = None  # when the last iteration ended, or the last pause resumed
         self._between_s = 0.0  # the learner's time since then that is on the clock
         self._waited_s = 0.0  # a pause's wait for the batches in flight, the next iteration's collect time
@@ -122,18 +137,25 @@ class Schedule(ABC):
         total = between + phases["sync_s"] + collect + phases["train_s"]
         return Scheduled(between_s=between, collect_s=collect, total_s=total, **phases)
 
-    def _train(self, collected: Collected) -> tuple[dict[str, float], tuple[int, ...], tuple[int, ...] | None]:
+    def _send(self, weights: np.ndarray, wait: bool, optimizer_steps: int | None) -> int | None:
+        """Broadcast `weights` (the learner's at `optimizer_steps`) under the next broadcast number; its bytes."""
+        broadcast, self._next_broadcast = self._next_broadcast, self._next_broadcast + 1
+        self._published[broadcast] = (self.learner.version, optimizer_steps)
+        return self.backend.set_weights(weights, broadcast, wait=wait).bytes_sent
+
+    def _train(self, collected: Collected) -> tuple[Collected, dict[str, float], tuple[int, ...], tuple[int, ...] | None]:
+        """Train on the batch; it comes back with its rollout's version the learner's (not the broadcast's number)."""
         rollout = collected.rollout
         if rollout.num_steps != self.steps:
             raise RuntimeError(f"backend returned {rollout.num_steps} steps, {self.steps} were asked for")
-        versions = collected.fragment_versions or (rollout.policy_version,)
-        lags = tuple(self.learner.version - v for v in versions)
-        now = self._published[self.learner.version]
-        sampled = [self._published.get(v) for v in versions]
+        broadcasts = collected.fragment_versions or (rollout.policy_version,)
+        lags = tuple(self.learner.version - self._published[b][0] for b in broadcasts)
+        now = self.learner.optimizer_steps
+        sampled = [self._published[b][1] for b in broadcasts]
         sgd_lags = None if now is None or None in sampled else tuple(now - s for s in sampled)  # type: ignore[operator]
+        rollout = dataclasses.replace(rollout, policy_version=self._published[rollout.policy_version][0])
         stats = self.learner.train(rollout)  # PPO refuses a batch that lags more than it allows
-        self._published[self.learner.version] = self.learner.optimizer_steps
-        return stats, lags, sgd_lags
+        return dataclasses.replace(collected, rollout=rollout), stats, lags, sgd_lags
 
 
 class SyncSchedule(Schedule):
@@ -141,56 +163,94 @@ class SyncSchedule(Schedule):
 
     def iteration(self, index: int) -> Scheduled:
         t0 = time.perf_counter()
-        sync = self.backend.set_weights(self.learner.weights(), self.learner.version)  # a GPU learner's copy to the host
+        sync_bytes = self._send(self.learner.weights(), True, self.learner.optimizer_steps)  # a GPU learner's copy to the host
         t1 = time.perf_counter()
         collected = self.backend.collect(self.steps)
         t2 = time.perf_counter()
-        stats, lags, sgd_lags = self._train(collected)
+        collected, stats, lags, sgd_lags = self._train(collected)
         t3 = time.perf_counter()
-        return self._clocked(t0, t3, sync_s=t1 - t0, collect_s=t2 - t1, train_s=t3 - t2, sync_bytes=sync.bytes_sent,
+        return self._clocked(t0, t3, sync_s=t1 - t0, collect_s=t2 - t1, train_s=t3 - t2, sync_bytes=sync_bytes,
                              collected=collected, stats=stats, lags=lags, sgd_lags=sgd_lags)  # fmt: skip
 
 
 class OverlapSchedule(Schedule):
-    """Take the oldest batch, ask for the next, train, send the new weights without waiting."""
+    """Take the oldest batch, ask for the next, train, send the new weights without waiting.
+
+    With `publish_every` (`BackendSpec.publications_per_batch` > 1) the next batch is asked for in that many
+    consecutive parts: the first as the update starts, each other as the learner publishes weights during the
+    update (`Learner.on_publish`), right behind them, so each part is sampled with the newest weights there are.
+    Parts the learner did not publish for (KL early stopping ended its update) are asked for after it, with its
+    final weights. Workers handle messages in order, so a part never waits for the weights of a later one."""
 
     def __init__(self, learner: Learner, backend: Backend, steps: int, planned: int) -> None:
         super().__init__(learner, backend, steps, planned)
         self._held: deque[Collected] = deque()  # batches a pause took, oldest first
-        self._submitted = self._taken = 0
+        self._submitted = self._taken = 0  # batches
+        self._parts = split_in_parts(steps, backend.spec.num_envs, backend.spec.publications_per_batch)
+        self._unsent: deque[int] = deque()  # parts of the batch being asked for, waiting for the learner's next weights
+        self._sent_mid_update: list[int | None] = []  # bytes of the broadcasts made during this iteration's update
+        if len(self._parts) > 1:
+            learner.on_publish = self._publish
 
     def iteration(self, index: int) -> Scheduled:
         depth = self.backend.spec.pipeline_depth
         t0 = time.perf_counter()
         sent: list[int | None] = []
         if index == 0:  # the first weights go out with a barrier, then the pipeline fills
-            sent.append(self.backend.set_weights(self.learner.weights(), self.learner.version).bytes_sent)
+            sent.append(self._send(self.learner.weights(), True, self.learner.optimizer_steps))
             while self._submitted < min(depth, self.planned):
-                self._submit()
+                self._submit(whole=True)
         t1 = time.perf_counter()
         collected = self._held.popleft() if self._held else self._take()
         if self._submitted < self.planned:  # never ask for a batch no iteration will train on
-            self._submit()
+            self._submit(whole=False)
         t2 = time.perf_counter()
-        stats, lags, sgd_lags = self._train(collected)
+        self._sent_mid_update = []
+        collected, stats, lags, sgd_lags = self._train(collected)
         t3 = time.perf_counter()
-        sent.append(self.backend.set_weights(self.learner.weights(), self.learner.version, wait=False).bytes_sent)
+        sent += self._sent_mid_update  # their time is the learner's, inside train_s
+        sent.append(self._send(self.learner.weights(), False, self.learner.optimizer_steps))
+        while self._unsent:  # the update ended before publishing for these parts
+            self.backend.submit(self._unsent.popleft())
         t4 = time.perf_counter()
         sync_bytes = None if None in sent else sum(sent)  # type: ignore[arg-type]
         return self._clocked(t0, t4, sync_s=(t1 - t0) + (t4 - t3), collect_s=t2 - t1, train_s=t3 - t2,
                              sync_bytes=sync_bytes, collected=collected, stats=stats, lags=lags, sgd_lags=sgd_lags)  # fmt: skip
 
-    def _submit(self) -> None:
-        self.backend.submit(self.steps)
+    def _publish(self, weights: np.ndarray, optimizer_steps: int) -> None:
+        """The learner's weights during its update: broadcast them and ask for the next part behind them. With no part
+        waiting (the last batch is asked for), nothing: no request would sample with them."""
+        if self._unsent:
+            self._sent_mid_update.append(self._send(weights, False, optimizer_steps))
+            self.backend.submit(self._unsent.popleft())
+
+    def _submit(self, whole: bool) -> None:
+        """Ask for the next batch: every part now (`whole`), or the first now and the rest as weights are published."""
+        first, *rest = self._parts
+        self.backend.submit(first)
+        if whole:
+            for part in rest:
+                self.backend.submit(part)
+        else:
+            self._unsent.extend(rest)
         self._submitted += 1
 
     def _take(self) -> Collected:
         self._taken += 1
-        return self.backend.take()
+        return join_in_time([self.backend.take() for _ in self._parts])
 
     def _drain(self) -> None:
         while self._taken < self._submitted:
             self._held.append(self._take())
+
+
+def split_in_parts(steps: int, num_envs: int, parts: int) -> list[int]:
+    """A batch of `steps` env steps (summed over `num_envs` envs) as `parts` consecutive requests of whole steps per
+    env, as even as they can be: 2048 steps of 8 envs in 10 parts are 6 of 26 x 8 and 4 of 25 x 8."""
+    per_env = steps // num_envs
+    if parts > per_env:
+        raise ValueError(f"{parts} publications per update is more than the {per_env} steps per env of a batch")
+    return [len(chunk) * num_envs for chunk in np.array_split(np.arange(per_env), parts)]
 
 
 SCHEDULE_CLASSES: dict[str, type[Schedule]] = {"sync": SyncSchedule, "overlap": OverlapSchedule}

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Required, TypeVar
 
 from annotated_types import Ge, Gt
-from pydantic import BeforeValidator, ConfigDict, TypeAdapter, ValidationError
+from pydantic import AfterValidator, BeforeValidator, ConfigDict, TypeAdapter, ValidationError
 from typing_extensions import TypedDict, is_typeddict  # pydantic needs typing_extensions' TypedDict before Python 3.12
 
 from algorithms.base import AlgorithmSpec
@@ -38,7 +38,7 @@ from algorithms.config import SETTINGS_TABLES, LearnerConfig
 from algorithms.policy import PolicySpec
 from algorithms.registry import settings_table_name
 from backends import REGISTRY
-from backends.base import INFERENCE_MODES, SCHEDULES, BackendSpec
+from backends.base import INFERENCE_MODES, SCHEDULES, BackendSpec, check_publish_every
 from backends.envs import EnvError, EnvSpaces, EnvSpec, describe_env
 from harness.errors import HarnessError
 from harness.names import CLAIM_NAMES, TABLE_NAMES  # a leaf: the suite format never imports the report
@@ -56,6 +56,11 @@ def _one_or_many(value: Any) -> Any:
 OneOrMany = Annotated[tuple[T, ...], BeforeValidator(_one_or_many)]
 """A value, or an array of them: `workers = 4` is `workers = [4]`."""
 Positive = Annotated[int, Gt(0)]
+
+
+def _publish_every(value: Any) -> str | int:
+    check_publish_every(value)  # one message for every wrong value, whatever its type
+    return value
 
 
 @dataclass(frozen=True)
@@ -301,6 +306,8 @@ class CaseTable:
     inference: OneOrMany[Literal[INFERENCE_MODES]] = ("worker",)
     schedule: OneOrMany[Literal[SCHEDULES]] = ("sync",)
     max_lag: Annotated[int, Ge(1)] = 1
+    publish_every: Annotated[Any, AfterValidator(_publish_every)] = "iteration"
+    """Under `overlap`: the learner also publishes weights during its update (`BackendSpec.publish_every`)."""
     torch_threads: OneOrMany[Annotated[int, Ge(0)]] = ()
     """The learner's intra-op threads, swept like `workers` (ray-project/ray#25277: torch's threads against the
     workers' cores); empty: the part's `[measure] torch_threads`."""
@@ -320,7 +327,7 @@ class CaseTable:
         # The backend's rules, from its registry entry, for every case of the sweep (its options' types: `_expand_case`).
         sweep = itertools.product(self.workers, self.envs_per_worker, self.inference, self.schedule)
         for workers, envs, mode, schedule in sweep:
-            spec = BackendSpec(self.backend, workers, envs, mode, dict(self.options), schedule, self.max_lag)
+            spec = BackendSpec(self.backend, workers, envs, mode, dict(self.options), schedule, self.max_lag, self.publish_every)
             REGISTRY[self.backend].check(spec)
 
 
@@ -688,23 +695,40 @@ def _expand_case(
     sweep = itertools.product(
         table.workers, table.envs_per_worker, table.inference, table.schedule, table.torch_threads or (None,)
     )
+    publications = _publications(check, config, table.publish_every, trains, (*loc, "publish_every"))
     for n_workers, n_envs, mode, schedule, threads in sweep:
-        spec = BackendSpec(table.backend, n_workers, n_envs, mode, dict(options), schedule, table.max_lag)
+        spec = BackendSpec(table.backend, n_workers, n_envs, mode, dict(options), schedule, table.max_lag,
+                           table.publish_every, publications)  # fmt: skip
         case_label = label if len(table.inference) == 1 or "label" in data else f"{label}/{mode}"
         if schedule == "overlap" and (len(table.schedule) > 1 or "label" not in data):
             case_label += " overlap" + (f" lag {table.max_lag}" if table.max_lag > 1 else "")
+            case_label += f" publish {table.publish_every}" if table.publish_every != "iteration" else ""
         if threads is not None and (len(table.torch_threads) > 1 or "label" not in data):
             case_label += f" torch {threads or 'cores'}"
         case_id = f"{part}/{case_label}/w{n_workers}xe{n_envs}"
         if config.steps_per_iteration % spec.num_envs:
             check.fail(loc, f"case {case_id}: steps_per_iteration {config.steps_per_iteration} does not split over "
                             f"{spec.num_envs} envs; choose envs that divide it")  # fmt: skip
+        if publications > config.steps_per_iteration // spec.num_envs:
+            check.fail((*loc, "publish_every"), f"case {case_id}: {publications} publications per update, more than the "
+                       f"{config.steps_per_iteration // spec.num_envs} steps per env of a batch; publish less often")  # fmt: skip
         # As run.json holds them (a layer list is a list), so that a case and its record compare equal.
         hyperparameters = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(config).items()}
         cases.append(
             CaseConfig(case_id, part, case_label, spec, env, hyperparameters, preset, dict(table.claims), algorithm, threads)
         )
     return cases
+
+
+def _publications(check: _Checker, config: LearnerConfig, publish_every: str | int, table: str, loc: Loc) -> int:
+    """How many weight versions one update of the learner publishes at `publish_every` (1: once, at its end)."""
+    if publish_every == "iteration":
+        return 1
+    publications = getattr(config, "publications", None)
+    if publications is None:
+        check.fail(loc, f"the learner whose settings are [{table}] cannot publish during its update (its settings count "
+                        f"no epochs or optimiser steps); leave publish_every out")  # fmt: skip
+    return publications(publish_every)
 
 
 def _default_label(backend: str, data: dict[str, Any]) -> str:

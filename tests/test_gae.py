@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -70,3 +72,30 @@ def test_reward_scale_scales_rewards_only():
     plain, _ = compute_gae(rollout, 0.5, 0.5)
     scaled, _ = compute_gae(rollout, 0.5, 0.5, reward_scale=0.1)
     np.testing.assert_allclose(scaled, 0.1 * plain, rtol=1e-6)
+
+
+def test_parts_joined_in_time_are_the_whole_and_give_the_hand_computed_advantages():
+    """The hand-computed case asked for in two parts (publish_every): steps 0-1 sampled with version 3, step 2 with
+    version 4. Joined, the bootstrap is the last part's, the version the oldest, episodes by env then in time order,
+    and GAE gives the hand-computed advantages: the first part's own last_values (here 9.0) play no part."""
+    whole = make_rollout(**CASE)
+    first = dataclasses.replace(
+        make_rollout(**{k: v[:2] for k, v in CASE.items() if k != "last_values"}, last_values=[9.0, 9.0]),
+        episode_returns=np.array([5.0, 1.0]), episode_lengths=np.array([7, 3]), episode_env_ids=np.array([1, 0]),
+        policy_version=3,
+    )  # fmt: skip
+    second = dataclasses.replace(
+        make_rollout(**{k: v[2:] for k, v in CASE.items() if k != "last_values"}, last_values=CASE["last_values"]),
+        episode_returns=np.array([2.0]), episode_lengths=np.array([4]), episode_env_ids=np.array([0]), policy_version=4,
+    )  # fmt: skip
+    joined = Rollout.concat_time([first, second])
+    for name in ("rewards", "values", "terminations", "truncations", "final_values", "last_values", "env_ids"):
+        np.testing.assert_array_equal(getattr(joined, name), getattr(whole, name), err_msg=name)
+    assert joined.policy_version == 3 and joined.num_steps == 6
+    np.testing.assert_array_equal(joined.episode_env_ids, [0, 0, 1])
+    np.testing.assert_array_equal(joined.episode_returns, [1.0, 2.0, 5.0])  # env 0's first episode ended first
+    np.testing.assert_array_equal(joined.episode_lengths, [3, 4, 7])
+    advantages, _ = compute_gae(joined, gamma=0.5, gae_lambda=0.5)
+    np.testing.assert_allclose(advantages, EXPECTED_ADVANTAGES)
+    with pytest.raises(ValueError, match="same envs"):
+        Rollout.concat_time([first, dataclasses.replace(second, env_ids=np.array([1, 0]))])

@@ -326,7 +326,8 @@ def test_update_to_7_renames_the_learner_settings_and_nothing_else(suite):
 
 @pytest.mark.parametrize("suite", SUITES)
 def test_update_to_8_writes_the_network_as_its_layers_and_changes_nothing_else(suite):
-    """A version-7 network was two tanh layers of `hidden_size`: `[w, w]` and tanh. The fixture (written at 9579fa8)
+    """A version-7 network was two tanh layers of `hidden_size`: `[w, w]` and tanh; weights were published once per
+    update. The fixture (written at 9579fa8)
     predates `recompute_advantages`, which its PPO never did: false. Nothing else changes."""
     old = raw(7, suite)
     new = update_to_8(old)
@@ -336,6 +337,8 @@ def test_update_to_8_writes_the_network_as_its_layers_and_changes_nothing_else(s
             "hidden_sizes": [width, width], "activation": "tanh", "recompute_advantages": False,
         }  # fmt: skip
         after["hyperparameters"] = before["hyperparameters"]
+        assert after["backend"] == before["backend"] | {"publish_every": "iteration", "publications_per_batch": 1}
+        after["backend"] = before["backend"]
     assert new == old | {"schema_version": 8}
 
 

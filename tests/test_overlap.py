@@ -4,6 +4,7 @@ between fragments, PPO accepts exactly the lag the schedule creates, and the CLI
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import time
 
 import numpy as np
@@ -214,6 +215,94 @@ def test_deeper_pipeline_lags_by_max_lag_and_trains(backend_name):
     # 64 steps in minibatches of 16, one epoch: 4 optimiser steps a version
     assert [d.sgd_lags for d in done] == [(0, 0), (4, 4), (8, 8), (8, 8), (8, 8), (8, 8)]
     assert learner.version == 6 and learner.optimizer_steps == 24 and all(d.collected.rollout.num_steps == 64 for d in done)
+
+
+@pytest.mark.parametrize("config", OVERLAP)
+def test_publishing_during_the_update_samples_each_part_with_the_weights_published_before_it(config, request):
+    """publish_every = "epoch" (issue 23), 3 epochs of 2 minibatches, two batches in flight: each batch is asked for
+    in 3 parts, the first as an update starts and one behind each epoch's weights. Every part's values are those of
+    the weights broadcast under its number (the critic of what the worker really loaded), parts use different
+    weights, and each lags by the SGD steps since its weights: 12 - 2p for part p once the pipeline is full. Workers
+    are slower than the learner (5 ms a step), so loads wait behind requests: a backend keeping too few weight
+    versions (multiprocessing's slots) would hand a worker one already overwritten."""
+    from algorithms.inference import InferencePolicy
+    from harness.schedule import OverlapSchedule, split_in_parts
+
+    name, workers, envs_per_worker, _ = config
+    base = make_spec(config, request)
+    spec = dataclasses.replace(base, schedule="overlap", max_lag=2, publish_every="epoch", publications_per_batch=3)
+    steps = 12 * spec.num_envs
+    settings = PPOConfig(hidden_sizes=POLICY.hidden_sizes, steps_per_iteration=steps, minibatch_size=steps // 2, epochs=3)
+    assert settings.publications("epoch") == 3 and split_in_parts(steps, spec.num_envs, 3) == [4 * spec.num_envs] * 3
+    learner = PPOLearner(LearnerSetup(settings, POLICY, seed=0, max_policy_lag=2, publish_every="epoch"))
+    backend = started(spec, dataclasses.replace(ENV, step_cost_ms=5.0))
+    broadcast: dict[int, np.ndarray] = {}
+    send = backend.set_weights
+
+    def recording(weights, version, wait=True):
+        broadcast[version] = weights.copy()
+        return send(weights, version, wait)
+
+    backend.set_weights = recording
+    try:
+        schedule = OverlapSchedule(learner, backend, steps, planned=5)
+        done = [schedule.iteration(i) for i in range(5)]
+        assert not backend.requests
+    finally:
+        backend.close()
+    # The pipeline's first two batches were asked for whole with the first weights; later ones in parts.
+    assert [d.sgd_lags for d in done] == [(0,) * 3 * workers, (6,) * 3 * workers] + [
+        (12,) * workers + (10,) * workers + (8,) * workers
+    ] * 3
+    assert [d.lags for d in done] == [(0,) * 3 * workers, (1,) * 3 * workers] + [(2,) * 3 * workers] * 3
+    assert [d.collected.rollout.policy_version for d in done] == [0, 0, 0, 1, 2]  # the learner's versions, not broadcasts
+    policy = InferencePolicy(POLICY)
+    for d in done[2:]:
+        numbers = d.collected.fragment_versions
+        assert len(set(numbers)) == 3  # one broadcast per part, all different
+        rollout = d.collected.rollout
+        for part in range(3):
+            rows = slice(4 * part, 4 * part + 4)
+            for worker in range(workers):
+                number = numbers[part * workers + worker]
+                columns = spec.worker_env_ids(worker)
+                policy.load_flat(broadcast[number], number)
+                obs = rollout.obs[rows][:, columns].reshape(-1, POLICY.obs_dim)
+                expected = policy.value(obs).reshape(4, len(columns))
+                np.testing.assert_allclose(rollout.values[rows][:, columns], expected, rtol=1e-5, atol=1e-6)
+        assert not np.array_equal(broadcast[numbers[0]], broadcast[numbers[-1]])
+
+
+def test_publish_every_splits_the_batch_and_counts_its_publications():
+    """By hand: 2048 steps in minibatches of 64 are 32 a epoch; 10 epochs are 320 optimiser steps, so publishing
+    every 100 makes 4 versions an update (after 100, 200, 300, and its end). 8 envs of 256 steps in 10 parts:
+    six of 26 steps and four of 25."""
+    from harness.schedule import split_in_parts
+
+    settings = PPOConfig(steps_per_iteration=2048, minibatch_size=64, epochs=10)
+    assert [settings.publications(p) for p in ("iteration", "epoch", 100, 32, 1)] == [1, 10, 4, 10, 320]
+    assert split_in_parts(2048, 8, 10) == [26 * 8] * 6 + [25 * 8] * 4
+    assert sum(split_in_parts(2048, 8, 10)) == 2048
+    with pytest.raises(ValueError, match="more than the 4 steps per env"):
+        split_in_parts(32, 8, 5)
+
+
+@pytest.mark.parametrize(("publish_every", "expected"), [("epoch", [8, 16]), (3, [3, 6, 9, 12, 15, 18, 21])])
+def test_the_learner_publishes_at_its_points_and_not_at_its_end(publish_every, expected):
+    """3 epochs of 8 minibatches (24 optimiser steps): after epochs 1 and 2, or after every 3rd step but the 24th (its
+    end is the schedule's own broadcast); each time the weights then, which the next step changes."""
+    spec = PolicySpec(3, 1, (32, 32))
+    settings = PPOConfig(hidden_sizes=(32, 32), steps_per_iteration=256, minibatch_size=32, epochs=3, learning_rate=3e-3)
+    learner = PPOLearner(LearnerSetup(settings, spec, seed=0, publish_every=publish_every))
+    published: list[tuple[int, np.ndarray]] = []
+    learner.on_publish = lambda weights, steps: published.append((steps, weights))
+    rollout = on_policy_rollout(spec, settings)
+    advantages, returns = compute_gae(rollout, settings.gamma, settings.gae_lambda)
+    before = learner.weights().copy()
+    learner.update(rollout, advantages, returns)
+    assert [steps for steps, _ in published] == expected and learner.optimizer_steps == 24
+    snapshots = [before, *(w for _, w in published), learner.weights()]
+    assert all(not np.array_equal(a, b) for a, b in itertools.pairwise(snapshots))  # each a copy of its moment
 
 
 def test_an_evaluation_gives_overlap_no_sampling_off_the_clock():

@@ -467,3 +467,68 @@ def test_a_tool_backend_is_one_vector_env_with_central_inference(tmp_path, backe
         write(tmp_path, TOOL_SUITE.format(backend=backend, settings='inference = "central"\nenvs_per_worker = 4'))
     ).cases
     assert (case.backend.workers, case.backend.num_envs, case.backend.inference) == (1, 4, "central")
+
+
+OVERLAP_SUITE = """
+[suite]
+name = "t"
+baseline = "mp"
+[ppo]
+steps_per_iteration = 64
+minibatch_size = 16
+epochs = 2
+[measure]
+iterations = 1
+[[cases]]
+backend = "multiprocessing"
+label = "mp"
+workers = 2
+schedule = "overlap"
+"""
+
+
+@pytest.mark.parametrize(
+    ("line", "publications"), [('publish_every = "epoch"', 2), ("publish_every = 3", 3), ("publish_every = 8", 1)]
+)
+def test_publish_every_is_counted_from_the_learners_settings(tmp_path, line, publications):
+    """64 steps in minibatches of 16, 2 epochs: 8 optimiser steps an update; after each epoch (2 versions an update),
+    every 3 steps (after 3, 6 and the end: 3), or every 8 (only the end: 1)."""
+    text = OVERLAP_SUITE.replace('schedule = "overlap"', f'schedule = "overlap"\n{line}')
+    (case,) = load_suite(write(tmp_path, text)).parts[0].cases
+    assert case.backend.publications_per_batch == publications and case.backend.weights_kept == publications + 1
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ('schedule = "overlap"\npublish_every = 0', "[[cases]] #1 publish_every: publish_every must be 'iteration', 'epoch' or a positive number of optimiser steps, got 0"),
+        ('schedule = "overlap"\npublish_every = "weekly"', "got 'weekly'"),
+        ('schedule = "overlap"\npublish_every = true', "got True"),
+        ('schedule = ["sync", "overlap"]\npublish_every = "epoch"', "publish_every = 'epoch' needs schedule 'overlap': under 'sync' no worker samples"),
+        ('schedule = "overlap"\npublish_every = 1', "[[cases]] #1 publish_every: case t/mp/w16xe1: 8 publications per update, more than the 4 steps per env"),
+    ],
+)  # fmt: skip
+def test_publish_every_it_cannot_honour_is_one_line(tmp_path, change, message):
+    text = OVERLAP_SUITE.replace('schedule = "overlap"', change)
+    text = text.replace("workers = 2", "workers = 16") if "= 1" in change else text
+    with pytest.raises(HarnessError) as caught:
+        load_suite(write(tmp_path, text))
+    assert message in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_a_learner_whose_settings_count_no_steps_cannot_publish(tmp_path, monkeypatch):
+    """A settings table without `publications` (a learner of another shape, registered beside PPO's) is refused."""
+
+    @dataclasses.dataclass(frozen=True)
+    class Plain:
+        steps_per_iteration: int = 64
+        hidden_sizes: tuple[int, ...] = (8, 8)
+        activation: str = "tanh"
+
+    plain = dataclasses.replace(SETTINGS_TABLES["ppo"], model=Plain, presets={"only": Plain()}, default_preset="only")
+    monkeypatch.setitem(SETTINGS_TABLES, "ppo", plain)
+    text = OVERLAP_SUITE.replace("minibatch_size = 16\nepochs = 2\n", "").replace(
+        'schedule = "overlap"', 'schedule = "overlap"\npublish_every = "epoch"'
+    )
+    with pytest.raises(HarnessError, match=r"cannot publish during its update .*; leave publish_every out"):
+        load_suite(write(tmp_path, text))
