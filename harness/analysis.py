@@ -229,10 +229,10 @@ def _restarts(run: dict[str, Any]) -> int:
 def report_deviations(settings: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
     """Where a case's learner settings leave the research report's (PPO's `report` preset); none for a learner
     whose settings are not PPO's (the report has no figures of another algorithm to stand beside)."""
-    report = PRESETS["report"]
-    if set(settings) != {f.name for f in dataclasses.fields(report)}:
+    report = json.loads(json.dumps(dataclasses.asdict(PRESETS["report"])))  # as a record holds it: a layer list is a list
+    if set(settings) != set(report):
         return {}
-    return {k: (getattr(report, k), v) for k, v in settings.items() if getattr(report, k) != v}
+    return {k: (report[k], v) for k, v in settings.items() if report[k] != v}
 
 
 def _busy_per_host(

@@ -3,7 +3,7 @@ shown is what ran, steps carry their evaluation granularity, and two rows of one
 
 from __future__ import annotations
 
-from harness.analysis import case_stats
+from harness.analysis import case_stats, report_deviations
 from harness.report import HEADERS, TABLES, TableContext
 from harness.stats import censored_median
 
@@ -58,3 +58,24 @@ def test_table_counts_censored_seeds_shows_granularity_and_the_budget_that_ran()
     assert "| 6.0 " in table  # seconds to the threshold: the median seed's wall time, 24,576 / 4,096
     assert any(line.startswith("multiprocessing · 4w×1e, ray_local · 4w×1e sample identical rollouts") for line in lines)
     assert not any(("serial" in line or "vecenv" in line) and "identical" in line for line in lines)
+
+
+def test_deviations_from_the_report_are_the_settings_a_preset_changes():
+    """As run.json holds settings (JSON: a layer list is a list): the report's preset deviates in nothing; `tuned` in
+    the four settings the README lists; `cartpole` also in its batch, minibatch, lambda and 64-wide network; APPO's
+    settings stand beside no report figure."""
+    import dataclasses
+    import json
+
+    from algorithms.config import APPO_PRESETS, PRESETS
+
+    def as_recorded(preset):
+        return json.loads(json.dumps(dataclasses.asdict(preset)))
+
+    assert report_deviations(as_recorded(PRESETS["report"])) == {}
+    assert set(report_deviations(as_recorded(PRESETS["tuned"]))) == {"learning_rate", "gamma", "reward_scale", "anneal_lr"}
+    cartpole = report_deviations(as_recorded(PRESETS["cartpole"]))
+    assert cartpole["hidden_sizes"] == ([256, 256], [64, 64])
+    assert set(cartpole) == {"learning_rate", "gamma", "gae_lambda", "steps_per_iteration", "minibatch_size",
+                             "hidden_sizes", "anneal_lr"}  # fmt: skip
+    assert report_deviations(as_recorded(APPO_PRESETS["tuned"])) == {}
