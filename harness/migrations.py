@@ -254,7 +254,8 @@ def update_to_8(record: Record) -> None:
         # Weights were published once per update: no other value existed.
         _table(case, "backend", path).update(publish_every="iteration", publications_per_batch=1)
         learner = _table(case, "algorithm", path).get("name")
-        for key, value in SETTINGS_SINCE_7.get(learner, {}).items():
+        filled = SETTINGS_SINCE_7.get(learner, {}) if isinstance(learner, str) else {}  # the schema check names a bad name
+        for key, value in filled.items():
             settings.setdefault(key, value)
 
 

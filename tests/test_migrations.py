@@ -400,6 +400,9 @@ def test_old_record_damaged_beyond_migration_names_the_path_and_version(tmp_path
         (2, lambda run: run["cases"][1]["runs"][0]["iterations"][0].pop("sync_bytes"), "$.cases[1].runs[0].iterations[0].sync_bytes: required key is missing"),
         (3, lambda run: run["cases"][0]["env"].pop("options"), "$.cases[0].env.options: required key is missing"),
         (3, lambda run: run["cases"][0]["runs"][0]["iterations"][0].pop("dispatch_s"), "$.cases[0].runs[0].iterations[0].dispatch_s: required key is missing"),
+        # A learner's name that is no name (the fuzz test found it: update_to_8 looked it up, and raised TypeError).
+        (7, lambda run: run["cases"][1]["algorithm"].update(name=[]), "$.cases[1].algorithm.name: expected string, got array"),
+        (7, lambda run: run["cases"][0]["hyperparameters"].update(hidden_size="wide"), "$.cases[0].hyperparameters.hidden_size: expected number, got string"),
     ],
 )  # fmt: skip
 def test_damaged_old_record_fails_in_one_line(version, damage, expected, tmp_path):
