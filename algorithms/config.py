@@ -54,9 +54,7 @@ class UpdateSettings:
     """`torch.compile` the minibatch gradient step (needs a C++ compiler; ~20 s, counted as start-up)."""
 
     def __post_init__(self) -> None:
-        if not isinstance(self.hidden_sizes, tuple):  # a list from TOML or JSON: a frozen config holds a tuple
-            object.__setattr__(self, "hidden_sizes", tuple(self.hidden_sizes))
-        check_network(self.hidden_sizes, self.activation)  # its own words: what a network needs
+        object.__setattr__(self, "hidden_sizes", check_network(self.hidden_sizes, self.activation))
         bad = [name for name, ok in self.range_checks().items() if not ok]
         if bad:
             kind = type(self).__name__.removesuffix("Config")

@@ -22,14 +22,16 @@ ACTIVATIONS = ("tanh", "relu")
 hand-written gradient (`ppo_gradients.py`), and `tests/test_model.py` checks the three agree for each."""
 
 
-def check_network(hidden_sizes: tuple[int, ...] | list[int], activation: str) -> None:
-    """`ValueError` naming what is wrong with a network's description: no layers, a width < 1, an unknown activation."""
+def check_network(hidden_sizes: tuple[int, ...] | list[int], activation: str) -> tuple[int, ...]:
+    """The layer widths as a tuple (a suite or a record gives a list; a frozen spec holds a tuple), or `ValueError`
+    naming what is wrong with the network's description: no layers, a width < 1, an unknown activation."""
     if not hidden_sizes:
         raise ValueError("hidden_sizes must name at least one layer width, e.g. [256, 256]")
     if any(isinstance(w, bool) or not isinstance(w, int) or w < 1 for w in hidden_sizes):
         raise ValueError(f"hidden_sizes must be positive integers, got {list(hidden_sizes)}")
     if activation not in ACTIVATIONS:
         raise ValueError(f"unknown activation {activation!r}; one of {', '.join(ACTIVATIONS)}")
+    return tuple(hidden_sizes)
 
 
 @dataclass(frozen=True)
@@ -50,9 +52,7 @@ class PolicySpec:
     def __post_init__(self) -> None:
         if self.distribution not in DISTRIBUTIONS:
             raise ValueError(f"unknown action distribution {self.distribution!r}; one of {', '.join(DISTRIBUTIONS)}")
-        if not isinstance(self.hidden_sizes, tuple):  # a list from TOML or JSON: a frozen spec holds a tuple
-            object.__setattr__(self, "hidden_sizes", tuple(self.hidden_sizes))
-        check_network(self.hidden_sizes, self.activation)
+        object.__setattr__(self, "hidden_sizes", check_network(self.hidden_sizes, self.activation))
 
     @property
     def trunk_layers(self) -> tuple[str, ...]:

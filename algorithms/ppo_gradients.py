@@ -57,7 +57,7 @@ def _forward(
     action: Distribution, activation: str, params: tuple[torch.Tensor, ...], obs: torch.Tensor, actions: torch.Tensor
 ) -> _Forward:
     """ActorCritic.forward plus the log-probability of `actions`, keeping what the backward pass needs."""
-    _, trunk, (w_head, b_head, w_value, b_value) = _split(action, params)
+    distribution, trunk, (w_head, b_head, w_value, b_value) = _split(action, params)
     layer, hidden, features = _LAYERS[activation], [], obs
     for weight, bias in trunk:
         features = layer(features, weight, bias)
@@ -65,13 +65,8 @@ def _forward(
     w_heads, b_heads = torch.cat([w_head, w_value]), torch.cat([b_head, b_value])  # both heads in one product
     heads = torch.addmm(b_heads, features, w_heads.t())
     head, value = heads[:, : action.head_size], heads[:, action.head_size]
-    log_prob, entropy, saved = action.log_prob(head, distribution_params(action, params), actions)
+    log_prob, entropy, saved = action.log_prob(head, distribution, actions)
     return _Forward(hidden, w_heads, value, saved, log_prob, entropy)
-
-
-def distribution_params(action: Distribution, params: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
-    """The distribution's own parameters: first in the flat buffer (`PolicySpec.layout`)."""
-    return params[: len(action.params)]
 
 
 def _split(
