@@ -14,6 +14,9 @@ from typing import Any, Literal, Protocol
 
 from algorithms.policy import check_network
 
+KERNELS = ("torch", "numba")
+"""`UpdateSettings.kernel`'s values."""
+
 
 @dataclass(frozen=True)
 class UpdateSettings:
@@ -52,9 +55,16 @@ class UpdateSettings:
     """Decay the learning rate linearly to zero over the step budget (needs one)."""
     compile: bool = False
     """`torch.compile` the minibatch gradient step (needs a C++ compiler; ~20 s, counted as start-up)."""
+    kernel: str = "torch"
+    """What computes each minibatch step on the CPU: `torch` (ATen ops, and a fused Adam) or `numba` (two compiled
+    functions with BLAS products, `algorithms/ppo_numba.py`; Gaussian policies on the CPU). The same maths."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "hidden_sizes", check_network(self.hidden_sizes, self.activation))
+        if self.kernel not in KERNELS:
+            raise ValueError(f"unknown kernel {self.kernel!r}; one of {', '.join(KERNELS)}")
+        if self.compile and self.kernel != "torch":
+            raise ValueError(f"compile = true compiles the torch kernel; kernel {self.kernel!r} is compiled already")
         bad = [name for name, ok in self.range_checks().items() if not ok]
         if bad:
             kind = type(self).__name__.removesuffix("Config")

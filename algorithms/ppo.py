@@ -79,6 +79,7 @@ class PPOLearner(Learner):
         self.compile_s = 0.0
         if config.compile:
             self._compile()
+        self.numba_step = self._numba_step() if config.kernel == "numba" else None
 
     def weights(self) -> np.ndarray:
         """Current weights as one flat float32 host buffer; pair with `self.version`."""
@@ -211,6 +212,8 @@ class PPOLearner(Learner):
     def _step(self, *minibatch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, bool]:
         """One minibatch's gradient and Adam step; True (and no step) where `target_kl` stops the update."""
         cfg = self.config
+        if self.numba_step is not None:
+            return self._numba(*minibatch)
         grads, log_ratio, value_error, entropy = self.gradient_step(
             self.params, *minibatch, cfg.clip_range, cfg.value_coef, cfg.entropy_coef
         )
@@ -226,6 +229,40 @@ class PPOLearner(Learner):
         adam([self.flat], [self.grad], exp_avg, exp_avg_sq, [], step, fused=True,
              amsgrad=False, beta1=0.9, beta2=0.999, lr=self.learning_rate, weight_decay=0.0, eps=1e-5, maximize=False)  # fmt: skip
         return log_ratio, value_error, entropy, False
+
+    def _numba_step(self) -> Any:
+        """The compiled step of `kernel = "numba"`, compiled now (numba caches it on disk), so no iteration pays."""
+        from algorithms.ppo_numba import NumbaStep  # only here: the torch kernel needs no numba
+
+        if self.device.type != "cpu":
+            raise ValueError(f"kernel 'numba' runs on the CPU, not on {self.device.type!r}; use kernel 'torch' there")
+        started = time.perf_counter()
+        kernel = NumbaStep(self.policy)
+        self._host = tuple(t.numpy() for t in (self.flat, self.grad, self.adam_state[0][0], self.adam_state[1][0]))
+        self._adam_step = self.adam_state[2][0].numpy()  # a 0-d view: the step count torch's Adam would keep
+        size = self.config.minibatch_size
+        dummy = (np.zeros((size, self.policy.obs_dim), np.float32), np.zeros((size, self.policy.act_dim), np.float32),
+                 *(np.zeros(size, np.float32) for _ in range(3)))  # fmt: skip
+        kernel.gradients(self.flat.numpy().copy(), np.zeros_like(self._host[1]), *dummy, 0.2, 0.5, 0.0)
+        self.compile_s = time.perf_counter() - started
+        return kernel
+
+    def _numba(self, *minibatch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, bool]:
+        """`_step` with the numba kernel: the same gradient, clip and Adam step, on numpy views of the same buffers."""
+        from algorithms.ppo_numba import clipped_adam
+
+        cfg = self.config
+        flat, grad, exp_avg, exp_avg_sq = self._host
+        arrays = [np.ascontiguousarray(m.numpy()) for m in minibatch]
+        log_ratio, value_error, entropy = self.numba_step.gradients(
+            flat, grad, *arrays, cfg.clip_range, cfg.value_coef, cfg.entropy_coef
+        )
+        recorded = torch.from_numpy(log_ratio), torch.from_numpy(value_error), torch.from_numpy(entropy)
+        if self.target_kl is not None and float(np.mean((np.exp(log_ratio) - 1) - log_ratio)) > 1.5 * self.target_kl:
+            return *recorded, True
+        self._adam_step += 1
+        clipped_adam(flat, grad, exp_avg, exp_avg_sq, int(self._adam_step), self.learning_rate, cfg.max_grad_norm)
+        return *recorded, False
 
     def _anneal_learning_rate(self) -> None:
         self.learning_rate = self.config.learning_rate
@@ -255,6 +292,7 @@ class PPOLearner(Learner):
             "algorithm": self.settings_table,
             "device": str(self.device),
             "compiled": self.config.compile,
+            "kernel": self.config.kernel,
             "compile_s": self.compile_s,
             "optimizer": "Adam (fused, one flat buffer)",
         }

@@ -54,3 +54,19 @@ def record_rate(benchmark) -> Callable[..., float | None]:
         return rate
 
     return record
+
+
+_REPORT_LINES: list[str] = []
+
+
+@pytest.fixture
+def report_line() -> Callable[[str], None]:
+    """A line for the end of the terminal output, under pytest-benchmark's tables (a figure worth reading at once,
+    such as the update's compute floor). Lines printed in an xdist worker are not shown; run the benchmark alone."""
+    return _REPORT_LINES.append
+
+
+@pytest.hookimpl(trylast=True)  # under pytest-benchmark's tables
+def pytest_terminal_summary(terminalreporter) -> None:
+    for line in _REPORT_LINES:
+        terminalreporter.write_line(line)

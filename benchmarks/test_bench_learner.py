@@ -9,21 +9,25 @@ The `ppo-update` group times today's update beside the pre-issue-8 reference
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
+from functools import partial
 
 import numpy as np
 import pytest
+import torch
 from threadpoolctl import threadpool_limits
 
 from algorithms.base import LearnerSetup
-from algorithms.config import PRESETS
+from algorithms.config import KERNELS, PRESETS
 from algorithms.gae import compute_gae
 from algorithms.inference import InferencePolicy
 from algorithms.ppo import PPOLearner
 from algorithms.rollout import PER_STEP_FIELDS, Rollout
 from backends import create_backend
-from backends.base import BackendSpec
+from backends.base import BackendSpec, PolicySpec
 from benchmarks.common import ENV, POLICY, SEED, STEPS
+from benchmarks.product_floor import Product, floor_products, time_floor
 from benchmarks.reference_inference import TorchInferencePolicy, TwoLayerInferencePolicy
 from benchmarks.reference_ppo import ReferencePPOLearner
 
@@ -114,6 +118,66 @@ def test_ppo_update_report_preset(benchmark, record_rate, real_rollout, implemen
     assert learner.steps_trained == STEPS * learner.version and learner.version >= 1
     assert np.isfinite([stats["policy_loss"], stats["value_loss"], stats["approx_kl"]]).all()
     assert not np.array_equal(before, learner.weights()), "the update left the weights unchanged"
+
+
+def test_floor_counts_the_products_between_hidden_layers():
+    """The floor's arithmetic, by hand: three products per pair of consecutive hidden layers, 2 FLOPs a multiply-add."""
+    report = floor_products(POLICY, 64)
+    assert report == (Product(64, 256, 256), Product(64, 256, 256), Product(256, 64, 256))
+    assert sum(p.flops for p in report) == 3 * 2 * 64 * 256 * 256 == 25_165_824
+    uneven = floor_products(PolicySpec(obs_dim=3, act_dim=1, hidden_sizes=(64, 32, 16)), 8)
+    assert sum(p.flops for p in uneven) == 3 * 2 * 8 * 64 * 32 + 3 * 2 * 8 * 32 * 16 == 122_880
+    assert floor_products(PolicySpec(obs_dim=3, act_dim=1, hidden_sizes=(256,)), 64) == ()  # no hidden-to-hidden layer
+
+
+@pytest.mark.benchmark(group="ppo-update-floor")
+def test_update_against_its_product_floor(benchmark, real_rollout, report_line):
+    """Each kernel's update at the report preset against the compute floor (`benchmarks/product_floor.py`),
+    alternated block by block in one run: each block times one whole update of each kernel and the floor's products
+    for as many gradient steps, in an order that rotates between blocks. `extra_info` records milliseconds per
+    minibatch step of each, and the median of the blocks' ratios to the floor (issue 24's goal: at most 1.6)."""
+    advantages, returns = compute_gae(real_rollout, REPORT.gamma, REPORT.gae_lambda, REPORT.reward_scale)
+    products = floor_products(POLICY, REPORT.minibatch_size)
+    steps = REPORT.epochs * math.ceil(STEPS / REPORT.minibatch_size)  # KL stopping is off in the preset
+    learners = {kernel: PPOLearner(LearnerSetup(REPORT.replace(kernel=kernel), POLICY, SEED)) for kernel in KERNELS}
+
+    def update(learner: PPOLearner) -> float:
+        """One update of the learner's current version; seconds per minibatch step."""
+        before = learner.optimizer_steps
+        started = time.perf_counter()
+        learner.update(dataclasses.replace(real_rollout, policy_version=learner.version), advantages, returns)
+        return (time.perf_counter() - started) / (learner.optimizer_steps - before)
+
+    timers = {f"update_{kernel}": partial(update, learner) for kernel, learner in learners.items()}
+    timers["floor"] = lambda: time_floor(products, steps) / steps
+    for learner in learners.values():
+        update(learner)  # warm-up: first-call allocations
+    blocks = 1 if benchmark.disabled else FLOOR_BLOCKS
+    per_step: dict[str, list[float]] = {name: [] for name in timers}
+    names = list(timers)
+    with threadpool_limits(torch.get_num_threads(), user_api="blas"):  # numba's products: numpy's BLAS, as the harness
+        for block in range(blocks):
+            for name in names[block % len(names) :] + names[: block % len(names)]:  # each first in a third of the blocks
+                per_step[name].append(timers[name]())
+    for learner in learners.values():  # the floor was timed for as many steps as each update took
+        assert learner.optimizer_steps == steps * (1 + blocks), learner.optimizer_steps
+    floor = np.array(per_step["floor"])
+    ms = {name: 1e3 * float(np.median(seconds)) for name, seconds in per_step.items()}
+    over_floor = {kernel: float(np.median(np.array(per_step[f"update_{kernel}"]) / floor)) for kernel in KERNELS}
+    gflops = sum(p.flops for p in products) / ms["floor"] / 1e6
+    benchmark.extra_info |= {f"{name}_ms_per_minibatch": value for name, value in ms.items()}
+    benchmark.extra_info |= {f"update_{kernel}_over_floor_median": value for kernel, value in over_floor.items()}
+    benchmark.extra_info |= {"floor_gflops_per_s": gflops, "minibatch_steps_per_update": steps,
+                             "torch_threads": torch.get_num_threads()}  # fmt: skip
+    shapes = " + ".join(f"{p.rows}x{p.inner}x{p.cols}" for p in products)
+    report_line(f"PPO update, report preset, {torch.get_num_threads()} thread(s), median of {blocks} alternated blocks:")
+    report_line(f"  floor ({shapes}): {ms['floor']:.3f} ms per minibatch step ({gflops:.0f} GFLOP/s)")
+    for kernel in KERNELS:
+        report_line(f"  kernel {kernel}: {ms[f'update_{kernel}']:.3f} ms per minibatch step, {over_floor[kernel]:.2f}x the floor")
+    benchmark.pedantic(timers["update_numba"], rounds=1, iterations=1)  # the benchmark's own record: one more update
+
+
+FLOOR_BLOCKS = 9
 
 
 INFERENCE = {

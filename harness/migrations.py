@@ -259,6 +259,21 @@ def update_to_8(record: Record) -> None:
             settings.setdefault(key, value)
 
 
+UPDATE_LEARNERS = ("ppo", "appo")
+"""The learners built on PPO's minibatch update (`algorithms.config.UpdateSettings`), whose settings gained `kernel`."""
+
+
+@_step(9)
+def update_to_9(record: Record) -> None:
+    """Version 8 -> 9 (issue 24: a second kernel for the minibatch step). Every PPO and APPO update ran ATen's ops:
+    `kernel` is "torch", exactly. A learner named by `module:Class` keeps its settings as they were."""
+    for path, case in _cases(record):
+        settings = _table(case, "hyperparameters", path)
+        learner = _table(case, "algorithm", path).get("name")
+        if isinstance(learner, str) and learner in UPDATE_LEARNERS:  # the schema check names a bad name
+            settings.setdefault("kernel", "torch")
+
+
 # --- reading an old record, naming the path of what it lacks ----------------------------------------
 
 

@@ -612,6 +612,19 @@ def _quick_keeps(check: _Checker, table: CaseTable, case: CaseConfig, loc: Loc) 
     return keep
 
 
+def _kernel_runs(check: _Checker, config: LearnerConfig, env: EnvSpec, algorithm: AlgorithmSpec, loc: Loc) -> None:
+    """`kernel = "numba"` computes a Gaussian policy's step on the CPU: refused, in one line, anywhere else."""
+    if getattr(config, "kernel", "torch") != "numba":
+        return
+    if algorithm.device != "cpu":
+        check.fail(loc, f"kernel 'numba' runs on the CPU, and this case's device is '{algorithm.device}'; "
+                        "use kernel 'torch' on a GPU")  # fmt: skip
+    distribution = describe_env(env).distribution
+    if distribution != "gaussian":
+        check.fail(loc, f"kernel 'numba' runs Gaussian policies, and {env.id} has a {distribution} one; "
+                        "use kernel 'torch' for discrete actions")  # fmt: skip
+
+
 def _env(check: _Checker, table: dict[str, Any], base: EnvSpec, loc: Loc, make: bool = True) -> EnvSpec:
     """The env table merged over `base`; with `make`, the env is made once and its spaces checked."""
     spec = check.validate(EnvSpec, {**dataclasses.asdict(base), **table}, loc)
@@ -696,6 +709,7 @@ def _expand_case(
         table.workers, table.envs_per_worker, table.inference, table.schedule, table.torch_threads or (None,)
     )
     publications = _publications(check, config, table.publish_every, trains, (*loc, "publish_every"))
+    _kernel_runs(check, config, env, algorithm, (*loc, trains))
     for n_workers, n_envs, mode, schedule, threads in sweep:
         spec = BackendSpec(table.backend, n_workers, n_envs, mode, dict(options), schedule, table.max_lag,
                            table.publish_every, publications)  # fmt: skip

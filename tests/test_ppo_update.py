@@ -138,17 +138,29 @@ DEVICES = [
 ]
 
 
-@pytest.mark.parametrize("device", DEVICES)
+# Each kernel on each device it runs on; the numba kernel runs Gaussian policies on the CPU.
+KERNEL_CASES = [
+    ("torch", "cpu"),
+    pytest.param("torch", "cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU here")),
+    ("numba", "cpu"),
+]
+
+
+@pytest.mark.parametrize(("kernel", "device"), KERNEL_CASES)
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_fast_update_trains_like_the_reference(variant, device):
+def test_fast_update_trains_like_the_reference(variant, kernel, device):
     spec, config = VARIANTS[variant]
+    if kernel == "numba" and spec.distribution != "gaussian":
+        pytest.skip("the numba kernel runs Gaussian policies")
     rollout = on_policy_rollout(spec, config)
     reference = ReferencePPOLearner(config, spec, seed=3)
-    fast = PPOLearner(LearnerSetup(config, spec, seed=3, device=device))
+    fast = PPOLearner(LearnerSetup(config.replace(kernel=kernel), spec, seed=3, device=device))
     np.testing.assert_array_equal(fast.weights(), reference.weights())  # same initial weights for a seed
     advantages, returns = compute_gae(rollout, config.gamma, config.gae_lambda)
     start = reference.weights().copy()
-    for version in range(2):
+    # The numba kernel's rounding differs more (its own tanh, reassociated sums), and a difference grows along a
+    # trajectory: one update here, and every step of two in tests/test_ppo_numba.py from the torch learner's state.
+    for version in range(1 if kernel == "numba" else 2):
         current = dataclasses.replace(rollout, policy_version=version)
         expected = reference.update(current, advantages, returns)
         got = fast.update(current, advantages, returns)
@@ -159,7 +171,7 @@ def test_fast_update_trains_like_the_reference(variant, device):
         np.testing.assert_allclose(fast.weights(), reference.weights(), rtol=0, atol=1e-4 * moved)
         for name, value in expected.items():
             assert got[name] == pytest.approx(value, rel=1e-3, abs=1e-3), name
-    assert fast.version == reference.version == 2 and fast.steps_trained == reference.steps_trained
+    assert fast.version == reference.version and fast.steps_trained == reference.steps_trained
 
 
 @pytest.mark.parametrize("variant", ["report", "categorical", "branches"])

@@ -191,6 +191,20 @@ def test_quick_may_not_leave_out_the_baseline_alone(tmp_path):
             "[ppo]: unknown activation 'gelu'; one of tanh, relu",
         ),
         (("steps_per_iteration = 64", "steps_per_iteration = 64\nhidden_size = 64"), "[ppo]: unknown key 'hidden_size'"),
+        # The minibatch step's kernel (issue 24): a known one; numba computes a Gaussian policy on the CPU, compiled.
+        (
+            ("steps_per_iteration = 64", 'steps_per_iteration = 64\nkernel = "jax"'),
+            "[ppo]: unknown kernel 'jax'; one of torch, numba",
+        ),
+        (
+            ("steps_per_iteration = 64", 'steps_per_iteration = 64\nkernel = "numba"\ncompile = true'),
+            "[ppo]: compile = true compiles the torch kernel; kernel 'numba' is compiled already",
+        ),
+        (
+            ("steps_per_iteration = 64", 'steps_per_iteration = 64\nkernel = "numba"\n[env]\nid = "CartPole-v1"'),
+            "[[cases]] #1 ppo: kernel 'numba' runs Gaussian policies, and CartPole-v1 has a categorical one; use kernel "
+            "'torch' for discrete actions",
+        ),
         # Each learner's settings table takes its own keys: a PPO-only key in [appo], an APPO-only one in [ppo].
         (
             ('[ppo]\npreset = "report"', '[algorithm]\nname = "appo"\n[appo]\ntarget_kl = 0.02'),
