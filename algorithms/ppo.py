@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from threadpoolctl import threadpool_limits
 from torch.optim.adam import adam
 
 from algorithms.base import INITIAL_KL, Learner, LearnerSetup
@@ -244,6 +245,9 @@ class PPOLearner(Learner):
         dummy = (np.zeros((size, self.policy.obs_dim), np.float32), np.zeros((size, self.policy.act_dim), np.float32),
                  *(np.zeros(size, np.float32) for _ in range(3)))  # fmt: skip
         kernel.gradients(self.flat.numpy().copy(), np.zeros_like(self._host[1]), *dummy, 0.2, 0.5, 0.0)
+        # Its products run on the BLAS that scipy loaded just now, for numba: with torch's thread count, not that
+        # library's default of one per core, whose idle threads spin on cores the sampling workers need.
+        threadpool_limits(torch.get_num_threads(), user_api="blas")
         self.compile_s = time.perf_counter() - started
         return kernel
 

@@ -27,6 +27,7 @@ from harness.migrations import (
     update_to_6,
     update_to_7,
     update_to_8,
+    update_to_9,
 )
 from harness.records import SCHEMA_VERSION
 from harness.report import write_report
@@ -351,6 +352,19 @@ def test_update_to_8_fills_appos_clip_against_as_its_code_did():
         settings = case["hyperparameters"]
         assert settings["clip_against"] == "proximal" and settings["hidden_sizes"] == [64, 64]
         assert "recompute_advantages" not in settings
+
+
+@pytest.mark.parametrize("suite", SUITES)
+def test_update_to_9_names_the_torch_kernel_and_changes_nothing_else(suite):
+    """Every version-8 PPO and APPO update ran ATen's ops: `kernel` "torch". A `module:Class` learner is left as it was."""
+    old = raw(8, suite)
+    old["cases"][0]["algorithm"]["name"] = "my_pkg.learner:Mine"
+    new = update_to_9(old)
+    for index, (before, after) in enumerate(zip(old["cases"], new["cases"], strict=True)):
+        filled = {} if index == 0 else {"kernel": "torch"}
+        assert after["hyperparameters"] == before["hyperparameters"] | filled
+        after["hyperparameters"] = before["hyperparameters"]
+    assert new == old | {"schema_version": 9}
 
 
 def test_an_early_version_6_record_reads_with_its_meaning(tmp_path):
