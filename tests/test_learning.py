@@ -18,19 +18,19 @@ from harness.suite import CaseConfig, MeasureConfig
 pytestmark = pytest.mark.slow
 
 
-@pytest.mark.parametrize("seed", [0, 1])
-def test_tuned_preset_solves_pendulum_within_150k_steps(seed):
+@pytest.mark.parametrize(("seed", "kernel"), [(0, "torch"), (1, "torch"), (0, "numba")])
+def test_tuned_preset_solves_pendulum_within_150k_steps(seed, kernel):
     """On two seeds, the `tuned` preset holds -200 at the end of its 150K-step budget: the median of the last
     three 10-episode evaluations, and a final 20-episode evaluation, all on seeds disjoint from training.
     (One lucky evaluation among ~19 noisy ones, which the test used to accept, is not solving it.)
-    About 30 s per seed here."""
+    About 30 s per seed here; the numba kernel of the minibatch step (issue 24) on seed 0 too."""
     case = CaseConfig(
         "learning/vecenv",
         "learning",
         "vecenv tuned",
         BackendSpec("vecenv", 1, 4),
         EnvSpec(),
-        dataclasses.asdict(PRESETS["tuned"]),
+        dataclasses.asdict(PRESETS["tuned"].replace(kernel=kernel)),
         "tuned",
     )
     measure = MeasureConfig(mode="convergence", seeds=(seed,), total_steps=150_000, eval_every=8192, eval_episodes=10,
