@@ -256,22 +256,12 @@ class NumbaStep:
                                                      "value_head.bias")], np.int64)  # fmt: skip
         self.activation = ACTIVATION_CODES[policy.activation]
 
-    def gradients(
-        self,
-        flat: np.ndarray,
-        grad: np.ndarray,
-        obs: np.ndarray,
-        actions: np.ndarray,
-        old_log_probs: np.ndarray,
-        advantages: np.ndarray,
-        returns: np.ndarray,
-        clip_range: float,
-        value_coef: float,
-        entropy_coef: float,
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The minibatch's gradient into `grad`; each sample's log-ratio, value error and entropy."""
-        batch = obs.shape[0]
-        log_ratio, value_error, entropy = (np.empty(batch, np.float32) for _ in range(3))
-        gaussian_gradients(flat, grad, self.trunk, self.heads, self.activation, obs, actions, old_log_probs, advantages,
-                           returns, clip_range, value_coef, entropy_coef, log_ratio, value_error, entropy)  # fmt: skip
-        return log_ratio, value_error, entropy
+    def gradients(self, flat: np.ndarray, grad: np.ndarray, *inputs: np.ndarray | float) -> tuple[np.ndarray, ...]:
+        """The minibatch's gradient into `grad`; each sample's log-ratio, value error and entropy. `inputs` are what
+        `ppo_gradients.minibatch_gradients` takes after the parameters, in its order: observations, actions, the
+        log-probabilities clipped against, advantages, returns (float32 arrays), then clip_range, value_coef and
+        entropy_coef."""
+        batch = len(inputs[0])
+        outputs = tuple(np.empty(batch, np.float32) for _ in range(3))
+        gaussian_gradients(flat, grad, self.trunk, self.heads, self.activation, *inputs, *outputs)
+        return outputs
