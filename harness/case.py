@@ -17,6 +17,8 @@ import signal
 import sys
 import time
 import traceback
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, ClassVar
@@ -33,6 +35,7 @@ from algorithms.registry import create_learner
 from backends import create_backend
 from backends.base import Backend, Count, Seconds, WorkerRestart
 from backends.envs import STEP_COST_METER, describe_env, make_env
+from backends.host import usable_cpus
 from harness.errors import HarnessError
 from harness.monitor import ResourceMonitor
 from harness.schedule import SCHEDULE_CLASSES, Iteration, Schedule
@@ -102,6 +105,28 @@ class CaseRun:
         self.result |= {"status": "error", "error": f"no progress in {what} within its deadline; the process was stuck"}
         self._save()
 
+    def _training_threads(self, threads: int) -> Callable[[], AbstractContextManager[object]]:
+        """While the learner trains: the case's `train_threads` (0: every CPU this process may use) for torch and BLAS,
+        then `threads` again for sampling in this process; recorded as the run's `train_threads`."""
+        asked = self.case.train_threads
+        training = threads if asked is None else asked or max(1, int(usable_cpus()))
+        self.result["train_threads"] = training
+        if training == threads:
+            return nullcontext
+
+        @contextmanager
+        def training_threads() -> Iterator[None]:
+            import torch
+
+            torch.set_num_threads(training)
+            try:
+                with threadpool_limits(training, user_api="blas"):
+                    yield
+            finally:
+                torch.set_num_threads(threads)
+
+        return training_threads
+
     def iterations_planned(self) -> int:
         per_iteration = self.case.steps_per_iteration
         if self.measure.mode == "convergence":
@@ -143,7 +168,9 @@ class CaseRun:
                 signal.signal(signal.SIGTERM, _terminate)
                 self.result["startup_s"] = time.perf_counter() - started
                 self.result["backend"] = backend.describe()
-                schedule = SCHEDULE_CLASSES[self.case.backend.schedule](learner, backend, self.case.steps_per_iteration, planned)
+                schedule = SCHEDULE_CLASSES[self.case.backend.schedule](
+                    learner, backend, self.case.steps_per_iteration, planned, self._training_threads(threads)
+                )
                 next_eval = self.measure.eval_every
                 iteration_deadline = self._deadline(self.case.steps_per_iteration)
                 for index in range(planned):

@@ -265,9 +265,11 @@ UPDATE_LEARNERS = ("ppo", "appo")
 
 @_step(9)
 def update_to_9(record: Record) -> None:
-    """Version 8 -> 9 (issue 24: a second kernel for the minibatch step). Every PPO and APPO update ran ATen's ops:
-    `kernel` is "torch", exactly. A learner named by `module:Class` keeps its settings as they were."""
+    """Version 8 -> 9 (issue 24: a second kernel for the minibatch step, and the learner's threads while it trains).
+    Every PPO and APPO update ran ATen's ops: `kernel` is "torch", exactly. A learner named by `module:Class` keeps its
+    settings as they were. Every learner trained with its case's `torch_threads`: `train_threads` is null."""
     for path, case in _cases(record):
+        case.setdefault("train_threads", None)
         settings = _table(case, "hyperparameters", path)
         learner = _table(case, "algorithm", path).get("name")
         if isinstance(learner, str) and learner in UPDATE_LEARNERS:  # the schema check names a bad name

@@ -52,7 +52,7 @@ dispatch and the measured env step cost (issue 10). 4: a case's `env.options` is
 between iterations is on the clock (`between_s`), and policy lag is also counted in optimiser steps (issue 23).
 7: a case's learner settings are `hyperparameters`, whichever learner's (they were `ppo`; issue 23). 8: the network
 is `hidden_sizes` and `activation` in them (it was `hidden_size`, two tanh layers of that width; issue 23). 9: PPO's
-and APPO's settings name the `kernel` that computed each minibatch step (issue 24)."""
+and APPO's settings name the `kernel` that computed each minibatch step, and a case its `train_threads` (issue 24)."""
 
 # Every part of a record: extra keys allowed (a new field needs no new version); field docstrings become
 # the schema's descriptions.
@@ -235,6 +235,8 @@ class RunResult(TypedDict):
     resumed: NotRequired[bool]
     """Run by `--resume`, after the run was first stopped."""
     torch_threads: NotRequired[Positive]
+    train_threads: NotRequired[Positive]
+    """The learner's threads while it trained (the case's `train_threads`; otherwise `torch_threads`)."""
     startup_s: NotRequired[Seconds]
     """Backend.start: launching workers and making their envs."""
     learner: NotRequired[LearnerInfo]

@@ -154,6 +154,9 @@ class CaseConfig:
     """The learner that trains the case, and its device."""
     torch_threads: int | None = None
     """The learner's intra-op threads for this case (0: one per physical core); null: the part's `[measure]` setting."""
+    train_threads: int | None = None
+    """The learner's threads while it trains under `sync`, when every worker waits for it (torch's and BLAS's; 0: every
+    CPU this process may use); null: `torch_threads` throughout. Sampling in the learner's process keeps `torch_threads`."""
 
     @property
     def steps_per_iteration(self) -> int:
@@ -311,6 +314,9 @@ class CaseTable:
     torch_threads: OneOrMany[Annotated[int, Ge(0)]] = ()
     """The learner's intra-op threads, swept like `workers` (ray-project/ray#25277: torch's threads against the
     workers' cores); empty: the part's `[measure] torch_threads`."""
+    train_threads: Annotated[int, Ge(0)] | None = None
+    """Under `sync` only: the learner's threads while it trains and every worker waits (0: the CPUs this process may
+    use), `torch_threads` again once it is done (issue 24: the cores the workers leave idle)."""
     label: str = ""
     """The case's name in tables (default: made from the backend and the settings it changes)."""
     options: dict[str, Any] = field(default_factory=dict)
@@ -710,6 +716,9 @@ def _expand_case(
     )
     publications = _publications(check, config, table.publish_every, trains, (*loc, "publish_every"))
     _kernel_runs(check, config, env, algorithm, (*loc, trains))
+    if table.train_threads is not None and "overlap" in table.schedule:
+        check.fail((*loc, "train_threads"), "train_threads gives the learner the cores the workers leave idle while it "
+                   "trains under sync; under overlap they sample meanwhile: leave it out, or set torch_threads")  # fmt: skip
     for n_workers, n_envs, mode, schedule, threads in sweep:
         spec = BackendSpec(table.backend, n_workers, n_envs, mode, dict(options), schedule, table.max_lag,
                            table.publish_every, publications)  # fmt: skip
@@ -719,6 +728,8 @@ def _expand_case(
             case_label += f" publish {table.publish_every}" if table.publish_every != "iteration" else ""
         if threads is not None and (len(table.torch_threads) > 1 or "label" not in data):
             case_label += f" torch {threads or 'cores'}"
+        if table.train_threads is not None and "label" not in data:
+            case_label += f" train {table.train_threads or 'cores'}"
         case_id = f"{part}/{case_label}/w{n_workers}xe{n_envs}"
         if config.steps_per_iteration % spec.num_envs:
             check.fail(loc, f"case {case_id}: steps_per_iteration {config.steps_per_iteration} does not split over "
@@ -729,7 +740,19 @@ def _expand_case(
         # As run.json holds them (a layer list is a list), so that a case and its record compare equal.
         hyperparameters = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(config).items()}
         cases.append(
-            CaseConfig(case_id, part, case_label, spec, env, hyperparameters, preset, dict(table.claims), algorithm, threads)
+            CaseConfig(
+                case_id,
+                part,
+                case_label,
+                spec,
+                env,
+                hyperparameters,
+                preset,
+                dict(table.claims),
+                algorithm,
+                threads,
+                table.train_threads,
+            )  # fmt: skip
         )
     return cases
 

@@ -356,13 +356,15 @@ def test_update_to_8_fills_appos_clip_against_as_its_code_did():
 
 @pytest.mark.parametrize("suite", SUITES)
 def test_update_to_9_names_the_torch_kernel_and_changes_nothing_else(suite):
-    """Every version-8 PPO and APPO update ran ATen's ops: `kernel` "torch". A `module:Class` learner is left as it was."""
+    """Every version-8 PPO and APPO update ran ATen's ops: `kernel` "torch". A `module:Class` learner is left as it was.
+    Every learner trained with its case's `torch_threads`: `train_threads` null."""
     old = raw(8, suite)
     old["cases"][0]["algorithm"]["name"] = "my_pkg.learner:Mine"
     new = update_to_9(old)
     for index, (before, after) in enumerate(zip(old["cases"], new["cases"], strict=True)):
         filled = {} if index == 0 else {"kernel": "torch"}
         assert after["hyperparameters"] == before["hyperparameters"] | filled
+        assert after.pop("train_threads") is None and "train_threads" not in before
         after["hyperparameters"] = before["hyperparameters"]
     assert new == old | {"schema_version": 9}
 
