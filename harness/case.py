@@ -168,9 +168,8 @@ class CaseRun:
                 signal.signal(signal.SIGTERM, _terminate)
                 self.result["startup_s"] = time.perf_counter() - started
                 self.result["backend"] = backend.describe()
-                schedule = SCHEDULE_CLASSES[self.case.backend.schedule](
-                    learner, backend, self.case.steps_per_iteration, planned, self._training_threads(threads)
-                )
+                schedule = SCHEDULE_CLASSES[self.case.backend.schedule](learner, backend, self.case.steps_per_iteration, planned)
+                schedule.training = self._training_threads(threads)
                 next_eval = self.measure.eval_every
                 iteration_deadline = self._deadline(self.case.steps_per_iteration)
                 for index in range(planned):

@@ -101,16 +101,11 @@ class Scheduled(PhaseTimes):
 class Schedule(ABC):
     """Drives a learner and a backend for `planned` iterations of `steps` env steps each."""
 
-    def __init__(
-        self,
-        learner: Learner,
-        backend: Backend,
-        steps: int,
-        planned: int,
-        training: Callable[[], AbstractContextManager[object]] = nullcontext,
-    ) -> None:
+    training: Callable[[], AbstractContextManager[object]] = nullcontext
+    """What holds while the learner trains: the case's `train_threads` under sync (harness.case sets it)."""
+
+    def __init__(self, learner: Learner, backend: Backend, steps: int, planned: int) -> None:
         self.learner, self.backend, self.steps, self.planned = learner, backend, steps, planned
-        self._training = training  # what holds while the learner trains (the sync schedule's thread count)
         # Each weight broadcast's number (what the backend calls its version) -> the learner's version and optimiser
         # steps when it was published: lag in SGD steps is a difference of two. One broadcast per update makes the
         # two numbers the same; publishing during an update (`publish_every`) makes more broadcasts than versions.
@@ -164,7 +159,7 @@ class Schedule(ABC):
         sampled = [self._published[b][1] for b in broadcasts]
         sgd_lags = None if now is None or None in sampled else tuple(now - s for s in sampled)  # type: ignore[operator]
         rollout = dataclasses.replace(rollout, policy_version=self._published[rollout.policy_version][0])
-        with self._training():
+        with self.training():
             stats = self.learner.train(rollout)  # PPO refuses a batch that lags more than it allows
         return dataclasses.replace(collected, rollout=rollout), stats, lags, sgd_lags
 
@@ -193,15 +188,8 @@ class OverlapSchedule(Schedule):
     Parts the learner did not publish for (KL early stopping ended its update) are asked for after it, with its
     final weights. Workers handle messages in order, so a part never waits for the weights of a later one."""
 
-    def __init__(
-        self,
-        learner: Learner,
-        backend: Backend,
-        steps: int,
-        planned: int,
-        training: Callable[[], AbstractContextManager[object]] = nullcontext,
-    ) -> None:
-        super().__init__(learner, backend, steps, planned, training)
+    def __init__(self, learner: Learner, backend: Backend, steps: int, planned: int) -> None:
+        super().__init__(learner, backend, steps, planned)
         self._held: deque[Collected] = deque()  # batches a pause took, oldest first
         self._submitted = self._taken = 0  # batches
         self._parts = split_in_parts(steps, backend.spec.num_envs, backend.spec.publications_per_batch)
