@@ -114,6 +114,12 @@ class PPOConfig(UpdateSettings):
     before the step) exceeds 1.5 x target_kl. That minibatch counts in the update's statistics, and its step
     is not taken. None: every epoch runs. Under overlap the ratio is against the behaviour policy, so a stale
     batch can stop an update at once; with `decoupled` it is against the policy at the update's start."""
+    ewma_decay: float | None = None
+    """PPO-EWMA (Hilton et al. 2021; openai/ppo-ewma): with `decoupled`, the proximal policy is an exponentially
+    weighted moving average of the policy's weights, updated after every optimiser step with this decay (their
+    beta_prox; averaged from the first weights with normalised weights, as their `EwmaModel`), instead of the
+    policy at the update's start; each minibatch is clipped against it and weighted by its probability over the
+    behaviour policy's. None: the decoupled objective's proximal policy is the update's start."""
     recompute_advantages: bool = False
     """Estimate GAE with the learner's own critic as the update starts, not the values the sampler recorded. The
     same on a fresh batch; under overlap the sampler's critic is a version old. The bootstrap values of a truncation
@@ -124,7 +130,13 @@ class PPOConfig(UpdateSettings):
             "gae_lambda": 0 <= self.gae_lambda <= 1,
             "importance_weight_cap": self.importance_weight_cap > 0,
             "target_kl": self.target_kl is None or self.target_kl > 0,
+            "ewma_decay": self.ewma_decay is None or 0 < self.ewma_decay < 1,
         }
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.ewma_decay is not None and not self.decoupled:
+            raise ValueError("ewma_decay sets the decoupled objective's proximal policy; set decoupled = true with it")
 
     def replace(self, **changes: object) -> PPOConfig:
         """A copy with some fields changed (validated again)."""
@@ -265,7 +277,7 @@ class SettingsTable:
 
 SETTINGS_TABLES: dict[str, SettingsTable] = {
     "ppo": SettingsTable(
-        PPOConfig, PRESETS, "report", ("decoupled", "importance_weight_cap", "target_kl", "recompute_advantages")
+        PPOConfig, PRESETS, "report", ("decoupled", "importance_weight_cap", "ewma_decay", "target_kl", "recompute_advantages")
     ),
     "appo": SettingsTable(APPOConfig, APPO_PRESETS, "default"),
 }

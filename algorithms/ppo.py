@@ -77,6 +77,12 @@ class PPOLearner(Learner):
         self.gradient_step = partial(minibatch_gradients, self.action, policy.activation)
         # KL early stopping is PPO's setting; a learner built on this update may have none (APPO).
         self.target_kl = getattr(config, "target_kl", None)
+        # PPO-EWMA's proximal policy: a moving average of the weights (one flat buffer, as they are), and the total of
+        # its normalised weights so far (openai/ppo-ewma's EwmaModel.total_weight; the first weights count 1).
+        self.ewma_decay = getattr(config, "ewma_decay", None)
+        self.ewma = self.flat.clone() if self.ewma_decay is not None else None
+        self.ewma_params = tuple(policy.unflatten(self.ewma).values()) if self.ewma is not None else ()
+        self.ewma_total = 1.0
         self.compile_s = 0.0
         if config.compile:
             self._compile()
@@ -160,6 +166,8 @@ class PPOLearner(Learner):
             stopped = False
             for start in starts:
                 end = start + size
+                if self.ewma is not None:
+                    self._anchor_on_ewma(obs[start:end], actions[start:end], old_log_probs[start:end], advantages[start:end])
                 log_ratio, value_error, entropy, stopped = self._step(
                     obs[start:end], actions[start:end], old_log_probs[start:end], advantages[start:end], returns[start:end]
                 )
@@ -170,6 +178,8 @@ class PPOLearner(Learner):
                     recorded["advantages"][-1] = advantages[:end]  # the minibatches this epoch evaluated
                     break
                 steps_taken += 1
+                if self.ewma is not None:
+                    self._average_into_ewma()
                 if isinstance(self.publish_every, int) and steps_taken % self.publish_every == 0 and steps_taken < planned:
                     self._publish(steps_taken)
             if stopped:
@@ -205,10 +215,27 @@ class PPOLearner(Learner):
     def _clip_anchor(
         self, behaviour: torch.Tensor, proximal: torch.Tensor, ratio: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The log-probabilities the ratio is clipped against, and each sample's weight on its advantage."""
-        if self.config.decoupled:  # clip against the proximal policy; reweight by proximal / behaviour
+        """The log-probabilities the ratio is clipped against, and each sample's weight on its advantage. Under
+        PPO-EWMA these are the behaviour policy's and 1 here, and each minibatch's own as it is taken
+        (`_anchor_on_ewma`)."""
+        if self.config.decoupled and self.ewma is None:  # clip against the proximal policy; reweight by it / behaviour
             return proximal, ratio.clamp(max=self.config.importance_weight_cap)
         return behaviour, torch.ones_like(ratio)
+
+    def _anchor_on_ewma(self, obs: torch.Tensor, actions: torch.Tensor, anchor: torch.Tensor, advantages: torch.Tensor) -> None:
+        """PPO-EWMA: the minibatch is clipped against the moving-average policy as it is now, and each advantage is
+        weighted by that policy's probability over the behaviour policy's (capped, as the decoupled objective's).
+        In place: `anchor` holds the behaviour log-probabilities on entry and the average policy's on return."""
+        proximal = log_probs(self.action, self.policy.activation, self.ewma_params, obs, actions)
+        advantages.mul_((proximal - anchor).exp().clamp_(max=self.config.importance_weight_cap))
+        anchor.copy_(proximal)
+
+    def _average_into_ewma(self) -> None:
+        """Fold the weights after an optimiser step into the moving average: with total weight W, the average becomes
+        (decay W average + weights) / (decay W + 1), so it is sum_i decay^(k - i) weights_i / sum_i decay^(k - i)."""
+        total = self.ewma_decay * self.ewma_total + 1.0
+        self.ewma.mul_(self.ewma_decay * self.ewma_total / total).add_(self.flat, alpha=1.0 / total)
+        self.ewma_total = total
 
     def _step(self, *minibatch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, bool]:
         """One minibatch's gradient and Adam step; True (and no step) where `target_kl` stops the update."""

@@ -11,7 +11,8 @@ line in `caveats`, which `compare` and the report print. `migrated_from` is the 
 
 Versions, by the commits that wrote them (tests/fixtures/runs/ holds a run of each version's last commit):
 1: 481cf1b..fe5de4c^; 2: fe5de4c..627bf98^; 3: 627bf98..6766c94^; 4: 6766c94..issue 21^; 5: issue 21..issue 23^;
-6: issue 23..issue 23's second algorithm^; 7: ..issue 23's configurable network^; 8: since.
+6: issue 23..issue 23's second algorithm^; 7: ..issue 23's configurable network^; 8: ..issue 24^; 9: ..issue 23's
+PPO-EWMA^; 10: since.
 """
 
 from __future__ import annotations
@@ -274,6 +275,16 @@ def update_to_9(record: Record) -> None:
         learner = _table(case, "algorithm", path).get("name")
         if isinstance(learner, str) and learner in UPDATE_LEARNERS:  # the schema check names a bad name
             settings.setdefault("kernel", "torch")
+
+
+@_step(10)
+def update_to_10(record: Record) -> None:
+    """Version 9 -> 10 (issue 23: PPO-EWMA). No PPO update averaged its weights into a proximal policy: `ewma_decay` is
+    null, exactly. Other learners' settings stay as they were."""
+    for path, case in _cases(record):
+        settings = _table(case, "hyperparameters", path)
+        if _table(case, "algorithm", path).get("name") == "ppo":
+            settings.setdefault("ewma_decay", None)
 
 
 # --- reading an old record, naming the path of what it lacks ----------------------------------------

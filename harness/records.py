@@ -42,7 +42,7 @@ from harness.names import TABLE_NAMES
 from harness.schedule import Iteration
 from harness.suite import CaseConfig, MeasureConfig
 
-SCHEMA_VERSION = 9
+SCHEMA_VERSION = 10
 """The version of the record's layout. `load_run` brings an older record forward to it (harness/migrations.py)
 and refuses a newer one. 2: iterations time one learner phase (`train_s`) and keep the learner's
 statistics as a named map (issue 8). 3: bytes are measured serialized sizes, not formulas; times are on
@@ -52,7 +52,8 @@ dispatch and the measured env step cost (issue 10). 4: a case's `env.options` is
 between iterations is on the clock (`between_s`), and policy lag is also counted in optimiser steps (issue 23).
 7: a case's learner settings are `hyperparameters`, whichever learner's (they were `ppo`; issue 23). 8: the network
 is `hidden_sizes` and `activation` in them (it was `hidden_size`, two tanh layers of that width; issue 23). 9: PPO's
-and APPO's settings name the `kernel` that computed each minibatch step, and a case its `train_threads` (issue 24)."""
+and APPO's settings name the `kernel` that computed each minibatch step, and a case its `train_threads` (issue 24). 10:
+PPO's settings name `ewma_decay`, PPO-EWMA's moving-average proximal policy (issue 23)."""
 
 # Every part of a record: extra keys allowed (a new field needs no new version); field docstrings become
 # the schema's descriptions.

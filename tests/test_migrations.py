@@ -28,6 +28,7 @@ from harness.migrations import (
     update_to_7,
     update_to_8,
     update_to_9,
+    update_to_10,
 )
 from harness.records import SCHEMA_VERSION
 from harness.report import write_report
@@ -367,6 +368,19 @@ def test_update_to_9_names_the_torch_kernel_and_changes_nothing_else(suite):
         assert after.pop("train_threads") is None and "train_threads" not in before
         after["hyperparameters"] = before["hyperparameters"]
     assert new == old | {"schema_version": 9}
+
+
+@pytest.mark.parametrize("suite", SUITES)
+def test_update_to_10_says_no_ppo_update_averaged_its_weights_and_changes_nothing_else(suite):
+    """No version-9 PPO update had PPO-EWMA's moving-average proximal policy: `ewma_decay` null, for PPO alone."""
+    old = raw(9, suite)
+    old["cases"][0]["algorithm"]["name"] = "appo"
+    new = update_to_10(old)
+    for index, (before, after) in enumerate(zip(old["cases"], new["cases"], strict=True)):
+        filled = {} if index == 0 else {"ewma_decay": None}
+        assert after["hyperparameters"] == before["hyperparameters"] | filled and "ewma_decay" not in before["hyperparameters"]
+        after["hyperparameters"] = before["hyperparameters"]
+    assert new == old | {"schema_version": 10}
 
 
 def test_an_early_version_6_record_reads_with_its_meaning(tmp_path):

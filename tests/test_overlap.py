@@ -118,6 +118,64 @@ def test_decoupled_objective_is_plain_ppo_until_the_clip_bites():
     assert np.abs(plain.weights() - decoupled.weights()).max() > 1e-3
 
 
+@pytest.mark.parametrize("kernel", ["torch", "numba"])
+def test_ewma_clips_each_minibatch_against_the_moving_average_of_the_weights(kernel):
+    """PPO-EWMA: before optimiser step j the anchor is the policy whose weights are sum_i d^(j-i) w_i / sum_i d^(j-i)
+    over the weights w_0..w_j the learner has held, and each advantage (standardised per minibatch) is weighted by
+    min(that policy's probability / the behaviour policy's, cap). Recomputed here from the weights alone: the average
+    in numpy, the log-probability by numpy inference and scipy's normal density, the shuffle and standardisation by
+    hand."""
+    from scipy.stats import norm
+
+    from algorithms.inference import InferencePolicy
+
+    decay, cap, size, epochs = 0.7, 1.02, 64, 2
+    spec = PolicySpec(3, 1, (32, 32))
+    config = PPOConfig(hidden_sizes=(32, 32), steps_per_iteration=256, minibatch_size=size, epochs=epochs,
+                       learning_rate=3e-3, decoupled=True, ewma_decay=decay, importance_weight_cap=cap, kernel=kernel)  # fmt: skip
+    rollout = on_policy_rollout(spec, config)
+    learner = PPOLearner(LearnerSetup(config, spec, seed=0))
+    taken, step = [], learner._step
+
+    def recording_step(*minibatch):
+        taken.append((learner.flat.numpy().copy(), *(m.numpy().copy() for m in minibatch)))
+        return step(*minibatch)
+
+    learner._step = recording_step
+    learner.train(rollout)
+    assert len(taken) == epochs * 256 // size
+
+    advantages = compute_gae(rollout, config.gamma, config.gae_lambda)[0].reshape(-1)
+    behaviour, obs, actions = rollout.log_probs.reshape(-1), rollout.obs.reshape(256, 3), rollout.actions.reshape(256, 1)
+    shuffle, inference, weights, capped = np.random.default_rng(0), InferencePolicy(spec), [], []
+    for epoch in range(epochs):
+        order = shuffle.permutation(256)
+        for k in range(256 // size):
+            j = epoch * 256 // size + k
+            weights.append(taken[j][0].astype(np.float64))
+            average = sum(decay ** (j - i) * w for i, w in enumerate(weights)) / sum(decay ** (j - i) for i in range(j + 1))
+            inference.load_flat(average.astype(np.float32), 0)
+            rows = order[k * size : (k + 1) * size]
+            mean = inference.forward(obs[rows])[0][:, 0]
+            proximal = norm.logpdf(actions[rows, 0], mean, np.exp(average[0]))
+            np.testing.assert_allclose(taken[j][3], proximal, rtol=0, atol=2e-5)  # the anchor
+            block = advantages[rows]
+            standardised = (block - block.mean()) / (block.std(ddof=1) + 1e-8)
+            weight = np.minimum(np.exp(proximal - behaviour[rows]), cap)
+            np.testing.assert_allclose(taken[j][4], standardised * weight, rtol=1e-4, atol=1e-5)
+            capped.append(weight == cap)
+    capped = np.concatenate(capped)
+    assert 0 < capped.mean() < 1, "both sides of the cap should occur"
+
+
+def test_ewma_needs_the_decoupled_objective_and_a_decay_below_one():
+    with pytest.raises(ValueError, match="set decoupled = true"):
+        PPOConfig(ewma_decay=0.9)
+    for decay in (0.0, 1.0, -0.5):
+        with pytest.raises(ValueError, match="ewma_decay"):
+            PPOConfig(decoupled=True, ewma_decay=decay)
+
+
 def test_recompute_advantages_changes_only_the_values_gae_starts_from():
     """On a fresh batch the learner's critic is the sampler's: the same update. On a stale one, GAE runs on the
     learner's values now (checked against compute_gae on those values), and nothing else about the update moves."""

@@ -103,7 +103,18 @@ def test_include_collects_parts():
         "scaling-pendulum",
         "scaling-env-cost",
         "communication",
+        "lag",
+        "lag-cartpole",
     ]
+
+
+def test_a_quick_report_looks_at_the_lag_study():
+    """report.toml --quick keeps the lag study's Pendulum sync case and one overlap case that publishes every epoch,
+    with the table that gives the lag in SGD steps; the rest of the study (and CartPole) only runs in full."""
+    quick = load_suite(REPO / "suites" / "report.toml").quick()
+    lag = {p.name: p for p in quick.parts}["lag"]
+    assert [(c.backend.schedule, c.backend.publish_every) for c in lag.cases] == [("sync", "iteration"), ("overlap", "epoch")]
+    assert "overlap" in lag.tables and "lag-cartpole" not in {p.name for p in quick.parts}
 
 
 def test_quick_shrinks_budgets_but_keeps_enough_runs_for_an_interval():
