@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import math
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,6 +40,9 @@ class Convergence:
     curves: list[list[tuple[int, float]]]
     """Per seed: (env steps, mean evaluation return)."""
     seeds: list[int] = field(default_factory=list)
+    diverged: list[int] = field(default_factory=list)
+    """Seeds with an evaluation whose mean return is not a finite number: the policy's weights became NaN or
+    infinite (the update diverged). A NaN never reaches the threshold; their final return is left out of its mean."""
 
     @property
     def reached(self) -> list[int]:
@@ -310,10 +314,13 @@ def schedule_free_key(case: dict[str, Any]) -> str:
 
 def _convergence(runs: list[dict[str, Any]], measure: dict[str, Any]) -> Convergence:
     threshold = measure["threshold"]
-    steps, seconds, finals, curves, seeds = [], [], [], [], []
+    steps, seconds, finals, curves, seeds, diverged = [], [], [], [], [], []
     for run in runs:
         evaluations = run.get("evaluations", [])
         curves.append([(e["steps"], e["mean_return"]) for e in evaluations])
+        returns = [e["mean_return"] for e in [*evaluations, run.get("final_evaluation") or {"mean_return": 0.0}]]
+        if not all(math.isfinite(r) for r in returns):
+            diverged.append(run.get("seed"))
         first = next((e for e in evaluations if e["mean_return"] >= threshold), None)
         steps.append(first["steps"] if first else None)
         seconds.append(first.get("train_wall_s") if first else None)
@@ -321,7 +328,7 @@ def _convergence(runs: list[dict[str, Any]], measure: dict[str, Any]) -> Converg
         if "final_evaluation" in run:
             finals.append(run["final_evaluation"]["mean_return"])
     trained = max((r["iterations"][-1]["steps_trained"] for r in runs if r.get("iterations")), default=measure["total_steps"])
-    return Convergence(threshold, trained, measure["eval_every"], steps, seconds, finals, curves, seeds)
+    return Convergence(threshold, trained, measure["eval_every"], steps, seconds, finals, curves, seeds, diverged)
 
 
 def run_stats(run: dict[str, Any]) -> dict[str, list[CaseStats]]:

@@ -60,6 +60,26 @@ def test_table_counts_censored_seeds_shows_granularity_and_the_budget_that_ran()
     assert not any(("serial" in line or "vecenv" in line) and "identical" in line for line in lines)
 
 
+def test_a_seed_whose_policy_diverged_is_named_and_left_out_of_the_final_mean_only():
+    """A NaN evaluation (weights gone non-finite) is no return: the seed is named as diverged, the final mean is of
+    the other seeds (the cell says n=2 of 3), and its steps to the threshold count as not reached after it."""
+    case = _case("ray_local", [8192, 24576, None])
+    broken = case["runs"][2]
+    for evaluation in broken["evaluations"][1:]:
+        evaluation["mean_return"] = float("nan")
+    broken["final_evaluation"]["mean_return"] = float("nan")
+    case["runs"][1]["final_evaluation"]["mean_return"] = -140.0
+    table, lines = TABLES["convergence"].render(TableContext([case_stats(case, PART, 2)], None, HEADERS["en"]))
+    assert "| -150.0 (n=2 of 3) " in table  # the mean of -160 and -140, no interval from two seeds
+    assert "2/3" in table and "24,576 (evaluated every 8,192); 1 seed(s) > 30,720" in table
+    assert [line for line in lines if "diverged" in line] == [
+        "ray_local · 4w×1e: **diverged** on seed(s) 2: an evaluation's mean return was not a number (the policy's weights "
+        "became NaN or infinite): it reached the threshold only if it did before, and its final return is left out of the mean."
+    ]
+    healthy = case_stats(_case("ray_local", [8192, 24576, None]), PART, 2)
+    assert not any("diverged" in line for line in TABLES["convergence"].render(TableContext([healthy], None, HEADERS["en"]))[1])
+
+
 def test_deviations_from_the_report_are_the_settings_a_preset_changes():
     """As run.json holds settings (JSON: a layer list is a list): the report's preset deviates in nothing; `tuned` in
     the four settings the README lists; `cartpole` also in its batch, minibatch, lambda and 64-wide network; APPO's

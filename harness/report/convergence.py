@@ -32,9 +32,12 @@ def final_cell(conv: Convergence) -> str:
     final = mean(conv.final_returns)
     if final is None:
         return "n/a"
+    # A diverged seed's NaN is no return to average: then the cell says how many seeds the mean is of.
+    short = final.n < len(conv.final_returns)
+    count = f"n={final.n} of {len(conv.final_returns)}" if short else f"n={final.n}"
     if not final.has_interval:
-        return f"{final.value:.1f} (n={final.n})"
-    return f"{final.value:.1f} ({final.low:.1f} – {final.high:.1f})"
+        return f"{final.value:.1f} ({count})"
+    return f"{final.value:.1f} ({final.low:.1f} – {final.high:.1f}" + (f", {count})" if short else ")")
 
 
 def seeds_text(seeds: list[int]) -> str:
@@ -60,6 +63,12 @@ def convergence_table(ctx: TableContext) -> tuple[str, list[str]]:
             f"{c.name}: {len(conv.reached)} of {len(conv.steps_to_threshold)} seeds reached {threshold:g} within {conv.budget:,} steps"
             + (f", median {median:,.0f} steps (over all seeds, the others counted as beyond the budget)." if median else ".")
         )
+        if conv.diverged:
+            lines.append(
+                f"{c.name}: **diverged** on seed(s) {', '.join(map(str, conv.diverged))}: an evaluation's mean return was "
+                "not a number (the policy's weights became NaN or infinite): it reached the threshold only if it did before, "
+                "and its final return is left out of the mean."
+            )
     for key in dict.fromkeys(c.sampling_key for c in shown):
         same = [c.name for c in shown if c.sampling_key == key]
         if len(same) > 1:
