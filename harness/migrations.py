@@ -279,8 +279,11 @@ def update_to_9(record: Record) -> None:
 
 @_step(10)
 def update_to_10(record: Record) -> None:
-    """Version 9 -> 10 (issue 23: PPO-EWMA). No PPO update averaged its weights into a proximal policy: `ewma_decay` is
-    null, exactly. Other learners' settings stay as they were."""
+    """Version 9 -> 10 (issue 23: PPO-EWMA, and the lag study in quick reports). No PPO update averaged its weights into a
+    proximal policy: `ewma_decay` is null, exactly; other learners' settings stay as they were. Every part's `--quick`
+    kept three repeats and seeds: `quick_runs` is 3."""
+    for path, part in _each(record, "parts", []):
+        _table(part, "measure", path).setdefault("quick_runs", 3)
     for path, case in _cases(record):
         settings = _table(case, "hyperparameters", path)
         if _table(case, "algorithm", path).get("name") == "ppo":

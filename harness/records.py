@@ -53,7 +53,8 @@ between iterations is on the clock (`between_s`), and policy lag is also counted
 7: a case's learner settings are `hyperparameters`, whichever learner's (they were `ppo`; issue 23). 8: the network
 is `hidden_sizes` and `activation` in them (it was `hidden_size`, two tanh layers of that width; issue 23). 9: PPO's
 and APPO's settings name the `kernel` that computed each minibatch step, and a case its `train_threads` (issue 24). 10:
-PPO's settings name `ewma_decay`, PPO-EWMA's moving-average proximal policy (issue 23)."""
+PPO's settings name `ewma_decay`, PPO-EWMA's moving-average proximal policy, and a part's measure `quick_runs`
+(issue 23)."""
 
 # Every part of a record: extra keys allowed (a new field needs no new version); field docstrings become
 # the schema's descriptions.

@@ -93,11 +93,14 @@ class MeasureConfig:
     iteration_timeout_s: float = 0.0
     """Deadline of each iteration, evaluation and start-up, in every backend (a hung env fails the case
     instead of stalling the run); 0 scales it to the step budget (see harness/watchdog.py)."""
+    quick_runs: int = 3
+    """Repeats (throughput) or seeds (convergence) `--quick` keeps: 3, the fewest that give an interval
+    (harness.stats.MIN_SAMPLES_FOR_INTERVAL); 1 for a part that is only a look in a quick run."""
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
-        positive = ("iterations", "repeats", "total_steps", "eval_every", "eval_episodes", "final_eval_episodes")
+        positive = ("iterations", "repeats", "total_steps", "eval_every", "eval_episodes", "final_eval_episodes", "quick_runs")
         bad = [n for n in positive if getattr(self, n) <= 0]
         bad += [n for n in ("warmup_iterations", "torch_threads") if getattr(self, n) < 0]
         if bad:
@@ -108,14 +111,14 @@ class MeasureConfig:
             raise ValueError(f"iteration_timeout_s must be a finite number of seconds >= 0, got {self.iteration_timeout_s}")
 
     def quick(self) -> MeasureConfig:
-        """The `--quick` version: a fast look, not a measurement to publish. It keeps up to three repeats
-        and seeds, the fewest that give an interval (harness.stats.MIN_SAMPLES_FOR_INTERVAL)."""
+        """The `--quick` version: a fast look, not a measurement to publish. It keeps up to `quick_runs` repeats
+        and seeds (by default three, the fewest that give an interval)."""
         return dataclasses.replace(
             self,
             warmup_iterations=min(self.warmup_iterations, 1),
             iterations=min(self.iterations, 2),
-            repeats=min(self.repeats, 3),
-            seeds=self.seeds[:3],
+            repeats=min(self.repeats, self.quick_runs),
+            seeds=self.seeds[: self.quick_runs],
             total_steps=max(self.total_steps // 10, 1),
             eval_every=max(self.eval_every // 5, 1),
             eval_episodes=min(self.eval_episodes, 3),

@@ -372,7 +372,8 @@ def test_update_to_9_names_the_torch_kernel_and_changes_nothing_else(suite):
 
 @pytest.mark.parametrize("suite", SUITES)
 def test_update_to_10_says_no_ppo_update_averaged_its_weights_and_changes_nothing_else(suite):
-    """No version-9 PPO update had PPO-EWMA's moving-average proximal policy: `ewma_decay` null, for PPO alone."""
+    """No version-9 PPO update had PPO-EWMA's moving-average proximal policy: `ewma_decay` null, for PPO alone; every
+    part's --quick kept three repeats and seeds: `quick_runs` 3."""
     old = raw(9, suite)
     old["cases"][0]["algorithm"]["name"] = "appo"
     new = update_to_10(old)
@@ -380,6 +381,9 @@ def test_update_to_10_says_no_ppo_update_averaged_its_weights_and_changes_nothin
         filled = {} if index == 0 else {"ewma_decay": None}
         assert after["hyperparameters"] == before["hyperparameters"] | filled and "ewma_decay" not in before["hyperparameters"]
         after["hyperparameters"] = before["hyperparameters"]
+    for before, after in zip(old["parts"], new["parts"], strict=True):
+        assert after["measure"] == before["measure"] | {"quick_runs": 3} and "quick_runs" not in before["measure"]
+        after["measure"] = before["measure"]
     assert new == old | {"schema_version": 10}
 
 

@@ -115,6 +115,8 @@ def test_a_quick_report_looks_at_the_lag_study():
     lag = {p.name: p for p in quick.parts}["lag"]
     assert [(c.backend.schedule, c.backend.publish_every) for c in lag.cases] == [("sync", "iteration"), ("overlap", "epoch")]
     assert "overlap" in lag.tables and "lag-cartpole" not in {p.name for p in quick.parts}
+    assert lag.measure.seeds == (100,)  # quick_runs = 1: a look, one seed
+    assert {p.name: p for p in quick.parts}["convergence"].measure.seeds == (0, 1, 2)  # the default, three
 
 
 def test_quick_shrinks_budgets_but_keeps_enough_runs_for_an_interval():
