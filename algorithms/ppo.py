@@ -22,6 +22,7 @@ from torch.optim.adam import adam
 from algorithms.base import INITIAL_KL, Learner, LearnerSetup
 from algorithms.gae import compute_gae
 from algorithms.model import ActorCritic, flatten_weights
+from algorithms.policy import PolicySpec
 from algorithms.ppo_gradients import (
     log_probs,
     log_probs_and_values,
@@ -41,6 +42,24 @@ def resolve_device(device: str) -> torch.device:
     if device == "cuda" and not torch.cuda.is_available():
         raise ValueError("device 'cuda' asked for, but torch sees no CUDA GPU (or is a CPU build); use 'auto' or 'cpu'")
     return torch.device(device)
+
+
+class WeightAverage:
+    """PPO-EWMA's proximal policy: a normalised moving average of the flat weights, from the first (openai/ppo-ewma's
+    `EwmaModel`), with views of it as the network's parameters."""
+
+    def __init__(self, weights: torch.Tensor, decay: float, policy: PolicySpec) -> None:
+        self.average = weights.clone()
+        self.params = tuple(policy.unflatten(self.average).values())
+        self.decay = decay
+        self.total = 1.0  # the sum of the weights' coefficients so far: the first weights count 1
+
+    def fold(self, weights: torch.Tensor) -> None:
+        """Fold in the weights after an optimiser step: with total T the average becomes (decay T average + weights) /
+        (decay T + 1), so it is sum_i decay^(k - i) weights_i / sum_i decay^(k - i)."""
+        total = self.decay * self.total + 1.0
+        self.average.mul_(self.decay * self.total / total).add_(weights, alpha=1.0 / total)
+        self.total = total
 
 
 class PPOLearner(Learner):
@@ -77,12 +96,9 @@ class PPOLearner(Learner):
         self.gradient_step = partial(minibatch_gradients, self.action, policy.activation)
         # KL early stopping is PPO's setting; a learner built on this update may have none (APPO).
         self.target_kl = getattr(config, "target_kl", None)
-        # PPO-EWMA's proximal policy: a moving average of the weights (one flat buffer, as they are), and the total of
-        # its normalised weights so far (openai/ppo-ewma's EwmaModel.total_weight; the first weights count 1).
-        self.ewma_decay = getattr(config, "ewma_decay", None)
-        self.ewma = self.flat.clone() if self.ewma_decay is not None else None
-        self.ewma_params = tuple(policy.unflatten(self.ewma).values()) if self.ewma is not None else ()
-        self.ewma_total = 1.0
+        # PPO-EWMA's proximal policy (PPO's setting, as target_kl).
+        decay = getattr(config, "ewma_decay", None)
+        self.ewma = WeightAverage(self.flat, decay, policy) if decay is not None else None
         self.compile_s = 0.0
         if config.compile:
             self._compile()
@@ -179,7 +195,7 @@ class PPOLearner(Learner):
                     break
                 steps_taken += 1
                 if self.ewma is not None:
-                    self._average_into_ewma()
+                    self.ewma.fold(self.flat)
                 if isinstance(self.publish_every, int) and steps_taken % self.publish_every == 0 and steps_taken < planned:
                     self._publish(steps_taken)
             if stopped:
@@ -226,16 +242,9 @@ class PPOLearner(Learner):
         """PPO-EWMA: the minibatch is clipped against the moving-average policy as it is now, and each advantage is
         weighted by that policy's probability over the behaviour policy's (capped, as the decoupled objective's).
         In place: `anchor` holds the behaviour log-probabilities on entry and the average policy's on return."""
-        proximal = log_probs(self.action, self.policy.activation, self.ewma_params, obs, actions)
+        proximal = log_probs(self.action, self.policy.activation, self.ewma.params, obs, actions)
         advantages.mul_((proximal - anchor).exp().clamp_(max=self.config.importance_weight_cap))
         anchor.copy_(proximal)
-
-    def _average_into_ewma(self) -> None:
-        """Fold the weights after an optimiser step into the moving average: with total weight W, the average becomes
-        (decay W average + weights) / (decay W + 1), so it is sum_i decay^(k - i) weights_i / sum_i decay^(k - i)."""
-        total = self.ewma_decay * self.ewma_total + 1.0
-        self.ewma.mul_(self.ewma_decay * self.ewma_total / total).add_(self.flat, alpha=1.0 / total)
-        self.ewma_total = total
 
     def _step(self, *minibatch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, bool]:
         """One minibatch's gradient and Adam step; True (and no step) where `target_kl` stops the update."""

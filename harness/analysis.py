@@ -318,15 +318,16 @@ def _convergence(runs: list[dict[str, Any]], measure: dict[str, Any]) -> Converg
     for run in runs:
         evaluations = run.get("evaluations", [])
         curves.append([(e["steps"], e["mean_return"]) for e in evaluations])
-        returns = [e["mean_return"] for e in [*evaluations, run.get("final_evaluation") or {"mean_return": 0.0}]]
-        if not all(math.isfinite(r) for r in returns):
-            diverged.append(run.get("seed"))
         first = next((e for e in evaluations if e["mean_return"] >= threshold), None)
         steps.append(first["steps"] if first else None)
         seconds.append(first.get("train_wall_s") if first else None)
         seeds.append(run.get("seed"))
+        returns = [e["mean_return"] for e in evaluations]
         if "final_evaluation" in run:
             finals.append(run["final_evaluation"]["mean_return"])
+            returns.append(finals[-1])
+        if not all(map(math.isfinite, returns)):
+            diverged.append(run.get("seed"))
     trained = max((r["iterations"][-1]["steps_trained"] for r in runs if r.get("iterations")), default=measure["total_steps"])
     return Convergence(threshold, trained, measure["eval_every"], steps, seconds, finals, curves, seeds, diverged)
 
