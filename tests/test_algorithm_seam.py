@@ -12,6 +12,7 @@ import dataclasses
 import json
 
 import numpy as np
+import pytest
 
 from algorithms import registry
 from algorithms.base import Learner, LearnerSetup
@@ -180,6 +181,7 @@ schedule = ["sync", "overlap"]
 """
 
 
+@pytest.mark.slow
 def test_appo_runs_through_the_cli_sync_and_overlap(tmp_path):
     """On both remote transports (the learner never sees which one sampled its batch)."""
     run_dir, run = run_suite_text(tmp_path, APPO_SUITE)

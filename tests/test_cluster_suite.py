@@ -33,6 +33,7 @@ workers = 4
 """
 
 
+@pytest.mark.slow
 def test_cluster_up_suite_down(tmp_path):
     state_dir = Path(tempfile.mkdtemp(prefix="rts"))
     env = os.environ | {"PPO_HARNESS_CLUSTER_STATE": str(state_dir / "cluster.json")}

@@ -80,6 +80,18 @@ def test_a_seed_whose_policy_diverged_is_named_and_left_out_of_the_final_mean_on
     assert not any("diverged" in line for line in TABLES["convergence"].render(TableContext([healthy], None, HEADERS["en"]))[1])
 
 
+def test_a_seed_that_diverged_after_its_last_evaluation_is_named_by_its_final_one():
+    """Every periodic evaluation finite, the final one NaN: the weights broke in the last iterations, and the seed is
+    named all the same; it keeps its steps to the threshold (reached before) and leaves the final mean."""
+    case = _case("ray_local", [8192, 24576, 8192])
+    case["runs"][0]["final_evaluation"]["mean_return"] = float("nan")
+    stats = case_stats(case, PART, 2)
+    assert stats.convergence.diverged == [0]
+    table, lines = TABLES["convergence"].render(TableContext([stats], None, HEADERS["en"]))
+    assert "| -160.0 (n=2 of 3) " in table and "3/3" in table
+    assert sum("**diverged** on seed(s) 0:" in line for line in lines) == 1
+
+
 def test_deviations_from_the_report_are_the_settings_a_preset_changes():
     """As run.json holds settings (JSON: a layer list is a list): the report's preset deviates in nothing; `tuned` in
     the four settings the README lists; `cartpole` also in its batch, minibatch, lambda and 64-wide network; APPO's

@@ -140,6 +140,7 @@ def load_suite_text(tmp_path: Path, text: str):
 
 
 @pytest.mark.skipif(not __import__("backends").available("ray_local"), reason="needs ray")
+@pytest.mark.slow
 def test_a_users_own_env_runs_end_to_end_on_every_kind_of_backend(tmp_path):
     proc = run_cli(tmp_path, SUITE.format(env_id=LINE_WALK, kwargs=LINE_WALK_KWARGS, more_cases=REMOTE_CASES), timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

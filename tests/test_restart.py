@@ -198,6 +198,7 @@ def test_worker_that_keeps_dying_fails_the_run_after_max_restarts(name):
 # --- a hung worker, and requests in flight ----------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", BACKENDS)
 def test_hung_worker_is_killed_and_replaced(name):
     # A deadline that finds the hang soon, yet lets a worker start on a loaded machine (with two busy processes
@@ -274,6 +275,7 @@ env = {{ kwargs = {{ at_step = 40, marker = "{tmp}/ray" }} }}
 """
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not available("ray_local"), reason="needs ray")
 def test_cli_run_with_a_worker_killed_mid_run_ends_ok_with_the_restart_recorded(tmp_path):
     import subprocess
