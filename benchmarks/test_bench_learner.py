@@ -103,7 +103,10 @@ def real_rollout() -> Rollout:
 
 
 @pytest.mark.benchmark(group="ppo-update")
-@pytest.mark.parametrize("implementation", UPDATES)
+# Compiling takes 20-30 s, so as a check (`--benchmark-disable`) the compiled update is a slow test: `tox -e slow`.
+@pytest.mark.parametrize(
+    "implementation", [pytest.param(name, marks=pytest.mark.slow) if name == "fast-compiled" else name for name in UPDATES]
+)
 def test_ppo_update_report_preset(benchmark, record_rate, real_rollout, implementation):
     """One PPO update at the report's settings: 2048 steps, 10 epochs, minibatch 64 (320 gradient steps)."""
     assert (REPORT.steps_per_iteration, REPORT.epochs, REPORT.minibatch_size) == (STEPS, 10, 64)
