@@ -8,6 +8,7 @@ Where a rollout alone cannot say which env a row came from, the sampler's `last_
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import signal
 import threading
@@ -221,8 +222,12 @@ def test_a_worker_killed_mid_fragment_is_detected_not_waited_on():
 
 
 def test_a_hung_worker_fails_the_case_within_the_timeout():
-    with sampling(batch_size=1, timeout_s=2) as backend:
+    with sampling(batch_size=1, timeout_s=60) as backend:
         backend.collect(64)
+        # Only the hang gets the short deadline: starting the workers (a fork, imports, the envs) took over 2 s on a
+        # loaded 2-core machine, and that is no hang. The backend's and its sampler's copy, as `start` made them.
+        backend.options = dataclasses.replace(backend.options, timeout_s=2.0)
+        backend.sampler.timeout_s = 2.0
         victim = backend.describe()["placement"][2]["pid"]
         os.kill(victim, signal.SIGSTOP)
         try:
