@@ -53,14 +53,18 @@ class AsyncStepper(Protocol):
 
     def receive_any(self, workers: list[int], deadline: float) -> list[tuple[int, StepReply]]: ...
 
+    @property
+    def timeout_s(self) -> float:
+        """How long a worker may take to reply before it counts as hung: the backend's, as it is at each wait."""
+        ...
+
 
 class AsyncCentralSampler:
     """Samples requests of `steps_per_env` steps per env, acting on `batch_size` ready envs at a time (module docstring)."""
 
-    def __init__(self, stepper: AsyncStepper, policy: InferencePolicy, noise: NoiseSource, batch_size: int,
-                 timeout_s: float) -> None:  # fmt: skip
+    def __init__(self, stepper: AsyncStepper, policy: InferencePolicy, noise: NoiseSource, batch_size: int) -> None:
         spec = stepper.spec
-        self.stepper, self.policy, self.noise, self.timeout_s = stepper, policy, noise, timeout_s
+        self.stepper, self.policy, self.noise = stepper, policy, noise
         self.workers_per_batch = batch_size // spec.envs_per_worker
         self.env_ids = [spec.worker_env_ids(w) for w in range(spec.workers)]
         self.obs = stepper.reset()
@@ -115,7 +119,7 @@ class AsyncCentralSampler:
                 return env_s, inference_s
             waiting = time.perf_counter()
             oldest_first = sorted(in_flight, key=in_flight.__getitem__)
-            replies = self.stepper.receive_any(oldest_first, in_flight[oldest_first[0]] + self.timeout_s)
+            replies = self.stepper.receive_any(oldest_first, in_flight[oldest_first[0]] + self.stepper.timeout_s)
             env_s += time.perf_counter() - waiting
             for worker, reply in replies:
                 del in_flight[worker]

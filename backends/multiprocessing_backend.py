@@ -336,7 +336,7 @@ class MultiprocessingBackend(RemoteBackend):
         if self.batch_size == self.spec.num_envs:
             return super()._central_sampler(noise)
         assert isinstance(self.stepper, _SharedMemoryStepper)
-        return AsyncCentralSampler(self.stepper, self.policy, noise, self.batch_size, self.timeout_s)
+        return AsyncCentralSampler(self.stepper, self.policy, noise, self.batch_size)
 
     def close(self) -> None:
         procs = [proc for proc in self.procs if proc is not None]
@@ -377,6 +377,10 @@ class _SharedMemoryStepper(CentralStepper):
     def __init__(self, backend: MultiprocessingBackend, obs_dim: int) -> None:
         super().__init__(backend.spec, obs_dim)
         self.backend = backend
+
+    @property
+    def timeout_s(self) -> float:
+        return self.backend.timeout_s
 
     def _reset_all(self) -> list[np.ndarray]:
         self.backend._send_all(("reset",))

@@ -225,9 +225,8 @@ def test_a_hung_worker_fails_the_case_within_the_timeout():
     with sampling(batch_size=1, timeout_s=60) as backend:
         backend.collect(64)
         # Only the hang gets the short deadline: starting the workers (a fork, imports, the envs) took over 2 s on a
-        # loaded 2-core machine, and that is no hang. The backend's and its sampler's copy, as `start` made them.
+        # loaded 2-core machine, and that is no hang.
         backend.options = dataclasses.replace(backend.options, timeout_s=2.0)
-        backend.sampler.timeout_s = 2.0
         victim = backend.describe()["placement"][2]["pid"]
         os.kill(victim, signal.SIGSTOP)
         try:
